@@ -1,0 +1,56 @@
+"""The contract every face source fulfils.
+
+A source is a random-access, picklable object (Grain workers pickle it):
+
+* ``len(source)`` -- number of records.
+* ``source[i]`` -> ``Record`` dict (see below). Reading must not raise on bad files:
+  it returns a record whose ``error`` field names the problem, and the pipeline skips and
+  counts it.
+* ``source.identity_indices(identity) -> np.ndarray`` of record indices of that identity
+  (for identity-conditioned models), and ``source.has_identities``.
+* ``source.name`` -- short name for logs.
+
+Record fields:
+
+``image``      uint8 (H, W, 3) RGB, or None when ``error`` is set.
+``landmarks``  float32 (68, 2) x, y in pixels of ``image`` (iBUG/dlib 68 convention), or
+               None when unknown (the pipeline then detects/looks up per its config).
+``landmark_source`` str: "dataset", "dataset5", "synthetic", "dlib", "cache", "template", "".
+``identity``   int64 identity label, -1 when unknown.
+``index``      int record index in the source.
+``key``        str stable name (relative file path or "synthetic/<seed>/<index>").
+``error``      str, "" when the record is good; otherwise a short reason
+               ("corrupt", "too_small", "no_face", ...).
+``target``     (paired sources only) uint8 (H, W, 3) unmasked image; then ``image`` is the
+               masked one and ``mask`` uint8 (H, W) {0,1} is the stored mask map.
+"""
+from __future__ import annotations
+
+from typing import Any, Protocol
+
+import numpy as np
+
+Record = dict[str, Any]
+
+
+class FaceSource(Protocol):
+    name: str
+    has_identities: bool
+
+    def __len__(self) -> int: ...
+
+    def __getitem__(self, index: int) -> Record: ...
+
+    def identity_indices(self, identity: int) -> np.ndarray: ...
+
+
+def error_record(index: int, key: str, reason: str) -> Record:
+    """A record for an input that cannot be used; the pipeline skips and counts it."""
+    return {
+        "image": None, "landmarks": None, "landmark_source": "",
+        "identity": -1, "index": int(index), "key": key, "error": reason,
+    }
+
+
+class DatasetNotFoundError(FileNotFoundError):
+    """A dataset path is missing or holds nothing the source can read."""
