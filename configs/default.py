@@ -1,0 +1,130 @@
+"""Shared defaults for every system: the pix2pix core (systems.md section 0) on synthetic faces.
+
+Each system file builds on ``get_config()`` and overrides what its paper specifies. Every
+choice is a visible key; ``python -m unmask_jax.main --config=configs/X.py --mode=summary``
+prints the resolved config and the parameter counts.
+"""
+from ml_collections import config_dict
+
+
+def get_config() -> config_dict.ConfigDict:
+    c = config_dict.ConfigDict()
+    c.name = "default"
+    c.seed = 0
+
+    # ---- data (data_pipelines.pipeline.DataConfig) ----
+    c.data = config_dict.ConfigDict()
+    c.data.source = "synthetic"          # synthetic | lfw | celeba | folder | paired
+    c.data.data_dir = config_dict.placeholder(str)
+    c.data.source_options = config_dict.ConfigDict()  # e.g. landmarks="dlib", num_records=...
+    c.data.train_split = "train"
+    c.data.eval_split = "test"
+    c.data.resolution = 256
+    c.data.framing = "landmarks"          # landmarks | center
+    c.data.face_scale = 1.7
+    c.data.jitter_scale = 286 / 256       # pix2pix: resize 286 -> random crop 256
+    c.data.flip = True
+    c.data.mask = config_dict.ConfigDict()  # data_pipelines.masks.MaskSynthesisConfig fields
+    c.data.identity_image = False
+    c.data.num_workers = 0
+    c.data.worker_buffer_size = 2
+    c.data.read_threads = 2
+    c.data.shuffle = True
+    c.data.seed = 0
+
+    # ---- networks (unmask_jax.models registry) ----
+    c.model = config_dict.ConfigDict()
+    c.model.generator = "pix2pix_unet"
+    c.model.generator_kwargs = config_dict.ConfigDict(
+        dict(num_downs=8, ngf=64, out_channels=3, use_dropout=True))
+    c.model.discriminator = "patchgan"
+    c.model.discriminator_kwargs = config_dict.ConfigDict(dict(ndf=64, n_layers=3))
+    # What the generator sees: "masked" (3 ch) or "masked", "mask" (4 ch). The discriminator
+    # sees concat(its condition, image); its condition is the generator input.
+    c.model.generator_inputs = ("masked",)
+    # MURF composite during training: out = G(x) * mask + masked * (1 - mask). Evaluation
+    # always composites.
+    c.model.composite_in_training = False
+
+    # ---- losses (unmask_jax.losses) ----
+    c.loss = config_dict.ConfigDict()
+    c.loss.gan = "vanilla"                # vanilla (BCE with logits) | lsgan
+    c.loss.gan_weight = 1.0
+    c.loss.d_scale = 0.5                  # D loss = d_scale * (real + fake)
+    # Reconstruction terms: name -> weight (l1, smooth_l1, mse, ssim).
+    c.loss.reconstruction = config_dict.ConfigDict(dict(l1=100.0))
+
+    # ---- optimisation (unmask_jax.optim) ----
+    c.optim = config_dict.ConfigDict()
+    c.optim.lr = 2e-4
+    c.optim.b1 = 0.5
+    c.optim.b2 = 0.999
+    c.optim.eps = 1e-8
+    # constant | linear_decay (constant, then linear to 0) | step (multiply by factor at
+    # boundaries). Durations in steps or epochs: exactly one of each pair is set.
+    c.optim.schedule = "linear_decay"
+    c.optim.constant_epochs = 100
+    c.optim.constant_steps = config_dict.placeholder(int)
+    c.optim.decay_epochs = 100
+    c.optim.decay_steps = config_dict.placeholder(int)
+    c.optim.boundaries_steps = ()
+    c.optim.decay_factor = 0.1
+
+    # ---- training loop (unmask_jax.train) ----
+    c.train = config_dict.ConfigDict()
+    c.train.batch_size = 1                # global batch, split over processes and devices
+    c.train.num_epochs = 200              # or num_steps; exactly one is set
+    c.train.num_steps = config_dict.placeholder(int)
+    c.train.compute_dtype = "float32"     # float32 | bfloat16 (params stay float32)
+    c.train.log_every_steps = 100
+    c.train.sample_every_steps = 1000
+    c.train.checkpoint_every_steps = 5000
+    c.train.eval_every_steps = 10000
+    c.train.max_checkpoints_to_keep = 3
+    c.train.num_samples = 8               # images in the sample grid
+    c.train.stop_after_steps = config_dict.placeholder(int)  # end this run early (resumable)
+
+    # ---- evaluation (unmask_jax.evaluate) ----
+    c.eval = config_dict.ConfigDict()
+    c.eval.num_images = 100
+    c.eval.batch_size = 8
+    c.eval.checkpoint_step = config_dict.placeholder(int)  # evaluate mode: default latest
+
+    # ---- distributed start-up (unmask_jax.parallel.DistributedConfig) ----
+    c.distributed = config_dict.ConfigDict()
+    c.distributed.mode = "off"            # off | auto | explicit
+    c.distributed.coordinator_address = config_dict.placeholder(str)
+    c.distributed.num_processes = config_dict.placeholder(int)
+    c.distributed.process_id = config_dict.placeholder(int)
+    c.distributed.initialization_timeout_s = 300
+    c.distributed.heartbeat_timeout_s = 100
+    return c
+
+
+def quick(c: config_dict.ConfigDict) -> config_dict.ConfigDict:
+    """The ``:quick`` variant: 64x64, a 6-level U-Net, ~3 minutes on a 2-core CPU.
+
+    Keeps the system's losses, inputs and layer types; shrinks resolution, widths, steps.
+    """
+    c.data.resolution = 64
+    c.data.source_options.num_records = 2000
+    c.model.generator_kwargs.num_downs = 6
+    c.model.generator_kwargs.ngf = 32
+    c.model.discriminator_kwargs.ndf = 32
+    c.model.discriminator_kwargs.n_layers = 2
+    c.train.batch_size = 16
+    c.train.num_epochs = None
+    c.train.num_steps = 600
+    c.optim.schedule = "linear_decay"
+    c.optim.constant_epochs = None
+    c.optim.decay_epochs = None
+    c.optim.constant_steps = 400
+    c.optim.decay_steps = 200
+    c.optim.lr = 5e-4
+    c.train.log_every_steps = 50
+    c.train.sample_every_steps = 200
+    c.train.checkpoint_every_steps = 200
+    c.train.eval_every_steps = 600
+    c.eval.num_images = 64
+    c.eval.batch_size = 16
+    return c

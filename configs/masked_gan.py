@@ -1,0 +1,37 @@
+"""Paper 003, Sharma et al., "Masked GANs for Face Completion": systems.md section 4.
+
+No code was published; the reported loop ("49.73 s per 1000 steps", 200,000 steps) matches
+the TensorFlow pix2pix tutorial, reproduced here: its own U-Net layer order (Conv -> BN ->
+LeakyReLU(0.3), Keras BN momentum 0.99 / eps 1e-3), its discriminator (ZeroPad + Conv 512),
+BCE from logits with D loss = real + fake (no 0.5), LAMBDA 100, Adam(2e-4, 0.5), batch 1,
+286 -> 256 jitter + mirroring, 200k steps at a constant rate, checkpoint every 5k steps.
+Deviation: data (the paper's 70/30 split of its own masked set is not available): synthetic
+by default; any source by override.
+"""
+from configs import default
+
+
+def get_config(variant: str = ""):
+    c = default.get_config()
+    c.name = "masked_gan"
+    c.model.generator = "tf_pix2pix_unet"
+    c.model.generator_kwargs = {}
+    c.model.discriminator = "tf_patchgan"
+    c.model.discriminator_kwargs = {}
+    c.loss.d_scale = 1.0
+    c.loss.reconstruction = {"l1": 100.0}
+    c.train.batch_size = 1
+    c.train.num_epochs = None
+    c.train.num_steps = 200_000
+    c.train.checkpoint_every_steps = 5000
+    c.optim.schedule = "constant"
+    c.optim.constant_epochs = None
+    c.optim.decay_epochs = None
+    if variant == "quick":
+        c = default.quick(c)
+        c.model.generator_kwargs = {"num_downs": 6, "ngf": 32}
+        c.model.discriminator_kwargs = {"ndf": 32}
+        c.name = "masked_gan_quick"
+    elif variant:
+        raise ValueError(f"configs/masked_gan.py: unknown variant {variant!r}; choose '' or 'quick'")
+    return c

@@ -1,0 +1,65 @@
+"""Face framing: crop a square around the face and resize it, carrying the landmarks along.
+
+All functions are pure and work on uint8 RGB images and (68, 2) float32 pixel landmarks.
+"""
+from __future__ import annotations
+
+import cv2
+import numpy as np
+
+
+def face_box(landmarks: np.ndarray, scale: float) -> tuple[float, float, float]:
+    """Square box (centre x, centre y, side) framing the face described by 68 landmarks.
+
+    The centre is the midpoint between the eye centre and the chin (landmark 8) pulled slightly
+    up towards the brows; the side is ``scale`` times the larger of the jaw width (0 -> 16) and
+    the brow-to-chin height. ``scale`` ~1.6 frames the whole head with some background.
+    """
+    lm = np.asarray(landmarks, np.float32)
+    eyes = lm[36:48].mean(axis=0)
+    chin = lm[8]
+    brows = lm[17:27].mean(axis=0)
+    centre = 0.5 * (eyes + chin) * 0.8 + 0.2 * brows
+    width = float(np.linalg.norm(lm[16] - lm[0]))
+    height = float(np.linalg.norm(chin - brows))
+    side = scale * max(width, height, 1.0)
+    return float(centre[0]), float(centre[1]), side
+
+
+def crop_and_resize(image: np.ndarray, landmarks: np.ndarray | None,
+                    box: tuple[float, float, float], out_size: int
+                    ) -> tuple[np.ndarray, np.ndarray | None]:
+    """Warps the square ``box`` of ``image`` to ``out_size`` x ``out_size`` pixels.
+
+    Pixels outside the source image are filled by edge replication (no black borders that
+    would make the mask region trivially detectable). Landmarks are mapped with the same
+    transform. Downscaling by more than 1.5x first resizes with area averaging (warpAffine
+    alone would alias).
+    """
+    cx, cy, side = box
+    lm = None if landmarks is None else np.asarray(landmarks, np.float32)
+    s = out_size / side
+    if s < 1 / 1.5:
+        w0 = image.shape[1]
+        image = cv2.resize(image, None, fx=s, fy=s, interpolation=cv2.INTER_AREA)
+        fx = image.shape[1] / w0  # s up to the rounding of the new size
+        cx, cy, side = (cx + 0.5) * fx - 0.5, (cy + 0.5) * fx - 0.5, side * fx
+        lm = None if lm is None else (lm + 0.5) * fx - 0.5
+        s = out_size / side
+    # Maps pixel centres: x' + 0.5 = s * (x + 0.5 - (cx + 0.5 - side / 2)).
+    tx = s * (cx + 0.5 - side / 2)
+    ty = s * (cy + 0.5 - side / 2)
+    matrix = np.array([[s, 0.0, 0.5 * s - 0.5 - tx], [0.0, s, 0.5 * s - 0.5 - ty]], np.float32)
+    out = cv2.warpAffine(image, matrix, (out_size, out_size), flags=cv2.INTER_LINEAR,
+                         borderMode=cv2.BORDER_REPLICATE)
+    if lm is not None:
+        lm = (lm @ matrix[:, :2].T + matrix[:, 2]).astype(np.float32)
+    return out, lm
+
+
+def resize_square(image: np.ndarray, landmarks: np.ndarray | None, out_size: int
+                  ) -> tuple[np.ndarray, np.ndarray | None]:
+    """Centre-crops the image to a square and resizes it (for pre-aligned crops)."""
+    h, w = image.shape[:2]
+    side = float(min(h, w))
+    return crop_and_resize(image, landmarks, (w / 2.0, h / 2.0, side), out_size)

@@ -1,0 +1,123 @@
+"""Face sources and their registry.
+
+``make_source(name, data_dir=..., split=..., seed=..., resolution=..., **options)`` builds
+one of ``SOURCES``:
+
+* ``synthetic`` -- procedurally rendered faces (``SyntheticFaces``); no ``data_dir``.
+  ``split`` picks a disjoint seed stream: seed + ``SYNTHETIC_SPLIT_SEED_OFFSET[split]``
+  (train/all +0, validation +2**30, test +2**31; keep ``seed`` < 2**30). Options:
+  ``num_records``, ``images_per_identity``.
+* ``lfw`` -- LFW folder layout; identity-disjoint hash split (``lfw.py``).
+* ``celeba`` -- CelebA aligned files or TFDS (``celeba.py``; ``landmarks=`` must be chosen
+  when the landmark file is absent).
+* ``folder`` -- any folder of images (``folder.py``).
+* ``paired`` -- masked/unmasked pairs with a stored mask map (``paired.py``).
+
+``seed`` and ``resolution`` only concern ``synthetic``: file sources split by hashing
+names and return images at their native size (the pipeline crops and resizes).
+Unknown names and options raise ``ValueError`` naming the choices; a missing or empty data
+path raises ``DatasetNotFoundError`` saying what was expected where.
+"""
+from __future__ import annotations
+
+import inspect
+import os
+from collections.abc import Callable
+from typing import Any
+
+from data_pipelines.sources.base import DatasetNotFoundError, FaceSource, Record, error_record
+
+__all__ = ["SOURCES", "make_source", "source_options", "DatasetNotFoundError", "FaceSource",
+           "Record", "error_record", "SYNTHETIC_SPLIT_SEED_OFFSET"]
+
+PathLike = str | os.PathLike[str] | None
+
+SYNTHETIC_SPLIT_SEED_OFFSET: dict[str, int] = {
+    "train": 0, "all": 0, "validation": 2**30, "test": 2**31}
+
+
+def _synthetic(*, data_dir: PathLike, split: str, seed: int, resolution: int,
+               num_records: int = 10000, images_per_identity: int = 8) -> FaceSource:
+    from data_pipelines.sources.synthetic import SyntheticFaces
+
+    if data_dir is not None:
+        raise ValueError(f"synthetic: takes no data_dir (got {data_dir!r})")
+    if split not in SYNTHETIC_SPLIT_SEED_OFFSET:
+        raise ValueError(f"synthetic: unknown split {split!r}; choose one of "
+                         f"{tuple(SYNTHETIC_SPLIT_SEED_OFFSET)}")
+    if not 0 <= seed < 2**30:
+        raise ValueError(
+            f"synthetic: seed must be in [0, 2**30) so splits stay disjoint, got {seed}")
+    return SyntheticFaces(seed=seed + SYNTHETIC_SPLIT_SEED_OFFSET[split],
+                          num_records=num_records, resolution=resolution,
+                          images_per_identity=images_per_identity)
+
+
+def _lfw(*, data_dir: PathLike, split: str, seed: int, resolution: int,
+         **options: Any) -> FaceSource:
+    from data_pipelines.sources.lfw import LFWSource
+    return LFWSource(data_dir, split=split, **options)
+
+
+def _celeba(*, data_dir: PathLike, split: str, seed: int, resolution: int,
+            **options: Any) -> FaceSource:
+    from data_pipelines.sources.celeba import make_celeba
+    return make_celeba(data_dir, split=split, **options)
+
+
+def _folder(*, data_dir: PathLike, split: str, seed: int, resolution: int,
+            **options: Any) -> FaceSource:
+    from data_pipelines.sources.folder import FolderSource
+    return FolderSource(data_dir, split=split, **options)
+
+
+def _paired(*, data_dir: PathLike, split: str, seed: int, resolution: int,
+            **options: Any) -> FaceSource:
+    from data_pipelines.sources.paired import PairedSource
+    return PairedSource(data_dir, split=split, **options)
+
+
+#: name -> factory(*, data_dir, split, seed, resolution, **options) -> FaceSource.
+SOURCES: dict[str, Callable[..., FaceSource]] = {
+    "synthetic": _synthetic,
+    "lfw": _lfw,
+    "celeba": _celeba,
+    "folder": _folder,
+    "paired": _paired,
+}
+
+
+def _option_target(name: str) -> Callable[..., Any]:
+    """The callable whose keyword parameters are ``name``'s options."""
+    if name == "synthetic":
+        return _synthetic
+    module_attr = {"lfw": ("lfw", "LFWSource"), "celeba": ("celeba", "make_celeba"),
+                   "folder": ("folder", "FolderSource"), "paired": ("paired", "PairedSource")}
+    module_name, attr = module_attr[name]
+    module = __import__(f"data_pipelines.sources.{module_name}", fromlist=[attr])
+    return getattr(module, attr)
+
+
+def source_options(name: str) -> tuple[str, ...]:
+    """Names of the extra options ``make_source(name, ...)`` accepts."""
+    if name not in SOURCES:
+        raise ValueError(f"unknown source {name!r}; choose one of {sorted(SOURCES)}")
+    fixed = {"data_dir", "split", "seed", "resolution", "self"}
+    params = inspect.signature(_option_target(name)).parameters
+    return tuple(p for p in params if p not in fixed
+                 and params[p].kind in (inspect.Parameter.KEYWORD_ONLY,
+                                        inspect.Parameter.POSITIONAL_OR_KEYWORD))
+
+
+def make_source(name: str, *, data_dir: PathLike = None, split: str = "train", seed: int = 0,
+                resolution: int = 256, **options: Any) -> FaceSource:
+    """Build the face source ``name`` (one of ``SOURCES``); see the module docstring."""
+    if name not in SOURCES:
+        raise ValueError(f"unknown source {name!r}; choose one of {sorted(SOURCES)}")
+    allowed = source_options(name)
+    unknown = sorted(set(options) - set(allowed))
+    if unknown:
+        raise ValueError(f"{name}: unknown option(s) {unknown}; {name} accepts "
+                         f"{sorted(allowed)}")
+    return SOURCES[name](data_dir=data_dir, split=split, seed=seed, resolution=resolution,
+                         **options)

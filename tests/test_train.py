@@ -1,0 +1,200 @@
+"""The trainer: step semantics, data-parallel equivalence, resume, NaN guard, configs."""
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import jax
+import numpy as np
+import pytest
+
+from configs import default, masked_gan, pix2pix, ye
+from unmask_jax import gan, main, optim, train
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def tiny_config(**overrides):
+    """pix2pix at 64x64 with a 6-level, 8-filter U-Net: compiles in seconds."""
+    c = pix2pix.get_config("quick")
+    c.model.generator_kwargs.ngf = 8
+    c.model.discriminator_kwargs.ndf = 8
+    c.data.source_options.num_records = 64
+    c.train.batch_size = 4
+    c.train.num_steps = 6
+    c.optim.constant_steps = 3
+    c.optim.decay_steps = 3
+    c.train.log_every_steps = 2
+    c.train.sample_every_steps = 3
+    c.train.checkpoint_every_steps = 3
+    c.train.eval_every_steps = 6
+    c.eval.num_images = 8
+    c.eval.batch_size = 4
+    for k, v in overrides.items():
+        node = c
+        *path, last = k.split(".")
+        for p in path:
+            node = node[p]
+        node[last] = v
+    return c
+
+
+def random_batch(n=4, res=64, seed=0):
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:res, 0:res] / res
+    phase = rng.uniform(0, 2 * np.pi, (n, 1, 1, 3))
+    target = (0.8 * np.sin(2 * np.pi * (xx + yy)[None, ..., None] + phase)).astype(np.float32)
+    mask = np.zeros((n, res, res, 1), np.float32)
+    mask[:, res // 2:, res // 4: 3 * res // 4] = 1
+    masked = np.where(mask > 0, 0.8, target).astype(np.float32)
+    return {"masked": masked, "target": target, "mask": mask}
+
+
+def _setup(config):
+    system = gan.build_system(config)
+    g_tx = optim.adam(config.optim, 10)
+    d_tx = optim.adam(config.optim, 10)
+    state = jax.jit(lambda: train.create_state(system, g_tx, d_tx, 0, config.data.resolution))()
+    step = jax.jit(lambda s, b: train.train_step(s, b, system=system, g_tx=g_tx, d_tx=d_tx))
+    return system, state, step
+
+
+@pytest.mark.parametrize("get,variant,g,d", [
+    (pix2pix.get_config, "", 54_413_955, 2_768_705),
+    (ye.get_config, "a", 54_413_955, 2_768_705),
+    (ye.get_config, "b", 54_414_979, 2_769_729),
+    (masked_gan.get_config, "", 54_414_979, 2_768_641),
+])
+def test_summary_parameter_counts(tmp_path, get, variant, g, d):
+    result = main.summary(get(variant), str(tmp_path))
+    assert result["networks"]["generator"]["params"] == g
+    assert result["networks"]["discriminator"]["params"] == d
+    assert json.loads((tmp_path / "summary.json").read_text()) == result
+
+
+def test_short_training_lowers_losses():
+    config = tiny_config()
+    config.optim.schedule = "constant"
+    _, state, step = _setup(config)
+    batch = random_batch()
+    l1 = []
+    for _ in range(15):
+        state, m = step(state, batch)
+        l1.append(float(m["g_l1"]))
+    assert l1[-1] < 0.8 * l1[0], l1
+    assert int(state.step) == 15
+
+
+def test_nonfinite_step_leaves_state_unchanged():
+    config = tiny_config()
+    _, state, step = _setup(config)
+    before = jax.device_get(state.generator.params)
+    bad = random_batch()
+    bad["target"][0, 0, 0, 0] = np.nan
+    state, m = step(state, bad)
+    assert float(m["nonfinite"]) == 1.0
+    after = jax.device_get(state.generator.params)
+    jax.tree.map(np.testing.assert_array_equal, before, after)
+    assert int(state.step) == 1
+
+
+def test_one_device_step_equals_eight_device_step():
+    """Same step on a 1-device mesh and an 8-device mesh (fake CPU devices), rtol 1e-5."""
+    script = textwrap.dedent("""
+        import jax, numpy as np
+        from tests.test_train import tiny_config, random_batch
+        from unmask_jax import gan, optim, parallel, train
+        assert jax.device_count() == 8, jax.devices()
+        config = tiny_config()
+        system = gan.build_system(config)
+        tx = optim.adam(config.optim, 10)
+        results = []
+        for devices in (jax.devices()[:1], jax.devices()):
+            mesh = parallel.make_data_mesh(devices)
+            rep = parallel.replicated_sharding(mesh)
+            state = jax.jit(lambda: train.create_state(system, tx, tx, 0, 64),
+                            out_shardings=rep)()
+            step = train.make_train_step(system, tx, tx, mesh, rep)
+            for i in range(2):
+                state, m = step(state, parallel.global_batch(random_batch(8, seed=i), mesh))
+            results.append(jax.device_get((state.generator, state.discriminator, m)))
+        flat1, flat8 = (jax.tree.leaves(r) for r in results)
+        worst = max(float(np.max(np.abs(a - b) / (np.abs(a) + 1e-3))) for a, b in zip(flat1, flat8))
+        print("max relative diff", worst)
+        for a, b in zip(flat1, flat8):
+            np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+        print("OK")
+    """)
+    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8",
+               JAX_PLATFORMS="cpu")
+    proc = subprocess.run([sys.executable, "-c", script], cwd=REPO, env=env,
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0 and "OK" in proc.stdout, proc.stdout + proc.stderr[-4000:]
+
+
+def _final_params(workdir):
+    config = tiny_config()
+    state, _, _ = train.load_state(config, str(workdir))
+    return int(state.step), jax.device_get(state.generator.params), jax.device_get(
+        state.discriminator.params)
+
+
+def test_resume_equals_uninterrupted_run(tmp_path):
+    config = tiny_config()
+    full = tmp_path / "full"
+    out = train.train_and_evaluate(config, str(full))
+    assert out["step"] == 6
+    # Interrupted: this run stops after 3 steps (checkpoint), a new run resumes to the end.
+    part = tmp_path / "part"
+    train.train_and_evaluate(tiny_config(**{"train.stop_after_steps": 3}), str(part))
+    assert _final_params(part)[0] == 3
+    train.train_and_evaluate(config, str(part))
+    s_full, g_full, d_full = _final_params(full)
+    s_part, g_part, d_part = _final_params(part)
+    assert s_full == s_part == 6
+    jax.tree.map(np.testing.assert_array_equal, g_full, g_part)
+    jax.tree.map(np.testing.assert_array_equal, d_full, d_part)
+    # Outputs of a run: eval JSON, sample PNGs, TensorBoard events.
+    result = json.loads((full / "eval" / "latest.json").read_text())
+    assert result["step"] == 6 and result["num_images"] == 8
+    for key in ("psnr", "ssim", "psnr_mask", "ssim_mask"):
+        assert np.isfinite(result[key])
+        assert np.isfinite(result["baselines"]["masked_input"][key])
+        assert np.isfinite(result["baselines"]["telea"][key])
+    assert (full / "eval" / "step_6.json").exists()
+    assert sorted(os.listdir(full / "samples")) == ["step_00000003.png", "step_00000006.png"]
+    assert any(f.startswith("events.out.tfevents") for f in os.listdir(full))
+
+
+def test_bad_config_values_fail_validation():
+    for key, value, match in [("train.compute_dtype", "fp16", "compute_dtype"),
+                              ("loss.gan", "hinge", "loss.gan"),
+                              ("data.resolution", 32, "resolution"),
+                              ("model.generator_inputs", ("masked", "depth"), "generator_inputs")]:
+        with pytest.raises(ValueError, match=match):
+            main.validate_config(tiny_config(**{key: value}))
+    c = tiny_config()
+    c.optim.constant_epochs = 3
+    with pytest.raises(ValueError, match="constant_steps"):
+        main.validate_config(c)
+
+
+def test_unknown_config_key_fails_at_startup(tmp_path):
+    proc = subprocess.run(
+        [sys.executable, "-m", "unmask_jax.main", "--config=configs/pix2pix.py:quick",
+         f"--workdir={tmp_path}", "--mode=summary", "--config.train.no_such_key=1"],
+        cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert proc.returncode != 0
+    assert "no_such_key" in proc.stderr
+
+
+def test_evaluate_without_checkpoint_names_the_workdir(tmp_path):
+    with pytest.raises(FileNotFoundError, match=str(tmp_path)):
+        train.load_state(tiny_config(), str(tmp_path))
+
+
+def test_unknown_variant_is_rejected():
+    with pytest.raises(ValueError, match="variant"):
+        ye.get_config("c_fast")
+    assert default.get_config().train.batch_size == 1

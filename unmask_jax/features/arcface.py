@@ -1,0 +1,197 @@
+"""ArcFace face-recognition backbones in Flax: InsightFace IResNet-50/100 and pSp's IR-SE50.
+
+Both take 112x112 RGB faces in [-1, 1] (InsightFace's ``(img / 255 - 0.5) / 0.5``), NHWC,
+and return a 512-d embedding.
+
+* :class:`IResNet` follows InsightFace ``arcface_torch/backbones/iresnet.py``: stem conv3x3
+  -> BN -> PReLU; stages of ``IBasicBlock`` (BN -> conv3x3 -> BN -> PReLU -> conv3x3(stride)
+  -> BN, plus a conv1x1(stride) + BN shortcut where shape changes) at widths 64/128/256/512,
+  each stage starting with stride 2; then BN -> flatten in NCHW order -> dropout -> Linear
+  (512*7*7 -> 512) -> BatchNorm1d ("features"). Depth 50 = (3, 4, 14, 3) blocks, 100 =
+  (3, 13, 30, 3). All BN eps 1e-5 (``bn_eps``; some older exports used 2e-5).
+* :class:`IRSE` follows pSp ``models/encoders/model_irse.py`` ``Backbone(112, 50, 'ir_se')``:
+  ``input_layer`` conv3x3 -> BN -> PReLU; ``body`` of ``bottleneck_IR_SE`` units (BN ->
+  conv3x3 -> PReLU -> conv3x3(stride) -> BN -> SE(reduction 16), plus a shortcut that is a
+  1x1 max pool (subsampling) when widths agree, else conv1x1 + BN); ``output_layer`` BN ->
+  dropout -> flatten (NCHW) -> Linear -> BatchNorm1d; the embedding is L2-normalised as in
+  pSp. Blocks (3, 4, 14, 3) for 50 layers.
+
+PReLU is per channel (Flax's ``nn.PReLU`` has one scalar, so a local module is used). The
+networks accept other input sizes divisible by 16 (the fc input grows with the final map);
+tests use that to keep the CPU cost low.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import jax
+import jax.numpy as jnp
+import flax.linen as nn
+
+IRESNET_LAYERS = {50: (3, 4, 14, 3), 100: (3, 13, 30, 3), 18: (2, 2, 2, 2), 34: (3, 4, 6, 3)}
+IRSE_LAYERS = {50: (3, 4, 14, 3), 100: (3, 13, 30, 3), 152: (3, 8, 36, 3)}
+STAGE_WIDTHS = (64, 128, 256, 512)
+
+
+class PReLU(nn.Module):
+    """Per-channel PReLU (torch ``nn.PReLU(C)``): slope initialised to 0.25."""
+
+    features: int
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        slope = self.param("weight", nn.initializers.constant(0.25), (self.features,))
+        return jnp.where(x >= 0, x, x * slope)
+
+
+def _bn(name: str, train: bool, eps: float, affine: bool = True) -> nn.BatchNorm:
+    # torch momentum 0.1 == Flax momentum 0.9.
+    return nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=eps,
+                        use_scale=affine, use_bias=affine, name=name)
+
+
+def _conv(features: int, k: int, stride: int, name: str) -> nn.Conv:
+    pad = k // 2
+    return nn.Conv(features, (k, k), strides=(stride, stride),
+                   padding=((pad, pad), (pad, pad)), use_bias=False, name=name)
+
+
+def _flatten_nchw(x: jax.Array) -> jax.Array:
+    return jnp.transpose(x, (0, 3, 1, 2)).reshape(x.shape[0], -1)
+
+
+class IBasicBlock(nn.Module):
+    planes: int
+    stride: int
+    downsample: bool
+    bn_eps: float = 1e-5
+
+    @nn.compact
+    def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
+        out = _bn("bn1", train, self.bn_eps)(x)
+        out = _conv(self.planes, 3, 1, "conv1")(out)
+        out = _bn("bn2", train, self.bn_eps)(out)
+        out = PReLU(self.planes, name="prelu")(out)
+        out = _conv(self.planes, 3, self.stride, "conv2")(out)
+        out = _bn("bn3", train, self.bn_eps)(out)
+        identity = x
+        if self.downsample:
+            identity = _conv(self.planes, 1, self.stride, "downsample_conv")(x)
+            identity = _bn("downsample_bn", train, self.bn_eps)(identity)
+        return out + identity
+
+
+class IResNet(nn.Module):
+    """InsightFace IResNet; ``layers`` blocks per stage, e.g. ``IRESNET_LAYERS[50]``."""
+
+    layers: Sequence[int] = IRESNET_LAYERS[50]
+    num_features: int = 512
+    dropout: float = 0.0
+    bn_eps: float = 1e-5
+
+    @nn.compact
+    def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
+        if x.shape[1] % 16 or x.shape[2] % 16:
+            raise ValueError(f"IResNet input must be divisible by 16, got {x.shape[1:3]}")
+        x = _conv(64, 3, 1, "conv1")(x.astype(jnp.float32))
+        x = _bn("bn1", train, self.bn_eps)(x)
+        x = PReLU(64, name="prelu")(x)
+        inplanes = 64
+        for s, (n, planes) in enumerate(zip(self.layers, STAGE_WIDTHS), start=1):
+            for b in range(n):
+                stride = 2 if b == 0 else 1
+                down = b == 0 and (stride != 1 or inplanes != planes)
+                x = IBasicBlock(planes, stride, down, self.bn_eps,
+                                name=f"layer{s}_{b}")(x, train)
+                inplanes = planes
+        x = _bn("bn2", train, self.bn_eps)(x)
+        x = _flatten_nchw(x)
+        x = nn.Dropout(self.dropout, deterministic=not train or self.dropout == 0.0)(x)
+        x = nn.Dense(self.num_features, name="fc")(x)
+        return _bn("features", train, self.bn_eps)(x)
+
+
+class SEModule(nn.Module):
+    channels: int
+    reduction: int = 16
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        s = jnp.mean(x, axis=(1, 2), keepdims=True)
+        s = nn.Conv(self.channels // self.reduction, (1, 1), use_bias=False, name="fc1")(s)
+        s = nn.relu(s)
+        s = nn.Conv(self.channels, (1, 1), use_bias=False, name="fc2")(s)
+        return x * nn.sigmoid(s)
+
+
+class BottleneckIRSE(nn.Module):
+    in_channel: int
+    depth: int
+    stride: int
+
+    @nn.compact
+    def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
+        if self.in_channel == self.depth:
+            shortcut = x[:, ::self.stride, ::self.stride, :]  # MaxPool2d(1, stride)
+        else:
+            shortcut = _conv(self.depth, 1, self.stride, "shortcut_conv")(x)
+            shortcut = _bn("shortcut_bn", train, 1e-5)(shortcut)
+        res = _bn("res_bn1", train, 1e-5)(x)
+        res = _conv(self.depth, 3, 1, "res_conv1")(res)
+        res = PReLU(self.depth, name="res_prelu")(res)
+        res = _conv(self.depth, 3, self.stride, "res_conv2")(res)
+        res = _bn("res_bn2", train, 1e-5)(res)
+        res = SEModule(self.depth, 16, name="res_se")(res)
+        return res + shortcut
+
+
+def irse_units(num_layers: int) -> list[tuple[int, int, int]]:
+    """pSp ``get_blocks``: (in_channel, depth, stride) for every body unit."""
+    units = []
+    in_c = 64
+    for n, depth in zip(IRSE_LAYERS[num_layers], STAGE_WIDTHS):
+        units.append((in_c, depth, 2))
+        units += [(depth, depth, 1)] * (n - 1)
+        in_c = depth
+    return units
+
+
+class IRSE(nn.Module):
+    """pSp IR-SE backbone (``mode='ir_se'``); returns the L2-normalised 512-d embedding."""
+
+    num_layers: int = 50
+    drop_ratio: float = 0.6
+    affine: bool = True
+    normalize: bool = True
+    units: Sequence[tuple[int, int, int]] | None = None  # overrides num_layers (tests)
+
+    @nn.compact
+    def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
+        if x.shape[1] % 16 or x.shape[2] % 16:
+            raise ValueError(f"IRSE input must be divisible by 16, got {x.shape[1:3]}")
+        x = _conv(64, 3, 1, "input_conv")(x.astype(jnp.float32))
+        x = _bn("input_bn", train, 1e-5)(x)
+        x = PReLU(64, name="input_prelu")(x)
+        units = self.units if self.units is not None else irse_units(self.num_layers)
+        for i, (in_c, depth, stride) in enumerate(units):
+            x = BottleneckIRSE(in_c, depth, stride, name=f"body_{i}")(x, train)
+        x = _bn("output_bn2d", train, 1e-5)(x)
+        x = nn.Dropout(self.drop_ratio, deterministic=not train)(x)
+        x = _flatten_nchw(x)
+        x = nn.Dense(512, name="output_fc")(x)
+        x = _bn("output_bn1d", train, 1e-5, affine=self.affine)(x)
+        if self.normalize:
+            x = x / jnp.linalg.norm(x, axis=-1, keepdims=True)
+        return x
+
+
+def make_arcface(kind: str) -> nn.Module:
+    """``arcface_iresnet50`` | ``arcface_iresnet100`` | ``irse50`` -> the Flax module."""
+    if kind == "arcface_iresnet50":
+        return IResNet(IRESNET_LAYERS[50])
+    if kind == "arcface_iresnet100":
+        return IResNet(IRESNET_LAYERS[100])
+    if kind == "irse50":
+        return IRSE(50)
+    raise ValueError(f"unknown ArcFace kind {kind!r}")

