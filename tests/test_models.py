@@ -62,39 +62,31 @@ def test_unet128_shape_and_bn_stats_layout():
     assert "bias" not in variables["params"]["down_conv_0"]
 
 
-def test_unet256_forward_once():
-    model = create_model("pix2pix_unet")
-    x = jax.random.uniform(jax.random.key(1), (1, 256, 256, 3), minval=-1, maxval=1)
-    variables = model.init({"params": jax.random.key(0)}, x, False)
-    y = jax.jit(lambda v, x: model.apply(v, x, False))(variables, x)
-    assert y.shape == (1, 256, 256, 3) and y.dtype == jnp.float32
-    assert np.all(np.isfinite(y)) and float(jnp.max(jnp.abs(y))) <= 1.0
-    assert float(jnp.std(y)) > 0
+def test_unet128_and_tf_shapes():
+    _, out = _abstract_variables("tf_pix2pix_unet", 3, 128, num_downs=7)
+    assert out.shape == (1, 128, 128, 3)
+    _, out = _abstract_variables("patchgan", 6, 128)
+    assert out.shape == (1, 14, 14, 1)
 
 
-def test_patchgan_forward_and_128_variant():
-    model = create_model("patchgan", ndf=8)
-    x = jnp.ones((2, 256, 256, 6))
-    variables = model.init(jax.random.key(0), x, False)
-    assert model.apply(variables, x, False).shape == (2, 30, 30, 1)
-    tf_model = create_model("tf_patchgan", ndf=8)
-    tf_vars = tf_model.init(jax.random.key(0), x, False)
-    assert tf_model.apply(tf_vars, x, False).shape == (2, 30, 30, 1)
-    g = create_model("tf_pix2pix_unet", num_downs=7, ngf=4)
-    xg = jnp.ones((1, 128, 128, 3))
-    g_vars = g.init(jax.random.key(0), xg, False)
-    assert g.apply(g_vars, xg, False).shape == (1, 128, 128, 3)
+@pytest.fixture(scope="module")
+def small_unet():
+    """A small U-Net (dropout at level 4) initialised once (jitted init: one compile)."""
+    model = create_model("pix2pix_unet", num_downs=6, ngf=16)
+    x = jax.random.uniform(jax.random.key(0), (2, 64, 64, 3), minval=-1, maxval=1)
+    variables = jax.jit(lambda x: model.init(jax.random.key(1), x, False))(x)
+    return model, x, variables
 
 
-def test_init_statistics():
-    model = create_model("pix2pix_unet", num_downs=6, ngf=32)
-    variables = model.init(jax.random.key(0), jnp.zeros((1, 64, 64, 3)), False)
+def test_init_statistics(small_unet):
+    _, _, variables = small_unet
     params = variables["params"]
     kernels = np.concatenate(
         [np.ravel(params[k]["kernel"]) for k in params if "conv" in k]
     )
+    assert kernels.size > 100_000
     assert abs(kernels.mean()) < 1e-3
-    assert abs(kernels.std() - 0.02) < 1e-3
+    assert abs(kernels.std() - 0.02) < 5e-4
     scales = np.concatenate([np.ravel(params[k]["scale"]) for k in params if "norm" in k])
     assert abs(scales.mean() - 1.0) < 3e-3 and abs(scales.std() - 0.02) < 3e-3
     assert np.all(np.asarray(params["up_conv_0"]["bias"]) == 0)
@@ -103,10 +95,12 @@ def test_init_statistics():
             assert np.all(np.asarray(params[k]["bias"]) == 0)
             assert np.all(np.asarray(variables["batch_stats"][k]["mean"]) == 0)
             assert np.all(np.asarray(variables["batch_stats"][k]["var"]) == 1)
-    # TF variant: Keras BN gamma init is exactly 1.
+    # TF variant: Keras BN gamma init is exactly 1, convs N(0, 0.02).
     tf_model = create_model("tf_patchgan", ndf=8)
-    tf_vars = tf_model.init(jax.random.key(0), jnp.zeros((1, 32, 32, 6)), False)
+    tf_vars = jax.jit(lambda x: tf_model.init(jax.random.key(0), x, False))(
+        jnp.zeros((1, 32, 32, 6)))
     assert np.all(np.asarray(tf_vars["params"]["norm"]["scale"]) == 1)
+    assert abs(float(jnp.std(tf_vars["params"]["conv"]["kernel"])) - 0.02) < 1e-3
 
 
 CONVT_CASES = [
@@ -232,48 +226,47 @@ def test_instance_norm_matches_torch():
                                ref.numpy().transpose(0, 2, 3, 1), rtol=1e-5, atol=1e-5)
 
 
-def test_dropout_only_in_train_and_bn_stats_update():
-    model = create_model("pix2pix_unet", num_downs=6, ngf=4)  # dropout at level 4
-    x = jax.random.normal(jax.random.key(0), (2, 64, 64, 3))
-    variables = model.init(jax.random.key(1), x, False)
-    fwd_eval = jax.jit(lambda v, x: model.apply(v, x, False))
-    fwd_train = jax.jit(lambda v, x, k: model.apply(v, x, True, rngs={"dropout": k},
-                                                    mutable=["batch_stats"]))
-    e1, e2 = fwd_eval(variables, x), fwd_eval(variables, x)
-    np.testing.assert_array_equal(e1, e2)
-    t1, upd1 = fwd_train(variables, x, jax.random.key(2))
-    t1b, _ = fwd_train(variables, x, jax.random.key(2))
-    t2, _ = fwd_train(variables, x, jax.random.key(3))
-    np.testing.assert_array_equal(t1, t1b)
-    assert float(jnp.max(jnp.abs(t1 - t2))) > 1e-4
+def test_dropout_only_in_train_and_bn_stats_update(small_unet):
+    model, x, variables = small_unet
+
+    @jax.jit
+    def fwd(v, x, k):
+        y_eval = model.apply(v, x, False)
+        y_train, upd = model.apply(v, x, True, rngs={"dropout": k}, mutable=["batch_stats"])
+        return y_eval, y_train, upd
+
+    e1, t1, upd1 = fwd(variables, x, jax.random.key(2))
+    e2, t1b, _ = fwd(variables, x, jax.random.key(2))
+    e3, t2, _ = fwd(variables, x, jax.random.key(3))
+    np.testing.assert_array_equal(e1, e3)  # eval: no dropout, independent of the key
+    np.testing.assert_array_equal(t1, t1b)  # train: deterministic given the key
+    assert float(jnp.max(jnp.abs(t1 - t2))) > 1e-4  # ... and the key matters
     assert float(jnp.max(jnp.abs(t1 - e1))) > 1e-4
-    # Running statistics moved (momentum 0.1) only in train mode.
+    # Running statistics moved (momentum 0.1) in train mode; eval apply returns none.
     old = variables["batch_stats"]["up_norm_4"]["mean"]
     new = upd1["batch_stats"]["up_norm_4"]["mean"]
     assert float(jnp.max(jnp.abs(new - old))) > 0
-    no_drop = create_model("pix2pix_unet", num_downs=6, ngf=4, use_dropout=False)
-    nd = jax.jit(lambda v, x, k: no_drop.apply(v, x, True, rngs={"dropout": k},
-                                               mutable=["batch_stats"])[0])
-    np.testing.assert_array_equal(nd(variables, x, jax.random.key(2)),
-                                  nd(variables, x, jax.random.key(3)))
+    no_drop = create_model("pix2pix_unet", num_downs=6, ngf=16, use_dropout=False)
+    nd = jax.jit(lambda v, x: [no_drop.apply(v, x, True, rngs={"dropout": jax.random.key(i)},
+                                             mutable=["batch_stats"])[0] for i in (2, 3)])
+    a, b = nd(variables, x)
+    np.testing.assert_array_equal(a, b)
 
 
-def test_bfloat16_compute_returns_float32():
-    x = jax.random.uniform(jax.random.key(0), (1, 32, 32, 4), minval=-1, maxval=1)
-    g32 = create_model("pix2pix_unet", num_downs=5, ngf=8)
-    g16 = create_model("pix2pix_unet", num_downs=5, ngf=8, dtype=jnp.bfloat16)
-    variables = g32.init(jax.random.key(1), x, False)
-    y32 = g32.apply(variables, x, False)
-    y16 = g16.apply(variables, x, False)
+def test_bfloat16_compute_returns_float32(small_unet):
+    model, x, variables = small_unet
+    g16 = create_model("pix2pix_unet", num_downs=6, ngf=16, dtype=jnp.bfloat16)
+    y32, y16 = jax.jit(lambda v, x: (model.apply(v, x, False), g16.apply(v, x, False)))(
+        variables, x)
     assert y16.dtype == jnp.float32
-    assert jax.tree_util.tree_all(
-        jax.tree_util.tree_map(lambda a: a.dtype == jnp.float32,
-                               g16.init(jax.random.key(1), x, False)))
-    assert float(jnp.max(jnp.abs(y16 - y32))) < 0.05
+    assert 0 < float(jnp.max(jnp.abs(y16 - y32))) < 0.1
+    shapes = jax.eval_shape(lambda x: g16.init(jax.random.key(1), x, False), x)
+    assert all(leaf.dtype == jnp.float32 for leaf in jax.tree_util.tree_leaves(shapes))
     d16 = create_model("patchgan", ndf=8, n_layers=2, dtype=jnp.bfloat16)
-    dv = d16.init(jax.random.key(2), jnp.concatenate([x, x], -1), False)
-    logits = d16.apply(dv, jnp.concatenate([x, x], -1), True, mutable=["batch_stats"])[0]
-    assert logits.dtype == jnp.float32
+    xd = jnp.concatenate([x, x], -1)
+    logits = jax.jit(lambda xd: d16.apply(d16.init(jax.random.key(2), xd, False), xd, True,
+                                          mutable=["batch_stats"])[0])(xd)
+    assert logits.dtype == jnp.float32 and logits.shape == (2, 14, 14, 1)
 
 
 def test_registry_errors():

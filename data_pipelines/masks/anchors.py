@@ -26,6 +26,7 @@ import numpy as np
 ANCHOR_NAMES: tuple[str, ...] = ("a", "b", "c", "d", "e", "f")
 #: Bottom-lip landmark indices (spec: {54..59, 48, 64..67, 60}).
 BOTTOM_LIP: tuple[int, ...] = (54, 55, 56, 57, 58, 59, 48, 64, 65, 66, 67, 60)
+_BOTTOM_LIP_IDX = np.array(BOTTOM_LIP)
 #: Order in which anchors enter the homography (spec: template [a,b,c,f,e,d] -> face).
 HOMOGRAPHY_ORDER: tuple[int, ...] = (0, 1, 2, 5, 4, 3)
 #: Tilt threshold in degrees (spec: below -13 -> "right", above +13 -> "left").
@@ -34,7 +35,8 @@ TILT_THRESHOLD_DEG: float = 13.0
 _JAW = slice(0, 17)
 
 
-def _check_landmarks(landmarks68: np.ndarray) -> np.ndarray:
+def check_landmarks(landmarks68: np.ndarray) -> np.ndarray:
+    """Validate (68, 2) finite landmarks; returns them as float64."""
     pts = np.asarray(landmarks68, dtype=np.float64)
     if pts.shape != (68, 2):
         raise ValueError(f"landmarks68 must have shape (68, 2), got {pts.shape}")
@@ -48,22 +50,33 @@ def line_polyline_intersections(p0: np.ndarray, direction: np.ndarray,
     """Intersections of the infinite line ``p0 + t * direction`` with an open polyline
     (N, 2); returns (K, 2) points sorted by ``t`` (ascending), duplicates at shared
     vertices removed."""
+    p0 = np.asarray(p0, dtype=np.float64)
+    direction = np.asarray(direction, dtype=np.float64)
+    return _batched_line_hits(p0[None], direction[None],
+                              np.asarray(polyline, dtype=np.float64))[0]
+
+
+def _batched_line_hits(p0s: np.ndarray, dirs: np.ndarray, polyline: np.ndarray
+                       ) -> list[np.ndarray]:
+    """``line_polyline_intersections`` for L lines at once: a list of L (K, 2) arrays."""
     starts = polyline[:-1]
-    seg = polyline[1:] - starts
-    denom = direction[0] * seg[:, 1] - direction[1] * seg[:, 0]
-    rel = starts - p0
-    with np.errstate(divide="ignore", invalid="ignore"):
-        t = (rel[:, 0] * seg[:, 1] - rel[:, 1] * seg[:, 0]) / denom
-        s = (rel[:, 0] * direction[1] - rel[:, 1] * direction[0]) / denom
-    ok = (np.abs(denom) > 1e-12) & (s >= 0.0) & (s <= 1.0)
-    if not np.any(ok):
-        return np.zeros((0, 2))
-    t = np.sort(t[ok])
-    # A line through a shared vertex hits two segments at the same t.
-    scale = max(1e-9, float(np.abs(direction).max()))
-    keep = np.concatenate([[True], np.diff(t) * scale > 1e-7])
-    t = t[keep]
-    return p0[None, :] + t[:, None] * direction[None, :]
+    seg = polyline[1:] - starts                                    # (S, 2)
+    dx, dy = dirs[:, 0:1], dirs[:, 1:2]                            # (L, 1)
+    denom = dx * seg[:, 1] - dy * seg[:, 0]                        # (L, S)
+    rx = starts[:, 0] - p0s[:, 0:1]
+    ry = starts[:, 1] - p0s[:, 1:2]
+    s_num = rx * dy - ry * dx
+    ok = (np.abs(denom) > 1e-12) & (s_num * denom >= 0.0) & (np.abs(s_num) <= np.abs(denom))
+    safe = np.where(ok, denom, 1.0)
+    t_all = (rx * seg[:, 1] - ry * seg[:, 0]) / safe
+    out = []
+    for i in range(len(p0s)):
+        t = np.sort(t_all[i][ok[i]])
+        if t.size > 1:
+            scale = max(1e-9, abs(float(dirs[i, 0])), abs(float(dirs[i, 1])))
+            t = t[np.concatenate(([True], np.diff(t) * scale > 1e-7))]
+        out.append(p0s[i][None, :] + t[:, None] * dirs[i][None, :])
+    return out
 
 
 def line_ellipse_intersections(p0: np.ndarray, direction: np.ndarray,
@@ -100,13 +113,13 @@ def _jaw_ellipse(jaw: np.ndarray) -> tuple | None:
     return ellipse
 
 
-def _side_pair(p0: np.ndarray, direction: np.ndarray, jaw: np.ndarray,
-               ellipse_cache: list, fallback: tuple[int, int]) -> tuple[np.ndarray, np.ndarray, str]:
-    """First and last intersection with the jaw, else with the fitted ellipse, else the
-    two fallback jaw points. Returns (first, last, which)."""
-    pts = line_polyline_intersections(p0, direction, jaw)
-    if len(pts) >= 2:
-        return pts[0], pts[-1], "jaw"
+def _side_pair(hits: np.ndarray, p0: np.ndarray, direction: np.ndarray, jaw: np.ndarray,
+               ellipse_cache: list, fallback: tuple[int, int]
+               ) -> tuple[np.ndarray, np.ndarray, str]:
+    """First and last intersection with the jaw (``hits``), else with the fitted ellipse,
+    else the two fallback jaw points. Returns (first, last, which)."""
+    if len(hits) >= 2:
+        return hits[0], hits[-1], "jaw"
     if not ellipse_cache:
         ellipse_cache.append(_jaw_ellipse(jaw))
     ellipse = ellipse_cache[0]
@@ -117,30 +130,30 @@ def _side_pair(p0: np.ndarray, direction: np.ndarray, jaw: np.ndarray,
     return jaw[fallback[0]].copy(), jaw[fallback[1]].copy(), "jaw_points"
 
 
-def _first_downward(p0: np.ndarray, direction: np.ndarray, jaw: np.ndarray) -> np.ndarray | None:
-    pts = line_polyline_intersections(p0, direction, jaw)
-    if len(pts) == 0:
+def _first_ahead(hits: np.ndarray, p0: np.ndarray, direction: np.ndarray) -> np.ndarray | None:
+    """The first hit at or beyond ``p0`` along ``direction`` (else the last one)."""
+    if len(hits) == 0:
         return None
-    t = (pts - p0) @ direction
-    ahead = pts[t >= 0]
-    return ahead[0] if len(ahead) else pts[-1]
+    t = (hits - p0) @ direction
+    ahead = hits[t >= 0]
+    return ahead[0] if len(ahead) else hits[-1]
 
 
 def eye_geometry(landmarks68: np.ndarray) -> dict[str, np.ndarray | float]:
     """Eye centres, eye midpoint, unit eye direction (left -> right), unit downward
     normal, nose_length and the bottom-lip points."""
-    pts = _check_landmarks(landmarks68)
-    left = pts[36:42].mean(axis=0)
-    right = pts[42:48].mean(axis=0)
+    pts = check_landmarks(landmarks68)
+    left = pts[36:42].sum(axis=0) / 6.0
+    right = pts[42:48].sum(axis=0) / 6.0
     eye_vec = right - left
-    norm = float(np.hypot(*eye_vec))
+    norm = math.hypot(eye_vec[0], eye_vec[1])
     eye_dir = eye_vec / norm if norm > 1e-9 else np.array([1.0, 0.0])
     down = np.array([-eye_dir[1], eye_dir[0]])  # eye_dir rotated +90deg: points down
     return {
         "left_eye": left, "right_eye": right, "eye_mid": (left + right) / 2.0,
         "eye_dir": eye_dir, "down": down,
         "nose_length": float(pts[30, 1] - pts[27, 1]),
-        "bottom_lip": pts[list(BOTTOM_LIP)],
+        "bottom_lip": pts[_BOTTOM_LIP_IDX],
     }
 
 
@@ -152,28 +165,31 @@ def mask_anchors(landmarks68: np.ndarray, bridge_frac: float = 0.5,
     mask top). With ``return_info`` also returns a dict saying which construction gave
     each anchor pair ("jaw", "ellipse", "jaw_points", "mean", "single", "landmark8").
     """
-    pts = _check_landmarks(landmarks68)
+    pts = check_landmarks(landmarks68)
     geo = eye_geometry(pts)
     jaw = pts[_JAW]
     eye_dir = geo["eye_dir"]
     ellipse_cache: list = []
     info: dict[str, str] = {}
 
-    # a, c: eye line shifted down (vertically) by nose_length.
-    shift_ac = np.array([0.0, geo["nose_length"]])
-    a, c, info["ac"] = _side_pair(geo["left_eye"] + shift_ac, eye_dir, jaw, ellipse_cache,
-                                  (0, 16))
-    # d, f: eye line shifted down by (max bottom-lip y - eye-midpoint y).
+    # The four construction lines (spec): a/c, d/f, and the two lines that give e.
     lip_shift = float(geo["bottom_lip"][:, 1].max() - geo["eye_mid"][1])
-    d, f, info["df"] = _side_pair(geo["left_eye"] + np.array([0.0, lip_shift]), eye_dir, jaw,
-                                  ellipse_cache, (5, 11))
-    # e: the chin point.
-    perp_start = geo["eye_mid"] + np.array([0.0, geo["nose_length"] / 2.0])
-    e1 = _first_downward(perp_start, geo["down"], jaw)
     lip_centroid = geo["bottom_lip"].mean(axis=0)
     chin_dir = lip_centroid - pts[27]
-    chin_norm = float(np.hypot(*chin_dir))
-    e2 = (_first_downward(pts[27], chin_dir / chin_norm, jaw) if chin_norm > 1e-9 else None)
+    chin_norm = math.hypot(chin_dir[0], chin_dir[1])
+    chin_dir = chin_dir / chin_norm if chin_norm > 1e-9 else geo["down"]
+    p0s = np.stack([
+        geo["left_eye"] + (0.0, geo["nose_length"]),        # eye line shifted by nose_length
+        geo["left_eye"] + (0.0, lip_shift),                 # ... by bottom-lip depth
+        geo["eye_mid"] + (0.0, geo["nose_length"] / 2.0),   # perpendicular start
+        pts[27],                                            # 27 -> bottom-lip centroid
+    ])
+    dirs = np.stack([eye_dir, eye_dir, geo["down"], chin_dir])
+    hits = _batched_line_hits(p0s, dirs, jaw)
+    a, c, info["ac"] = _side_pair(hits[0], p0s[0], eye_dir, jaw, ellipse_cache, (0, 16))
+    d, f, info["df"] = _side_pair(hits[1], p0s[1], eye_dir, jaw, ellipse_cache, (5, 11))
+    e1 = _first_ahead(hits[2], p0s[2], dirs[2])
+    e2 = _first_ahead(hits[3], p0s[3], dirs[3]) if chin_norm > 1e-9 else None
     if e1 is not None and e2 is not None:
         e, info["e"] = (e1 + e2) / 2.0, "mean"
     elif e1 is not None or e2 is not None:
@@ -193,8 +209,8 @@ def face_tilt_angle(landmarks68: np.ndarray) -> float:
     """angle(27->30) - angle(27->bottom-lip centroid), each in [0, 180) degrees; the
     difference is wrapped into [-90, 90) so that lines near the 0/180 seam (a face rotated
     by ~90 degrees in the image plane) do not read as a huge tilt."""
-    pts = _check_landmarks(landmarks68)
-    lip_centroid = pts[list(BOTTOM_LIP)].mean(axis=0)
+    pts = check_landmarks(landmarks68)
+    lip_centroid = pts[_BOTTOM_LIP_IDX].mean(axis=0)
     diff = _angle_0_180(pts[30] - pts[27]) - _angle_0_180(lip_centroid - pts[27])
     return (diff + 90.0) % 180.0 - 90.0
 

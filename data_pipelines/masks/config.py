@@ -14,6 +14,10 @@ import numpy as np
 
 MASK_TYPES: tuple[str, ...] = ("surgical", "cloth", "n95", "kn95", "gas")
 
+#: Default relative frequency of each mask type (used when type_probs is None).
+DEFAULT_TYPE_WEIGHTS: dict[str, float] = {
+    "surgical": 0.35, "cloth": 0.3, "n95": 0.15, "kn95": 0.15, "gas": 0.05}
+
 #: Procedural fabric patterns for cloth masks ("plain" = no pattern).
 TEXTURES: tuple[str, ...] = (
     "stripes", "checks", "dots", "noise", "floral", "zigzag", "camo")
@@ -61,8 +65,9 @@ GAS_CARTRIDGE_COLOURS: tuple[tuple[int, int, int], ...] = (
 class MaskSynthesisConfig:
     """All knobs of mask synthesis. Build from a plain dict with ``from_dict``.
 
-    types / type_probs     mask types to draw and their relative probabilities
-                           (normalised; ``None`` = uniform).
+    types / type_probs     mask types to draw and their relative probabilities, one per
+                           type (normalised); ``None`` = ``DEFAULT_TYPE_WEIGHTS`` of the
+                           chosen types.
     blend_weight_range     w of addWeighted(template, 1 - w, colour, w) (tool: 0.5).
     texture_prob           probability that a cloth mask carries a pattern (else plain).
     textures               pattern kinds allowed for cloth masks.
@@ -84,7 +89,7 @@ class MaskSynthesisConfig:
     """
 
     types: tuple[str, ...] = MASK_TYPES
-    type_probs: tuple[float, ...] | None = (0.35, 0.3, 0.15, 0.15, 0.05)
+    type_probs: tuple[float, ...] | None = None
     blend_weight_range: tuple[float, float] = (0.4, 0.6)
     texture_prob: float = 0.6
     textures: tuple[str, ...] = TEXTURES
@@ -146,6 +151,14 @@ class MaskSynthesisConfig:
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
+    def resolved_type_probs(self) -> tuple[float, ...]:
+        """Normalised probabilities, one per entry of ``types``."""
+        if self.type_probs is None:
+            weights = np.array([DEFAULT_TYPE_WEIGHTS[t] for t in self.types], np.float64)
+        else:
+            weights = np.asarray(self.type_probs, dtype=np.float64)
+        return tuple(float(v) for v in weights / weights.sum())
+
 
 def _tuple_fields(cfg: MaskSynthesisConfig) -> None:
     """Normalise list-valued fields to tuples (frozen dataclass, so via object.__setattr__)."""
@@ -202,62 +215,67 @@ def example_rng(seed: int, index: int, epoch: int = 0) -> np.random.Generator:
     return np.random.default_rng(np.random.SeedSequence([int(seed), int(epoch), int(index)]))
 
 
-def _jitter(rng: np.random.Generator, colour: tuple[int, int, int], amount: int
+def _index(u: float, probs: tuple[float, ...] | None, n: int) -> int:
+    """Map a uniform draw ``u`` in [0, 1) to an index in [0, n) (uniform or ``probs``)."""
+    if probs is None:
+        return min(int(u * n), n - 1)
+    cum = np.cumsum(np.asarray(probs, dtype=np.float64))
+    return min(int(np.searchsorted(cum / cum[-1], u, side="right")), n - 1)
+
+
+def _jitter(u3: np.ndarray, colour: tuple[int, int, int], amount: int
             ) -> tuple[int, int, int]:
-    if amount <= 0:
-        return tuple(int(c) for c in colour)
-    noise = rng.integers(-amount, amount + 1, size=3)
+    """Per-channel integer jitter in [-amount, amount] from three uniform draws."""
+    noise = np.floor(u3 * (2 * amount + 1)).astype(np.int64) - amount
     return tuple(int(v) for v in np.clip(np.asarray(colour) + noise, 0, 255))
 
 
-def _pick(rng: np.random.Generator, options: tuple, probs: tuple[float, ...] | None = None):
-    if probs is None:
-        return options[int(rng.integers(len(options)))]
-    p = np.asarray(probs, dtype=np.float64)
-    return options[int(rng.choice(len(options), p=p / p.sum()))]
+#: Uniform draws consumed per example (fixed, whatever the type, so streams stay aligned).
+_N_DRAWS = 24
 
 
 def sample_mask_params(rng: np.random.Generator, cfg: MaskSynthesisConfig | None = None
                        ) -> MaskParams:
-    """Draw one example's MaskParams. Always consumes the same number of draws in the same
-    order, so streams stay aligned whatever the type."""
+    """Draw one example's MaskParams with a single ``rng.random`` call (fast, and the
+    number of draws never depends on the outcome)."""
     cfg = cfg or MaskSynthesisConfig()
-    mask_type = _pick(rng, cfg.types, cfg.type_probs)
-    # Draws common to every type (fixed order).
-    u = rng.random(8)
-    blend = float(cfg.blend_weight_range[0]
-                  + u[0] * (cfg.blend_weight_range[1] - cfg.blend_weight_range[0]))
-    bridge_frac = float(0.5 + (2 * u[1] - 1) * cfg.coverage_jitter)
-    width_scale = float(1.0 + (2 * u[2] - 1) * cfg.width_jitter)
-    shading = float(cfg.shading_range[0] + u[3] * (cfg.shading_range[1] - cfg.shading_range[0]))
-    straps = bool(cfg.straps_in_map and mask_type != "gas" and u[4] < cfg.straps_prob)
-    valve = bool(mask_type == "n95" and u[5] < cfg.valve_prob)
-    valve_side = 1 if u[6] < 0.5 else -1
-    seam = bool(mask_type == "cloth" and u[7] < cfg.seam_prob)
-    pleats = int(rng.integers(cfg.pleats_range[0], cfg.pleats_range[1] + 1))
-    texture_seed = int(rng.integers(0, 2**31 - 1))
-    texture_scale = float(rng.uniform(0.7, 1.4))
-    texture_angle = float(rng.uniform(-30.0, 30.0)) if rng.random() < 0.5 else 0.0
-    use_texture = rng.random() < cfg.texture_prob
-    texture_kind = _pick(rng, cfg.textures) if cfg.textures else "plain"
-    palette_i = int(rng.integers(len(CLOTH_PALETTE)))
-    palette_j = (palette_i + 1 + int(rng.integers(len(CLOTH_PALETTE) - 1))) % len(CLOTH_PALETTE)
-    family_colour = {
-        "surgical": _pick(rng, SURGICAL_COLOURS, SURGICAL_COLOUR_PROBS),
-        "n95": _pick(rng, N95_COLOURS, N95_COLOUR_PROBS),
-        "kn95": _pick(rng, KN95_COLOURS, KN95_COLOUR_PROBS),
-        "gas": _pick(rng, GAS_COLOURS),
-    }
-    cartridge = _pick(rng, GAS_CARTRIDGE_COLOURS)
+    u = rng.random(_N_DRAWS)
+    mask_type = cfg.types[_index(u[0], cfg.resolved_type_probs(), len(cfg.types))]
+    lo, hi = cfg.blend_weight_range
+    blend = float(lo + u[1] * (hi - lo))
+    bridge_frac = float(0.5 + (2 * u[2] - 1) * cfg.coverage_jitter)
+    width_scale = float(1.0 + (2 * u[3] - 1) * cfg.width_jitter)
+    lo, hi = cfg.shading_range
+    shading = float(lo + u[4] * (hi - lo))
+    straps = bool(cfg.straps_in_map and mask_type != "gas" and u[5] < cfg.straps_prob)
+    valve = bool(mask_type == "n95" and u[6] < cfg.valve_prob)
+    valve_side = 1 if u[7] < 0.5 else -1
+    seam = bool(mask_type == "cloth" and u[8] < cfg.seam_prob)
+    p_lo, p_hi = cfg.pleats_range
+    pleats = p_lo + min(int(u[9] * (p_hi - p_lo + 1)), p_hi - p_lo)
+    texture_seed = int(u[10] * (2**31 - 1))
+    texture_scale = float(0.7 + 0.7 * u[11])
+    texture_angle = float(-30.0 + 60.0 * u[12]) if u[13] < 0.5 else 0.0
     if mask_type == "cloth":
-        colour, colour2 = CLOTH_PALETTE[palette_i], CLOTH_PALETTE[palette_j]
-        texture = texture_kind if use_texture else "plain"
+        n = len(CLOTH_PALETTE)
+        i = _index(u[14], None, n)
+        j = (i + 1 + _index(u[15], None, n - 1)) % n
+        colour, colour2 = CLOTH_PALETTE[i], CLOTH_PALETTE[j]
+        texture = (cfg.textures[_index(u[17], None, len(cfg.textures))]
+                   if cfg.textures and u[16] < cfg.texture_prob else "plain")
     else:
-        colour = family_colour[mask_type]
-        colour2 = cartridge if mask_type == "gas" else (200, 205, 210)
+        options, probs = {
+            "surgical": (SURGICAL_COLOURS, SURGICAL_COLOUR_PROBS),
+            "n95": (N95_COLOURS, N95_COLOUR_PROBS),
+            "kn95": (KN95_COLOURS, KN95_COLOUR_PROBS),
+            "gas": (GAS_COLOURS, None),
+        }[mask_type]
+        colour = options[_index(u[14], probs, len(options))]
+        colour2 = (GAS_CARTRIDGE_COLOURS[_index(u[15], None, len(GAS_CARTRIDGE_COLOURS))]
+                   if mask_type == "gas" else (200, 205, 210))
         texture = "plain"
-    colour = _jitter(rng, colour, cfg.colour_jitter)
-    colour2 = _jitter(rng, colour2, cfg.colour_jitter)
+    colour = _jitter(u[18:21], colour, cfg.colour_jitter)
+    colour2 = _jitter(u[21:24], colour2, cfg.colour_jitter)
     return MaskParams(
         mask_type=mask_type, colour=colour, colour2=colour2, texture=texture,
         texture_scale=texture_scale, texture_angle=texture_angle, texture_seed=texture_seed,

@@ -97,45 +97,74 @@ def rel(factor: float) -> int:
 
 
 # ---------------------------------------------------------------------------------------
-# Fabric patterns (colour layer), drawn in canvas pixels.
+# Fabric patterns (colour layer), built in canvas pixels. Each returns uint8 (h, w, 3).
+# Repeating motifs are drawn once into a small periodic tile and tiled (fast); numpy
+# broadcasting over the trailing RGB axis is avoided (slow), planes are merged with cv2.
 # ---------------------------------------------------------------------------------------
 
 
-def _stripes(col: np.ndarray, p: MaskParams, period: float, rng: np.random.Generator) -> None:
-    h, w = col.shape[0], col.shape[1]
+def solid(shape: tuple[int, int], colour) -> np.ndarray:
+    """A uint8 (h, w, 3) image of one colour."""
+    return cv2.merge([np.full(shape, int(c), np.uint8) for c in colour])
+
+
+def _mix(t: np.ndarray, c1, c2) -> np.ndarray:
+    """Per-pixel c1 + t * (c2 - c1), t float32 (h, w) in [0, 1] -> uint8 (h, w, 3)."""
+    return cv2.merge([cv2.convertScaleAbs(t, alpha=float(b) - float(a), beta=float(a))
+                      for a, b in zip(c1, c2)])
+
+
+def _layer(base: np.ndarray, coverage: np.ndarray, colour) -> np.ndarray:
+    """Paint ``colour`` over ``base`` (uint8 (h, w, 3)) with uint8 coverage (h, w)."""
+    t = coverage.astype(np.float32) * np.float32(1.0 / 255.0)
+    planes = [cv2.convertScaleAbs(plane.astype(np.float32) * (1.0 - t) + t * float(c))
+              for plane, c in zip(cv2.split(base), colour)]
+    return cv2.merge(planes)
+
+
+def _tile_to(tile: np.ndarray, shape: tuple[int, int], rng: np.random.Generator,
+             offset: tuple[int, int] | None = None) -> np.ndarray:
+    """Repeat ``tile`` over ``shape`` starting at ``offset`` (random phase if None)."""
+    th, tw = tile.shape[:2]
+    oy, ox = offset if offset is not None else (int(rng.integers(th)), int(rng.integers(tw)))
+    reps = ((shape[0] + oy) // th + 1, (shape[1] + ox) // tw + 1)
+    return np.tile(tile, reps)[oy:oy + shape[0], ox:ox + shape[1]]
+
+
+def _fold(big: np.ndarray, n: int) -> np.ndarray:
+    """Fold an (n*T, n*T) drawing onto one periodic (T, T) tile (max over the blocks)."""
+    t = big.shape[0] // n
+    return big.reshape(n, t, n, t).max(axis=(0, 2))
+
+
+def _stripes(shape, p: MaskParams, period: float, rng: np.random.Generator) -> np.ndarray:
+    h, w = shape
     th = math.radians(p.texture_angle + (90.0 if rng.random() < 0.3 else 0.0))
-    direction = np.array([math.cos(th), math.sin(th)])
-    normal = np.array([-direction[1], direction[0]])
-    centre = np.array([w / 2.0, h / 2.0])
-    reach = math.hypot(w, h)
-    thick = max(1, int(round(period * rng.uniform(0.25, 0.5))))
-    n = int(reach / period) + 2
-    for k in range(-n, n + 1):
-        mid = centre + normal * (k * period)
-        a = np.round((mid - direction * reach) * _ONE).astype(np.int32)
-        b = np.round((mid + direction * reach) * _ONE).astype(np.int32)
-        cv2.line(col, tuple(int(v) for v in a), tuple(int(v) for v in b), p.colour2,
-                 thick, _AA, _SHIFT)
+    d = np.add.outer(np.arange(h, dtype=np.float32) * np.float32(math.sin(th)),
+                     np.arange(w, dtype=np.float32) * np.float32(math.cos(th)))
+    d += np.float32(rng.uniform(0, period))
+    half = np.float32(period * rng.uniform(0.12, 0.25))
+    dist = np.abs(np.mod(d, np.float32(period)) - np.float32(period / 2))
+    t = np.clip(half - dist + np.float32(0.5), 0.0, 1.0)  # anti-aliased stripe coverage
+    return _mix(t, p.colour, p.colour2)
 
 
-def _checks(col: np.ndarray, p: MaskParams, period: float, rng: np.random.Generator) -> None:
+def _checks(shape, p: MaskParams, period: float, rng: np.random.Generator) -> np.ndarray:
     half = max(1.0, period / 2.0)
-    xs = ((np.arange(col.shape[1]) // half) % 2).astype(np.float32)
-    ys = ((np.arange(col.shape[0]) // half) % 2).astype(np.float32)
-    level = (xs[None, :] + ys[:, None]) * 0.5  # gingham: 0, 0.5, 1
-    c1 = np.asarray(p.colour, np.float32)
-    c2 = np.asarray(p.colour2, np.float32)
-    col[:] = np.clip(c1 + level[..., None] * (c2 - c1), 0, 255).astype(np.uint8)
+    xs = ((np.arange(shape[1]) + rng.integers(64)) // half % 2).astype(np.float32)
+    ys = ((np.arange(shape[0]) + rng.integers(64)) // half % 2).astype(np.float32)
+    level = np.add.outer(ys, xs) * np.float32(0.5)  # gingham: 0, 0.5, 1
+    return _mix(level, p.colour, p.colour2)
 
 
-def _dots(col: np.ndarray, p: MaskParams, period: float, rng: np.random.Generator) -> None:
-    radius = max(1.0, period * rng.uniform(0.14, 0.24))
-    r_fp = int(round(radius * _ONE))
-    for row, y in enumerate(np.arange(period / 2, col.shape[0] + period, period)):
-        offset = period / 2 if row % 2 else 0.0
-        for x in np.arange(offset, col.shape[1] + period, period):
-            cv2.circle(col, (int(x * _ONE), int(y * _ONE)), r_fp, p.colour2, -1, _AA,
-                       _SHIFT)
+def _dots(shape, p: MaskParams, period: float, rng: np.random.Generator) -> np.ndarray:
+    pi = max(3, int(round(period)))
+    tile = np.zeros((2 * pi, pi), np.uint8)
+    r = int(round(max(1.0, pi * rng.uniform(0.2, 0.3)) * _ONE))
+    for cx, cy in ((pi / 2, pi / 2), (0.0, 1.5 * pi), (float(pi), 1.5 * pi)):
+        cv2.circle(tile, (int(cx * _ONE), int(cy * _ONE)), r, 255, -1, _AA, _SHIFT)
+    cover = _tile_to(tile, shape, rng).astype(np.float32) * np.float32(1.0 / 255.0)
+    return _mix(cover, p.colour, p.colour2)
 
 
 def _smooth_noise(shape: tuple[int, int], cell: float, rng: np.random.Generator) -> np.ndarray:
@@ -145,60 +174,64 @@ def _smooth_noise(shape: tuple[int, int], cell: float, rng: np.random.Generator)
     return cv2.resize(grid, (shape[1], shape[0]), interpolation=cv2.INTER_CUBIC)
 
 
-def _noise(col: np.ndarray, p: MaskParams, period: float, rng: np.random.Generator) -> None:
+def _noise(shape, p: MaskParams, period: float, rng: np.random.Generator) -> np.ndarray:
     # Heather / melange: a soft mix of the two colours.
-    field = (0.65 * _smooth_noise((col.shape[0], col.shape[1]), period * 0.6, rng)
-             + 0.35 * _smooth_noise((col.shape[0], col.shape[1]), period * 0.15, rng))
-    field = np.clip((field - 0.2) / 0.6, 0.0, 1.0)[..., None]
-    c1 = np.asarray(p.colour, np.float32)
-    c2 = np.asarray(p.colour2, np.float32)
-    col[:] = (c1 + field * (c2 - c1)).astype(np.uint8)
+    field = (0.65 * _smooth_noise(shape, period * 0.6, rng)
+             + 0.35 * _smooth_noise(shape, period * 0.15, rng))
+    return _mix(np.clip((field - 0.2) / 0.6, 0.0, 1.0), p.colour, p.colour2)
 
 
-def _camo(col: np.ndarray, p: MaskParams, period: float, rng: np.random.Generator) -> None:
-    field = (0.7 * _smooth_noise((col.shape[0], col.shape[1]), period * 0.9, rng)
-             + 0.3 * _smooth_noise((col.shape[0], col.shape[1]), period * 0.3, rng))
-    c1 = np.asarray(p.colour, np.float32)
-    c2 = np.asarray(p.colour2, np.float32)
-    c3 = 0.5 * (c1 + c2) * 0.7
-    out = np.where((field > 0.58)[..., None], c2, c1)
-    out = np.where((field < 0.38)[..., None], c3, out)
-    col[:] = out.astype(np.uint8)
+def _camo(shape, p: MaskParams, period: float, rng: np.random.Generator) -> np.ndarray:
+    field = (0.7 * _smooth_noise(shape, period * 0.9, rng)
+             + 0.3 * _smooth_noise(shape, period * 0.3, rng))
+    levels = (field > 0.58).astype(np.uint8) + (field > 0.38).astype(np.uint8)  # 0, 1, 2
+    c1, c2 = np.asarray(p.colour, np.float32), np.asarray(p.colour2, np.float32)
+    dark = 0.35 * (c1 + c2)
+    lut = np.stack([dark, c1, c2]).astype(np.uint8)  # level -> colour
+    return cv2.merge([lut[:, k][levels] for k in range(3)])
 
 
-def _floral(col: np.ndarray, p: MaskParams, period: float, rng: np.random.Generator) -> None:
-    n = max(3, int(col.shape[1] * col.shape[0] / (period * period) * 0.9))
-    petal_r = max(1.0, period * 0.16)
-    centre_colour = (240, 215, 80) if _luma(p.colour2) < 200 else (200, 60, 80)
-    leaf_colour = tuple(int(v) for v in np.clip(np.asarray((60, 130, 70)) * 0.5
-                                                + np.asarray(p.colour) * 0.5, 0, 255))
-    for _ in range(n):
-        cx, cy = rng.uniform(0, col.shape[1]), rng.uniform(0, col.shape[0])
+def _floral(shape, p: MaskParams, period: float, rng: np.random.Generator) -> np.ndarray:
+    t = max(6, int(round(2.5 * period)))
+    leaves, petals, centres = (np.zeros((3 * t, 3 * t), np.uint8) for _ in range(3))
+    petal_r = max(1.0, period * 0.28)
+    for _ in range(3):  # three flowers per 2x2-period tile
+        cx, cy = t + rng.uniform(0, t), t + rng.uniform(0, t)
         rot = rng.uniform(0, 2 * math.pi)
-        size = rng.uniform(0.7, 1.3)
-        lx, ly = cx + 1.6 * petal_r * size * math.cos(rot), cy + 1.6 * petal_r * size * math.sin(rot)
-        cv2.ellipse(col, (int(lx * _ONE), int(ly * _ONE)),
-                    (max(1, int(petal_r * size * 1.1 * _ONE)), max(1, int(petal_r * size * 0.5 * _ONE))),
-                    math.degrees(rot), 0, 360, leaf_colour, -1, _AA, _SHIFT)
+        size = petal_r * rng.uniform(0.75, 1.25)
+        lx, ly = cx + 1.6 * size * math.cos(rot), cy + 1.6 * size * math.sin(rot)
+        cv2.ellipse(leaves, (int(lx * _ONE), int(ly * _ONE)),
+                    (max(1, int(size * 1.1 * _ONE)), max(1, int(size * 0.5 * _ONE))),
+                    math.degrees(rot), 0, 360, 255, -1, _AA, _SHIFT)
         for k in range(5):
             ang = rot + k * 2 * math.pi / 5
-            px = cx + petal_r * size * math.cos(ang)
-            py = cy + petal_r * size * math.sin(ang)
-            cv2.circle(col, (int(px * _ONE), int(py * _ONE)),
-                       max(1, int(petal_r * size * 0.75 * _ONE)), p.colour2, -1, _AA, _SHIFT)
-        cv2.circle(col, (int(cx * _ONE), int(cy * _ONE)),
-                   max(1, int(petal_r * size * 0.45 * _ONE)), centre_colour, -1, _AA, _SHIFT)
+            cv2.circle(petals, (int((cx + size * math.cos(ang)) * _ONE),
+                                int((cy + size * math.sin(ang)) * _ONE)),
+                       max(1, int(size * 0.75 * _ONE)), 255, -1, _AA, _SHIFT)
+        cv2.circle(centres, (int(cx * _ONE), int(cy * _ONE)), max(1, int(size * 0.45 * _ONE)),
+                   255, -1, _AA, _SHIFT)
+    offset = (int(rng.integers(t)), int(rng.integers(t)))  # one phase for all layers
+    layers = [_tile_to(_fold(layer, 3), shape, rng, offset) for layer in (leaves, petals, centres)]
+    leaf_colour = tuple(int(0.5 * a + 0.5 * b) for a, b in zip((60, 130, 70), p.colour))
+    centre_colour = (240, 215, 80) if _luma(p.colour2) < 200 else (200, 60, 80)
+    out = solid(shape, p.colour)
+    for layer, colour in zip(layers, (leaf_colour, p.colour2, centre_colour)):
+        out = _layer(out, layer, colour)
+    return out
 
 
-def _zigzag(col: np.ndarray, p: MaskParams, period: float, rng: np.random.Generator) -> None:
-    amp = period * rng.uniform(0.2, 0.35)
+def _zigzag(shape, p: MaskParams, period: float, rng: np.random.Generator) -> np.ndarray:
+    pw = max(4, int(round(period)))
+    ph = max(4, int(round(period * 0.8)))
+    amp = ph * rng.uniform(0.15, 0.28)
     thick = max(1, int(round(period * 0.15)))
-    xs = np.arange(-period, col.shape[1] + period, period / 2.0)
-    lines = []
-    for y in np.arange(0.0, col.shape[0] + period, period * 0.8):
-        ys = y + np.where(np.arange(len(xs)) % 2 == 0, -amp, amp)
-        lines.append(np.round(np.stack([xs, ys], axis=1) * _ONE).astype(np.int32))
-    cv2.polylines(col, lines, False, p.colour2, thick, _AA, _SHIFT)
+    xs = np.arange(-pw, 2 * pw + 1, pw / 2.0)
+    ys = ph / 2 + np.where(np.arange(len(xs)) % 2 == 0, -amp, amp)
+    tile = np.zeros((ph, pw), np.uint8)
+    cv2.polylines(tile, [np.round(np.stack([xs, ys], 1) * _ONE).astype(np.int32)], False, 255,
+                  thick, _AA, _SHIFT)
+    cover = _tile_to(tile, shape, rng).astype(np.float32) * np.float32(1.0 / 255.0)
+    return _mix(cover, p.colour, p.colour2)
 
 
 PATTERNS = {
@@ -247,8 +280,8 @@ def _n95(cv: Canvas, st: np.ndarray, pleats: int, seam: bool, valve_side: int) -
     outline = shapes.OUTLINES["n95"][0]
     cv.line(st, outline, rel(0.82), 40, closed=True)          # moulded rim
     cv.line(st, _shrink(outline, 0.93), rel(1.06), 6, closed=True)
-    clip = shapes.bezier_through((235, 48), (310, 36), (386, 48), 8)
-    cv.line(st, clip, rel(0.72), 16)                          # metal nose clip
+    clip = shapes.bezier_through((250, 44), (310, 34), (371, 44), 8)
+    cv.line(st, clip, rel(0.84), 9)                           # metal nose clip
     if valve_side:
         centre = n95_valve_centre(valve_side)
         cv.circle(st, centre, 78, rel(0.55))                  # shadow ring
@@ -296,7 +329,7 @@ def _gas(cv: Canvas, st: np.ndarray, pleats: int, seam: bool, valve_side: int) -
 
 _STRUCTURE = {"surgical": _surgical, "cloth": _cloth, "n95": _n95, "kn95": _kn95, "gas": _gas}
 #: Types whose structure shows a fold along the nose ridge on a turned face.
-_RIDGE_TYPES = ("surgical", "cloth", "n95")
+_RIDGE_TYPES = ("surgical", "cloth")
 
 
 @functools.lru_cache(maxsize=256)
@@ -315,6 +348,10 @@ def structure_factors(mask_type: str, scale_q: float, pleats: int = 0, seam: boo
     return out
 
 
+def _has_colour_parts(p: MaskParams) -> bool:
+    return (p.mask_type == "n95" and p.valve) or p.mask_type == "gas"
+
+
 def _colour_parts(cv: Canvas, col: np.ndarray, p: MaskParams) -> None:
     """Parts with their own colour: the N95 valve, the gas cartridges."""
     if p.mask_type == "n95" and p.valve:
@@ -322,24 +359,29 @@ def _colour_parts(cv: Canvas, col: np.ndarray, p: MaskParams) -> None:
                                               + np.asarray(p.colour) * 0.4))
         cv.circle(col, n95_valve_centre(p.valve_side), 72, valve_colour)
     elif p.mask_type == "gas":
+        cartridge = tuple(int(v) for v in p.colour2)
         for (cx, cy), (rx, ry), ang in shapes.GAS_CARTRIDGES:
-            cv.ellipse(col, ((cx, cy), (rx * 0.92, ry * 0.92), ang), tuple(int(v) for v in p.colour2))
+            cv.ellipse(col, ((cx, cy), (rx * 0.92, ry * 0.92), ang), cartridge)
 
 
-def _shading(cv: Canvas, p: MaskParams, far_side: int) -> np.ndarray:
-    """Smooth multiplicative shading (H, W) float32 from 1-D profiles."""
-    us = cv.origin[0] + np.arange(cv.width, dtype=np.float32) / cv.scale
-    vs = cv.origin[1] + np.arange(cv.height, dtype=np.float32) / cv.scale
-    x = (us - shapes.CENTRE_U) / 300.0
-    k = p.shading * (1.6 if p.mask_type in ("n95", "gas") else 1.0)
+def _shading_profiles(cv: Canvas, p: MaskParams, far_side: int
+                      ) -> tuple[np.ndarray, np.ndarray]:
+    """Smooth multiplicative shading as two 1-D float32 profiles (rows, columns): a
+    cylinder across the face (stronger on the far side of a turned face), darker towards
+    the chin and slightly at the top edge. The shading field is their outer product."""
+    us = cv.origin[0] + np.arange(cv.width, dtype=np.float32) / np.float32(cv.scale)
+    vs = cv.origin[1] + np.arange(cv.height, dtype=np.float32) / np.float32(cv.scale)
+    x = (us - np.float32(shapes.CENTRE_U)) / np.float32(300.0)
+    k = np.float32(p.shading * (1.6 if p.mask_type in ("n95", "gas") else 1.0))
     if far_side != 0:
         side_gain = np.where(np.sign(x) == far_side, 1.8, 0.7).astype(np.float32)
     else:
         side_gain = np.float32(1.0)
     shade_u = 1.0 - k * side_gain * np.minimum(np.abs(x), 1.3) ** 2
-    y = (vs - 250.0) / 260.0
+    y = (vs - np.float32(250.0)) / np.float32(260.0)
     shade_v = 1.0 - 0.6 * k * np.clip(y, 0.0, 1.2) ** 2 - 0.15 * k * np.clip(-y, 0.0, 1.0)
-    return np.clip(np.outer(shade_v, shade_u), 0.2, 1.1).astype(np.float32)
+    return (np.clip(shade_v, 0.3, 1.0).astype(np.float32),
+            np.clip(shade_u, 0.3, 1.0).astype(np.float32))
 
 
 def base_level(p: MaskParams) -> float:
@@ -367,16 +409,25 @@ def paint_mask(p: MaskParams, scale: float, far_side: int = 0
         seam=bool(p.seam) if p.mask_type == "cloth" else False,
         valve_side=int(np.sign(p.valve_side)) if (p.mask_type == "n95" and p.valve) else 0,
         far_side=far_side if p.mask_type in _RIDGE_TYPES else 0)
-    col = np.empty((cv.height, cv.width, 3), np.uint8)
-    col[:] = p.colour
-    if p.texture != "plain":
-        period = 60.0 * p.texture_scale * cv.scale
-        PATTERNS[p.texture](col, p, max(period, 2.0), np.random.default_rng(p.texture_seed))
-    _colour_parts(cv, col, p)
+    shade_v, shade_u = _shading_profiles(cv, p, far_side)
+    shade = np.outer(shade_v, shade_u)
     w = float(p.blend_weight)
-    # addWeighted(template, 1 - w, colour, w), then shading.
-    out = col.astype(np.float32)
-    out *= w
-    out += (factors * np.float32(base_level(p) * (1.0 - w)))[..., None]
-    out *= _shading(cv, p, far_side)[..., None]
+    # addWeighted(template, 1 - w, colour, w), then shading:
+    #   out = (w * colour + (1 - w) * base * factors) * shade
+    grey = factors * shade
+    grey *= np.float32(base_level(p) * (1.0 - w))
+    shade *= np.float32(w)
+    # Per-channel planes + cv2.merge: numpy broadcasting over a trailing axis of 3 is slow.
+    if p.texture == "plain" and not _has_colour_parts(p):
+        planes = [cv2.scaleAdd(shade, float(c), grey) for c in p.colour]
+    else:
+        shape = (cv.height, cv.width)
+        if p.texture != "plain":
+            period = max(60.0 * p.texture_scale * cv.scale, 2.0)
+            col = PATTERNS[p.texture](shape, p, period, np.random.default_rng(p.texture_seed))
+        else:
+            col = solid(shape, p.colour)
+        _colour_parts(cv, col, p)
+        planes = [cv2.multiply(c, shade, dtype=cv2.CV_32F) + grey for c in cv2.split(col)]
+    out = cv2.merge(planes)
     return out, cv.origin, cv.scale

@@ -27,13 +27,16 @@ from data_pipelines.masks.config import MaskParams, MaskSynthesisConfig, sample_
 _SHIFT = 4
 _ONE = 1 << _SHIFT
 _ROI_PAD = 2
+#: Vertices further than this (pixels) from the ROI origin mean a degenerate warp; such a
+#: mask is skipped (empty map) rather than risking fixed-point overflow in cv2 drawing.
+_MAX_COORD = 16384.0
 
 
 def _check_image(image: np.ndarray) -> np.ndarray:
     img = np.asarray(image)
     if img.ndim != 3 or img.shape[2] != 3 or img.dtype != np.uint8:
         raise ValueError(f"image must be uint8 (H, W, 3), got {img.dtype} {img.shape}")
-    return img
+    return np.ascontiguousarray(img)
 
 
 def spread_anchors(anchors: np.ndarray, width_scale: float) -> np.ndarray:
@@ -71,7 +74,7 @@ def anchor_homography(face_anchors: np.ndarray, mask_type: str) -> np.ndarray:
     except cv2.error:
         hom = None
     if hom is not None and np.all(np.isfinite(hom)):
-        pts = np.concatenate(shapes.OUTLINES[mask_type])
+        pts = shapes.ALL_OUTLINE_POINTS[mask_type]
         w = pts @ hom[2, :2] + hom[2, 2]
         # Same side of the horizon everywhere and only mild perspective.
         if np.all(w > 0) or np.all(w < 0):
@@ -87,8 +90,7 @@ def _warp_points(hom: np.ndarray, pts: np.ndarray) -> np.ndarray:
 
 
 def _poly_area(pts: np.ndarray) -> float:
-    x, y = pts[:, 0], pts[:, 1]
-    return 0.5 * abs(float(np.dot(x, np.roll(y, -1)) - np.dot(y, np.roll(x, -1))))
+    return abs(float(cv2.contourArea(pts.astype(np.float32))))
 
 
 def strap_curves(face_anchors: np.ndarray, landmarks68: np.ndarray) -> list[np.ndarray]:
@@ -118,8 +120,9 @@ def _strap_colour(params: MaskParams) -> np.ndarray:
 
 
 def _value_channel(rgb: np.ndarray) -> np.ndarray:
-    """HSV V = max(R, G, B) (np.maximum chain: much faster than .max(axis=2))."""
-    return np.maximum(np.maximum(rgb[..., 0], rgb[..., 1]), rgb[..., 2])
+    """HSV V = max(R, G, B) (split + max: much faster than numpy's .max(axis=2))."""
+    r, g, b = cv2.split(rgb)
+    return cv2.max(cv2.max(r, g), b)
 
 
 def _face_mean_v(image: np.ndarray, landmarks68: np.ndarray, roi: tuple[int, int, int, int],
@@ -142,9 +145,13 @@ def _face_mean_v(image: np.ndarray, landmarks68: np.ndarray, roi: tuple[int, int
     if ox1 > ox0 and oy1 > oy0:
         sub = inside[oy0 - fy0:oy1 - fy0, ox0 - fx0:ox1 - fx0]
         sub[roi_map[oy0 - ry0:oy1 - ry0, ox0 - rx0:ox1 - rx0] > 0] = 0
+    step = max(1, max(inside.shape) // 80)       # a strided estimate is plenty
+    inside = np.ascontiguousarray(inside[::step, ::step])
     if cv2.countNonZero(inside) == 0:
         return None
-    return float(cv2.mean(_value_channel(image[fy0:fy1, fx0:fx1]), mask=inside)[0])
+    face = image[fy0:fy1:step, fx0:fx1:step]
+    value = np.maximum(np.maximum(face[..., 0], face[..., 1]), face[..., 2])
+    return float(cv2.mean(value, mask=inside)[0])
 
 
 def render_mask(image: np.ndarray, landmarks68: np.ndarray, params: MaskParams
@@ -155,7 +162,7 @@ def render_mask(image: np.ndarray, landmarks68: np.ndarray, params: MaskParams
     ``masked`` equals ``image`` exactly wherever ``mask_map`` is 0. A pure function of its
     arguments (pattern randomness comes from ``params.texture_seed``)."""
     img = _check_image(image)
-    lm = anchors_mod._check_landmarks(landmarks68)
+    lm = anchors_mod.check_landmarks(landmarks68)
     h, w = img.shape[:2]
     masked = img.copy()
     mask_map = np.zeros((h, w), np.uint8)
@@ -178,12 +185,12 @@ def render_mask(image: np.ndarray, landmarks68: np.ndarray, params: MaskParams
     rw, rh = rx1 - rx0, ry1 - ry0
     offset = np.array([rx0, ry0], np.float64)
 
+    if np.abs(every - offset).max() > _MAX_COORD:
+        return masked, mask_map
     body = np.zeros((rh, rw), np.uint8)
     for poly in polys:
-        fixed = np.round((poly - offset) * _ONE)
-        if np.abs(fixed).max() > 2**30:
-            return masked, mask_map
-        cv2.fillPoly(body, [fixed.astype(np.int32)], 255, cv2.LINE_AA, _SHIFT)
+        fixed = np.round((poly - offset) * _ONE).astype(np.int32)
+        cv2.fillPoly(body, [fixed], 255, cv2.LINE_AA, _SHIFT)
     strap = None
     if straps:
         strap = np.zeros((rh, rw), np.uint8)
@@ -201,9 +208,8 @@ def render_mask(image: np.ndarray, landmarks68: np.ndarray, params: MaskParams
     tmpl_area = _poly_area(shapes.OUTLINES[params.mask_type][0])
     img_area = _poly_area(polys[0])
     scale = float(np.clip(np.sqrt(img_area / max(tmpl_area, 1e-9)), 0.02, 4.0))
-    face_tilt = anchors_mod.face_tilt(lm, params.tilt_threshold_deg)
     far_side = 0
-    if face_tilt != "frontal":
+    if anchors_mod.face_tilt(lm, params.tilt_threshold_deg) != "frontal":
         # The far half of a turned face is foreshortened: shorter a-b than b-c or v.v.
         left = np.hypot(*(face_anchors[1] - face_anchors[0]))
         right = np.hypot(*(face_anchors[2] - face_anchors[1]))
@@ -213,33 +219,36 @@ def render_mask(image: np.ndarray, landmarks68: np.ndarray, params: MaskParams
                             [0.0, 0.0, 1.0]])
     shift = np.array([[1.0, 0.0, -rx0], [0.0, 1.0, -ry0], [0.0, 0.0, 1.0]])
     canvas_to_roi = shift @ hom @ to_template
-    colour = cv2.warpPerspective(canvas, canvas_to_roi, (rw, rh), flags=cv2.INTER_LINEAR,
-                                 borderMode=cv2.BORDER_REPLICATE)
+    canvas8 = cv2.convertScaleAbs(canvas)  # round + saturate (values are >= 0)
+    colour8 = cv2.warpPerspective(canvas8, canvas_to_roi, (rw, rh), flags=cv2.INTER_LINEAR,
+                                  borderMode=cv2.BORDER_REPLICATE)
 
     src = img[ry0:ry1, rx0:rx1]
     strap_rgb = _strap_colour(params)
+    gain = 1.0
     if params.match_brightness:
         solid = (body > 127).view(np.uint8)
         if cv2.countNonZero(solid):
-            mask_v = float(cv2.mean(_value_channel(colour), mask=solid)[0])
+            mask_v = cv2.mean(_value_channel(colour8), mask=solid)[0]
             face_v = _face_mean_v(img, lm, (rx0, ry0, rx1, ry1), roi_map)
             if face_v is not None:
                 gain = 1.0 + (face_v - mask_v) / 255.0
-                colour *= gain
-                strap_rgb = strap_rgb * gain
-    np.clip(colour, 0.0, 255.0, out=colour)
-    strap_rgb = np.clip(strap_rgb, 0.0, 255.0).astype(np.float32)
+    if gain != 1.0:  # scale V (= all channels: H and S are unchanged by scaling RGB)
+        colour8 = cv2.convertScaleAbs(colour8, alpha=max(gain, 0.0))
+    strap_rgb = np.clip(np.rint(strap_rgb * max(gain, 0.0)), 0, 255)
 
-    # Alpha compositing. Where alpha is 0 the result is src + 0 * (x - src) == src exactly,
-    # so the output equals the input wherever the map is 0 (no masking step needed).
-    out = src.astype(np.float32)
+    # Alpha compositing: blendLinear computes (w1 * a + w2 * b) / (w1 + w2); where alpha is
+    # 0 it returns src. The map-0 pixels are copied back from src anyway, so the output
+    # equals the input exactly outside the map whatever the rounding.
+    out = src
     if strap is not None:
-        sa = strap.astype(np.float32)[..., None] * np.float32(1.0 / 255.0)
-        out += sa * (strap_rgb - out)
-    colour -= out
-    colour *= body.astype(np.float32)[..., None] * np.float32(1.0 / 255.0)
-    out += colour
-    masked[ry0:ry1, rx0:rx1] = np.rint(out).astype(np.uint8)
+        sa = strap.astype(np.float32) * np.float32(1.0 / 255.0)
+        strap_img = paint.solid(src.shape[:2], strap_rgb)
+        out = cv2.blendLinear(strap_img, out, sa, 1.0 - sa)
+    ba = body.astype(np.float32) * np.float32(1.0 / 255.0)
+    out = cv2.blendLinear(colour8, out, ba, 1.0 - ba)
+    cv2.copyTo(src, (roi_map == 0).view(np.uint8), out)
+    masked[ry0:ry1, rx0:rx1] = out
     mask_map[ry0:ry1, rx0:rx1] = roi_map
     return masked, mask_map
 

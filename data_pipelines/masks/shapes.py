@@ -161,6 +161,11 @@ def _build_outlines() -> dict[str, tuple[np.ndarray, ...]]:
 OUTLINES: dict[str, tuple[np.ndarray, ...]] = _build_outlines()
 
 
+#: All outline points of each type in one (N, 2) array.
+ALL_OUTLINE_POINTS: dict[str, np.ndarray] = {
+    t: np.concatenate(polys) for t, polys in OUTLINES.items()}
+
+
 def outline_bbox(mask_type: str) -> tuple[float, float, float, float]:
     pts = np.concatenate(OUTLINES[mask_type])
     return (float(pts[:, 0].min()), float(pts[:, 1].min()),

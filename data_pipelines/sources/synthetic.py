@@ -71,10 +71,10 @@ _U13 = np.linspace(-1.0, 1.0, 13)          # eye lids: u = -1/3, 1/3 at indices 
 _U9 = np.linspace(-1.0, 1.0, 9)            # brows: landmarks at every 2nd point
 _U41 = np.linspace(-1.0, 1.0, 41)          # lips: step 0.05
 _THETA25 = np.linspace(0.0, math.pi / 2, 25)   # jaw half: landmarks at every 3rd point
-_THETA48 = np.linspace(0.0, math.pi / 2, 48)
 _PHI_FORE = np.linspace(0.0, math.pi, 21)[1:-1]
 _PHI_CAP = np.linspace(math.pi, 0.0, 25)
 _X21 = np.linspace(1.0, -1.0, 21)
+_S4 = np.linspace(0.0, 1.0, 4)
 _EVEN21 = (np.arange(21) % 2).astype(np.float64)
 
 # Landmark indices inside the drawn point arrays.
@@ -92,7 +92,19 @@ def _circle(n: int) -> tuple[np.ndarray, np.ndarray]:
     return np.cos(a), np.sin(a)
 
 
-_CIRCLES = {n: _circle(n) for n in (12, 16, 20, 24, 28, 48)}
+_CIRCLES = {n: _circle(n) for n in (12, 20, 24, 28, 48)}
+
+
+def _unit_arc(a0: float, a1: float, n: int) -> tuple[np.ndarray, np.ndarray]:
+    a = np.linspace(a0, a1, n)
+    return np.cos(a), np.sin(a)
+
+
+# Open arcs per side (-1: image left, +1: image right): inner ear rim, nose wing.
+_EAR_ARCS = {-1: _unit_arc(0.5 * math.pi, 1.5 * math.pi, 8),
+             1: _unit_arc(-0.5 * math.pi, 0.5 * math.pi, 8)}
+_WING_ARCS = {-1: _unit_arc(0.55 * math.pi, 1.45 * math.pi, 9),
+              1: _unit_arc(-0.45 * math.pi, 0.45 * math.pi, 9)}
 
 
 # --------------------------------------------------------------------------------------
@@ -252,10 +264,9 @@ def _ellipse(cx: float, cy: float, rx: float, ry: float, n: int = 24,
     return np.stack([cx + ca * x - sa * y, cy + sa * x + ca * y], 1)
 
 
-def _arc(cx: float, cy: float, rx: float, ry: float, a0: float, a1: float,
-         n: int) -> np.ndarray:
-    a = np.linspace(a0, a1, n)
-    return np.stack([cx + rx * np.cos(a), cy + ry * np.sin(a)], 1)
+def _arc(cx: float, cy: float, rx: float, ry: float,
+         unit: tuple[np.ndarray, np.ndarray]) -> np.ndarray:
+    return np.stack([cx + rx * unit[0], cy + ry * unit[1]], 1)
 
 
 def _mirror(p: np.ndarray) -> np.ndarray:
@@ -408,9 +419,8 @@ def _build(t: dict[str, Any], v: dict[str, Any]) -> tuple[_Bank, np.ndarray]:
     for side, key in ((-1, "l"), (1, "r")):
         ex = side * ear_x
         b.add(f"ear_{key}", _ellipse(ex, ear_y, 0.1 * es, 0.2 * es, 20, side * 0.15), -0.25, 0.0)
-        a0 = -0.5 * math.pi if side > 0 else 0.5 * math.pi
-        b.add(f"earin_{key}", _arc(ex + side * 0.02, ear_y, 0.05 * es, 0.13 * es, a0,
-                                   a0 + math.pi, 8), -0.25, 0.0)
+        b.add(f"earin_{key}", _arc(ex + side * 0.02, ear_y, 0.05 * es, 0.13 * es,
+                                   _EAR_ARCS[side]), -0.25, 0.0)
 
     # Neck and clothes (depth 0: they do not turn with the head).
     nw = t["neck_w"] * fw
@@ -432,9 +442,8 @@ def _build(t: dict[str, Any], v: dict[str, Any]) -> tuple[_Bank, np.ndarray]:
     base_y = tip_y + t["nose_drop"]
     prot = t["nose_prot"]
     top = t["eye_y"] - 0.03
-    s4 = np.linspace(0.0, 1.0, 4)
-    b.add("nose_bridge", np.stack([0.0 * s4, top + (tip_y - top) * s4], 1),
-          prot * (0.25 + 0.75 * s4))
+    b.add("nose_bridge", np.stack([0.0 * _S4, top + (tip_y - top) * _S4], 1),
+          prot * (0.25 + 0.75 * _S4))
     nsw = t["nose_w"]
     nbase = np.array([[-nsw, base_y - 0.035], [-0.5 * nsw, base_y - 0.002], [0.0, base_y],
                       [0.5 * nsw, base_y - 0.002], [nsw, base_y - 0.035]])
@@ -443,9 +452,8 @@ def _build(t: dict[str, Any], v: dict[str, Any]) -> tuple[_Bank, np.ndarray]:
     for side, key in ((-1, "l"), (1, "r")):
         b.add(f"nostril_{key}", _ellipse(side * 0.48 * nsw, base_y - 0.018, 0.24 * nsw * nr,
                                          0.018 * nr, 12, -side * 0.35), 0.5 * prot)
-        a0 = 0.55 * math.pi if side < 0 else -0.45 * math.pi
-        b.add(f"wing_{key}", _arc(side * 0.7 * nsw, base_y - 0.05, 0.32 * nsw, 0.055, a0,
-                                  a0 + 0.9 * math.pi, 9), 0.45 * prot)
+        b.add(f"wing_{key}", _arc(side * 0.7 * nsw, base_y - 0.05, 0.32 * nsw, 0.055,
+                                  _WING_ARCS[side]), 0.45 * prot)
         b.add(f"noseside_{key}", np.array([[side * 0.075, t["eye_y"] + 0.06],
                                            [side * 0.085, tip_y - 0.12],
                                            [side * 0.1, tip_y - 0.06]]), 0.5 * prot)
@@ -506,7 +514,6 @@ def _build(t: dict[str, Any], v: dict[str, Any]) -> tuple[_Bank, np.ndarray]:
     return b, lm
 
 
-
 def _add_hair(b: _Bank, t: dict[str, Any]) -> None:
     style = t["hair_style"]
     if style == "bald":
@@ -548,8 +555,8 @@ def _add_hair(b: _Bank, t: dict[str, Any]) -> None:
         else:
             length = t["hair_length"] if style == "long" else t["chin_y"] - 0.05
             w = hw * (1.12 if style == "long" else 1.08)
-            bx = np.linspace(w, -w, 9)
-            by = length + 0.06 * (np.arange(9) % 2) - 0.1 * (bx / w) ** 2
+            bx = -w * _U9
+            by = length + 0.06 * _EVEN21[:9] - 0.1 * _U9 ** 2
             back = np.concatenate([outer, [[w, side_y + 0.3]], np.stack([bx, by], 1),
                                    [[-w, side_y + 0.3]]])
         b.add("hair_back", back, 0.0, 0.3)
@@ -561,7 +568,7 @@ def _add_hair(b: _Bank, t: dict[str, Any]) -> None:
             y0 = float(np.interp(-x0, -hairline[:, 0], hairline[:, 1])) - 0.02
             x2 = x0 * 1.1 + 0.1 * t["hair_part"]
             y2 = min(float(np.interp(x2, outer[:, 0], outer[:, 1])) + 0.08, y0 - 0.05)
-            strands.append([[x0, y0], [0.5 * (x0 + x2) + 0.03, 0.5 * (y0 + y2)], [x2, y2]])
+            strands.append([[x0, y0], [0.5 * (x0 + x2) + 0.01, 0.5 * (y0 + y2)], [x2, y2]])
         b.add("hair_strands", np.asarray(strands).reshape(-1, 2), 0.0, 0.5)
 
 
@@ -806,8 +813,9 @@ def render_face(seed: int, index: int, identity: int, resolution: int
     fill(img, ("ear_l", "ear_r"), _scale(skin, 0.97))
     lines(("earin_l", "earin_r"), _scale(skin, 0.75), px(0.012))
     fill(img, ("face",), skin)
-    fill(head, tuple(n for n in ("neck", "ear_l", "ear_r", "face", "hair_back", "hair_cap")
-                     if n in q), 255)
+    fill(head, tuple(n for n in ("hair_back", "neck") if n in q), 255)
+    fill(head, ("clothes",), 0)                         # clothes keep the scene lighting
+    fill(head, tuple(n for n in ("ear_l", "ear_r", "face", "hair_cap") if n in q), 255)
 
     # Cheeks and mole.
     if t["cheek_blush"] > 0.05:
@@ -870,8 +878,9 @@ def render_face(seed: int, index: int, identity: int, resolution: int
             fill(img, ("hair_cap",), _mix(hair, skin, 0.4))
         else:
             fill(img, ("hair_cap",), hair)
+        if "hair_strands" in q and scale > 40.0:       # strands only where they are thin
             cv2.polylines(img, list(q["hair_strands"].reshape(-1, 3, 2)), False,
-                          _scale(hair, 0.75 if sum(hair) > 150 else 1.8), 1, _AA, _SHIFT)
+                          _scale(hair, 0.82 if sum(hair) > 150 else 1.6), 1, _AA, _SHIFT)
 
     # Lighting: the head is shaded by an ellipsoid model, the background keeps its own.
     k = max(32, res // 4) / res
@@ -883,8 +892,9 @@ def render_face(seed: int, index: int, identity: int, resolution: int
     shade *= head.astype(np.float32)
     shade *= 1.0 / 255.0
     shade += 1.0
-    tr, tg, tb = v["tint"]
-    img = cv2.multiply(img, cv2.merge([shade * tr, shade * tg, shade * tb]), dtype=cv2.CV_8U)
+    shade8 = cv2.convertScaleAbs(shade, alpha=128.0)    # fixed point, 128 = 1 (shade > 0)
+    shade8 = cv2.multiply(cv2.cvtColor(shade8, cv2.COLOR_GRAY2RGB), (*v["tint"], 0.0))
+    img = cv2.multiply(img, shade8, scale=1.0 / 128.0)  # light colour tints the scene
 
     # Glasses sit in front: drawn after shading.
     if "glass_l" in q:

@@ -4,6 +4,11 @@
       irse50 [--weights=PATH] --out=emb.json IMAGE...
   python -m unmask_jax.features convert --kind=arcface_iresnet50|arcface_iresnet100|irse50|
       vgg16|vgg19 --src=model.pth --dst=weights.msgpack|weights.npz
+  python -m unmask_jax.features bench [--batch=1] [--reps=10]
+
+``bench`` prints the per-image latency of every network on the default JAX device (jit,
+fp32, best of ``reps`` after a warm-up); ArcFace and VGG19 run with random weights of the
+real shapes, since their weights do not ship.
 
 ``embed`` expects already aligned chips (150x150 for dlib, 112x112 for ArcFace); other sizes
 are resized (area averaging). It writes ``{"backbone", "weights", "input_size",
@@ -52,6 +57,68 @@ def embed_images(backbone: str, paths: Sequence[str], weights: str | None = None
     return out, net.input_size, used
 
 
+def _random_variables(module, shape, seed: int = 0):
+    import jax
+    import jax.numpy as jnp
+
+    rng = np.random.default_rng(seed)
+    tree = jax.eval_shape(module.init, jax.random.PRNGKey(0), jnp.zeros(shape))
+
+    def fill(path, leaf):
+        name = path[-1].key
+        if name in ("var", "scale", "weight"):
+            return jnp.asarray(rng.uniform(0.5, 1.5, leaf.shape), jnp.float32)
+        if name in ("mean", "bias"):
+            return jnp.asarray(rng.normal(0, 0.1, leaf.shape), jnp.float32)
+        std = (2.0 / int(np.prod(leaf.shape[:-1]))) ** 0.5
+        return jnp.asarray(rng.normal(0, std, leaf.shape), jnp.float32)
+
+    return jax.tree_util.tree_map_with_path(fill, tree)
+
+
+def bench(batch: int = 1, reps: int = 10) -> list[tuple[str, float]]:
+    """(name, ms per image) for each feature network."""
+    import time
+
+    import jax
+    import jax.numpy as jnp
+
+    from unmask_jax.features import arcface, identity, lpips, vgg, weights as weights_lib
+
+    rng = np.random.default_rng(0)
+
+    def img(size: int):
+        return jnp.asarray(rng.uniform(-1, 1, (batch, size, size, 3)), jnp.float32)
+
+    def timed(fn, *args) -> float:
+        jax.block_until_ready(fn(*args))
+        best = float("inf")
+        for _ in range(reps):
+            t = time.perf_counter()
+            jax.block_until_ready(fn(*args))
+            best = min(best, time.perf_counter() - t)
+        return 1000.0 * best / batch
+
+    rows = []
+    v16 = {"params": jax.tree_util.tree_map(jnp.asarray, weights_lib.vgg16_imagenet_params())}
+    m16 = vgg.VGGFeatures("vgg16", ("relu5_3",), "imagenet")
+    rows.append(("VGG16 features 256 (to relu5_3)", timed(jax.jit(m16.apply), v16, img(256))))
+    m19 = vgg.VGGFeatures("vgg19", ("relu5_4",), "imagenet")
+    rows.append(("VGG19 features 256 (to relu5_4)",
+                 timed(jax.jit(m19.apply), _random_variables(m19, (1, 32, 32, 3)), img(256))))
+    for net in ("alex", "vgg16"):
+        rows.append((f"LPIPS-{net} 256 (per pair)",
+                     timed(jax.jit(lpips.lpips_distance), lpips.load_lpips(net), img(256),
+                           img(256))))
+    for kind in ("arcface_iresnet50", "arcface_iresnet100", "irse50"):
+        m = arcface.make_arcface(kind)
+        rows.append((f"{kind} 112", timed(jax.jit(m.apply),
+                                          _random_variables(m, (1, 112, 112, 3)), img(112))))
+    net, variables = identity.load_identity_net("dlib")
+    rows.append(("dlib ResNet 150", timed(jax.jit(net.embed), variables, img(150))))
+    return rows
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m unmask_jax.features",
                                      description=__doc__.split("\n")[0])
@@ -69,6 +136,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                                  "vgg16", "vgg19"])
     p_conv.add_argument("--src", required=True)
     p_conv.add_argument("--dst", required=True)
+    p_bench = sub.add_parser("bench", help="per-image latency of each network")
+    p_bench.add_argument("--batch", type=int, default=1)
+    p_bench.add_argument("--reps", type=int, default=10)
     args = parser.parse_args(argv)
 
     from unmask_jax.features.weights import MissingWeightsError, convert_checkpoint
@@ -83,9 +153,15 @@ def main(argv: Sequence[str] | None = None) -> int:
             with open(args.out, "w") as f:
                 json.dump(doc, f)
             print(f"wrote {len(embs)} embeddings ({len(embs[0])}-d) to {args.out}")
-        else:
+        elif args.command == "convert":
             dst = convert_checkpoint(args.kind, args.src, args.dst)
             print(f"wrote {dst}")
+        else:
+            import jax
+
+            print(f"device: {jax.devices()[0].device_kind}, fp32, batch {args.batch}")
+            for name, ms in bench(args.batch, args.reps):
+                print(f"{name:34s} {ms:9.1f} ms/image")
     except MissingWeightsError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

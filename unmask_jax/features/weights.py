@@ -353,6 +353,9 @@ def convert_checkpoint(kind: str, src: str | os.PathLike, dst: str | os.PathLike
     """Loads a PyTorch checkpoint (needs torch), converts it, writes ``dst``."""
     import torch  # optional dependency, only for conversion
 
+    if not Path(src).is_file():
+        raise MissingWeightsError(f"source checkpoint {src} not found (expected "
+                                  f"{CONVERTIBLE_KINDS.get(kind, 'a PyTorch state dict')})")
     obj = torch.load(src, map_location="cpu", weights_only=True)
     if isinstance(obj, Mapping) and "state_dict" in obj and isinstance(obj["state_dict"],
                                                                       Mapping):

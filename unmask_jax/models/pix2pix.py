@@ -140,7 +140,7 @@ class PatchGANDiscriminator(nn.Module):
     @nn.compact
     def __call__(self, x: Array, train: bool = False) -> Array:
         check_norm(self.norm)
-        bias = self.norm != "batch"
+        bias = self.norm == "instance"  # canonical: use_bias = norm_layer == InstanceNorm2d
         kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
         h = Conv(self.ndf, 4, 2, 1, use_bias=True, name="conv_0", **kw)(x.astype(self.dtype))
         h = leaky_relu(h, 0.2)

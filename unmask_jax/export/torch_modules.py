@@ -1,0 +1,228 @@
+"""PyTorch modules that the exported weights load into (NCHW, eval parity with Flax).
+
+- :class:`UnetGenerator`, :class:`UnetSkipConnectionBlock`, :class:`NLayerDiscriminator`:
+  a re-implementation of the canonical PyTorch pix2pix networks with the *same constructor
+  signature and state-dict keys* (``keys/pix2pix_*.txt``), so a state dict that loads
+  strictly here loads strictly into the canonical ``models.networks`` classes.
+- :class:`TFUnetGenerator`, :class:`TFPatchGANDiscriminator`: the project's own PyTorch port
+  of the TensorFlow pix2pix tutorial networks (no canonical PyTorch code exists); keys
+  ``down.{i}.conv.weight``, ``down.{i}.norm.*``, ``up.{i}.conv.weight``, ``up.{i}.norm.*``,
+  ``last.*`` (generator) and ``down.{i}.*``, ``conv.weight``, ``norm.*``, ``last.*``
+  (discriminator).
+
+This module imports torch; the rest of ``unmask_jax`` does not need it.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+
+import torch
+from torch import nn
+
+
+def _is_instance_norm(norm_layer) -> bool:
+    if isinstance(norm_layer, functools.partial):
+        norm_layer = norm_layer.func
+    return norm_layer is nn.InstanceNorm2d
+
+
+class UnetSkipConnectionBlock(nn.Module):
+    """One U-Net level: ``[down] + [submodule] + [up]`` in ``self.model`` (nn.Sequential).
+
+    Sequential indices (they define the state-dict keys):
+      outermost: 0 Conv, 1 submodule, 2 ReLU, 3 ConvT(bias), 4 Tanh
+      innermost: 0 LeakyReLU, 1 Conv, 2 ReLU, 3 ConvT, 4 Norm
+      middle:    0 LeakyReLU, 1 Conv, 2 Norm, 3 submodule, 4 ReLU, 5 ConvT, 6 Norm
+                 [, 7 Dropout(0.5)]
+    Non-outermost blocks return ``cat([x, model(x)], 1)``. The activations are in-place as
+    in the canonical code (the in-place LeakyReLU also rewrites the skip tensor; harmless
+    because the concatenation only ever feeds a ReLU).
+    """
+
+    def __init__(self, outer_nc: int, inner_nc: int, input_nc: int | None = None,
+                 submodule: nn.Module | None = None, outermost: bool = False,
+                 innermost: bool = False, norm_layer=nn.BatchNorm2d, use_dropout: bool = False):
+        super().__init__()
+        self.outermost = outermost
+        use_bias = _is_instance_norm(norm_layer)
+        if input_nc is None:
+            input_nc = outer_nc
+        down_conv = nn.Conv2d(input_nc, inner_nc, kernel_size=4, stride=2, padding=1,
+                              bias=use_bias)
+        if outermost:
+            layers = [down_conv, submodule, nn.ReLU(True),
+                      nn.ConvTranspose2d(inner_nc * 2, outer_nc, kernel_size=4, stride=2,
+                                         padding=1),
+                      nn.Tanh()]
+        elif innermost:
+            layers = [nn.LeakyReLU(0.2, True), down_conv, nn.ReLU(True),
+                      nn.ConvTranspose2d(inner_nc, outer_nc, kernel_size=4, stride=2,
+                                         padding=1, bias=use_bias),
+                      norm_layer(outer_nc)]
+        else:
+            layers = [nn.LeakyReLU(0.2, True), down_conv, norm_layer(inner_nc), submodule,
+                      nn.ReLU(True),
+                      nn.ConvTranspose2d(inner_nc * 2, outer_nc, kernel_size=4, stride=2,
+                                         padding=1, bias=use_bias),
+                      norm_layer(outer_nc)]
+            if use_dropout:
+                layers.append(nn.Dropout(0.5))
+        self.model = nn.Sequential(*layers)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.outermost:
+            return self.model(x)
+        return torch.cat([x, self.model(x)], 1)
+
+
+class UnetGenerator(nn.Module):
+    """Canonical pix2pix U-Net: ``UnetGenerator(input_nc, output_nc, num_downs, ngf,
+    norm_layer=nn.BatchNorm2d, use_dropout=False)``."""
+
+    def __init__(self, input_nc: int, output_nc: int, num_downs: int, ngf: int = 64,
+                 norm_layer=nn.BatchNorm2d, use_dropout: bool = False):
+        super().__init__()
+        block = UnetSkipConnectionBlock(ngf * 8, ngf * 8, submodule=None, innermost=True,
+                                        norm_layer=norm_layer)
+        for _ in range(num_downs - 5):
+            block = UnetSkipConnectionBlock(ngf * 8, ngf * 8, submodule=block,
+                                            norm_layer=norm_layer, use_dropout=use_dropout)
+        for mult in (4, 2, 1):
+            block = UnetSkipConnectionBlock(ngf * mult, ngf * mult * 2, submodule=block,
+                                            norm_layer=norm_layer)
+        self.model = UnetSkipConnectionBlock(output_nc, ngf, input_nc=input_nc, submodule=block,
+                                             outermost=True, norm_layer=norm_layer)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model(x)
+
+
+class NLayerDiscriminator(nn.Module):
+    """Canonical pix2pix PatchGAN: ``NLayerDiscriminator(input_nc, ndf=64, n_layers=3,
+    norm_layer=nn.BatchNorm2d)``; logits out."""
+
+    def __init__(self, input_nc: int, ndf: int = 64, n_layers: int = 3,
+                 norm_layer=nn.BatchNorm2d):
+        super().__init__()
+        use_bias = _is_instance_norm(norm_layer)
+        layers: list[nn.Module] = [nn.Conv2d(input_nc, ndf, kernel_size=4, stride=2, padding=1),
+                                   nn.LeakyReLU(0.2, True)]
+        mult = 1
+        for n in range(1, n_layers + 1):
+            prev, mult = mult, min(2**n, 8)
+            stride = 2 if n < n_layers else 1
+            layers += [nn.Conv2d(ndf * prev, ndf * mult, kernel_size=4, stride=stride,
+                                 padding=1, bias=use_bias),
+                       norm_layer(ndf * mult), nn.LeakyReLU(0.2, True)]
+        layers.append(nn.Conv2d(ndf * mult, 1, kernel_size=4, stride=1, padding=1))
+        self.model = nn.Sequential(*layers)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model(x)
+
+
+# ----------------------------------------------------------------------------------------
+# TensorFlow pix2pix tutorial variant (the project's own PyTorch port).
+# ----------------------------------------------------------------------------------------
+
+
+class SameConv2d(nn.Conv2d):
+    """Conv2d with TensorFlow/Keras 'same' padding (asymmetric for odd sizes)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        pads = []
+        for size, k, s in zip(x.shape[-2:], self.kernel_size, self.stride):
+            total = max((math.ceil(size / s) - 1) * s + k - size, 0)
+            pads.append((total // 2, total - total // 2))
+        (top, bottom), (left, right) = pads
+        return super().forward(nn.functional.pad(x, (left, right, top, bottom)))
+
+
+def _keras_bn(channels: int, momentum: float, eps: float) -> nn.BatchNorm2d:
+    # Keras momentum m (running = m * running + (1 - m) * batch) is torch momentum 1 - m.
+    return nn.BatchNorm2d(channels, eps=eps, momentum=1.0 - momentum)
+
+
+class _TFDown(nn.Module):
+    def __init__(self, cin: int, cout: int, norm: bool, slope: float, momentum: float,
+                 eps: float):
+        super().__init__()
+        self.conv = SameConv2d(cin, cout, kernel_size=4, stride=2, padding=0, bias=False)
+        self.norm = _keras_bn(cout, momentum, eps) if norm else None
+        self.act = nn.LeakyReLU(slope)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.conv(x)
+        if self.norm is not None:
+            x = self.norm(x)
+        return self.act(x)
+
+
+class _TFUp(nn.Module):
+    def __init__(self, cin: int, cout: int, dropout: float, momentum: float, eps: float):
+        super().__init__()
+        self.conv = nn.ConvTranspose2d(cin, cout, kernel_size=4, stride=2, padding=1,
+                                       bias=False)
+        self.norm = _keras_bn(cout, momentum, eps)
+        self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
+        self.act = nn.ReLU()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.act(self.dropout(self.norm(self.conv(x))))
+
+
+class TFUnetGenerator(nn.Module):
+    """TF pix2pix-tutorial generator; mirrors ``unmask_jax.models.tf_pix2pix``."""
+
+    def __init__(self, input_nc: int = 3, output_nc: int = 3, num_downs: int = 8, ngf: int = 64,
+                 use_dropout: bool = True, dropout_rate: float = 0.5,
+                 num_dropout_blocks: int = 3, leaky_slope: float = 0.3,
+                 bn_momentum: float = 0.99, bn_epsilon: float = 1e-3):
+        super().__init__()
+        widths = [ngf * min(2**i, 8) for i in range(num_downs)]
+        ins = [input_nc] + widths[:-1]
+        self.down = nn.ModuleList(
+            _TFDown(ci, co, i > 0, leaky_slope, bn_momentum, bn_epsilon)
+            for i, (ci, co) in enumerate(zip(ins, widths)))
+        up_widths = widths[-2::-1]
+        skip_widths = widths[-2::-1]
+        up_ins = [widths[-1]] + [u + s for u, s in zip(up_widths[:-1], skip_widths[:-1])]
+        self.up = nn.ModuleList(
+            _TFUp(ci, co, dropout_rate if use_dropout and i < num_dropout_blocks else 0.0,
+                  bn_momentum, bn_epsilon)
+            for i, (ci, co) in enumerate(zip(up_ins, up_widths)))
+        self.last = nn.ConvTranspose2d(up_widths[-1] + skip_widths[-1], output_nc,
+                                       kernel_size=4, stride=2, padding=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        skips = []
+        for down in self.down:
+            x = down(x)
+            skips.append(x)
+        for up, skip in zip(self.up, reversed(skips[:-1])):
+            x = torch.cat([up(x), skip], 1)
+        return torch.tanh(self.last(x))
+
+
+class TFPatchGANDiscriminator(nn.Module):
+    """TF pix2pix-tutorial discriminator on concat(input, target); logits out."""
+
+    def __init__(self, input_nc: int = 6, ndf: int = 64, leaky_slope: float = 0.3,
+                 bn_momentum: float = 0.99, bn_epsilon: float = 1e-3):
+        super().__init__()
+        widths = [ndf, ndf * 2, ndf * 4]
+        ins = [input_nc] + widths[:-1]
+        self.down = nn.ModuleList(
+            _TFDown(ci, co, i > 0, leaky_slope, bn_momentum, bn_epsilon)
+            for i, (ci, co) in enumerate(zip(ins, widths)))
+        self.conv = nn.Conv2d(ndf * 4, ndf * 8, kernel_size=4, stride=1, padding=1, bias=False)
+        self.norm = _keras_bn(ndf * 8, bn_momentum, bn_epsilon)
+        self.act = nn.LeakyReLU(leaky_slope)
+        self.last = nn.Conv2d(ndf * 8, 1, kernel_size=4, stride=1, padding=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for down in self.down:
+            x = down(x)
+        return self.last(self.act(self.norm(self.conv(x))))
