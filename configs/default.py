@@ -89,6 +89,11 @@ def get_config() -> config_dict.ConfigDict:
     c.eval.num_images = 100
     c.eval.batch_size = 8
     c.eval.checkpoint_step = config_dict.placeholder(int)  # evaluate mode: default latest
+    c.eval.lpips_net = "alex"             # LPIPS v0.1 backbone (alex | vgg16); "" = off
+    # Identity similarity backbone: dlib (real weights ship offline) | arcface_iresnet50 |
+    # arcface_iresnet100 | irse50 (these need eval.id_weights, see unmask_jax.features).
+    c.eval.id_backbone = "dlib"
+    c.eval.id_weights = config_dict.placeholder(str)
 
     # ---- distributed start-up (unmask_jax.parallel.DistributedConfig) ----
     c.distributed = config_dict.ConfigDict()

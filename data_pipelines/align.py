@@ -1,11 +1,18 @@
 """Face framing: crop a square around the face and resize it, carrying the landmarks along.
 
 All functions are pure and work on uint8 RGB images and (68, 2) float32 pixel landmarks.
+Pixel convention: pixel (row i, column j) has its centre at x = j, y = i (OpenCV / dlib).
+
+The training pipeline frames, randomly crops and flips in one warp: ``window_box`` turns
+"frame ``box`` at ``full`` pixels, then crop ``size`` pixels at (y, x)" into the sub-box
+that ``crop_and_resize`` warps straight to ``size`` pixels (optionally mirrored).
 """
 from __future__ import annotations
 
 import cv2
 import numpy as np
+
+from data_pipelines.landmarks.template import MIRROR_INDEX
 
 
 def face_box(landmarks: np.ndarray, scale: float) -> tuple[float, float, float]:
@@ -26,15 +33,41 @@ def face_box(landmarks: np.ndarray, scale: float) -> tuple[float, float, float]:
     return float(centre[0]), float(centre[1]), side
 
 
+def window_box(box: tuple[float, float, float], full: int, size: int, y: int, x: int
+               ) -> tuple[float, float, float]:
+    """The square sub-box of ``box`` seen by the ``size`` x ``size`` window at row ``y``,
+    column ``x`` of ``box`` framed at ``full`` x ``full`` pixels.
+
+    ``crop_and_resize(image, lm, window_box(box, full, size, y, x), size)`` equals
+    ``crop_and_resize(image, lm, box, full)[y:y + size, x:x + size]`` (same scale, same
+    sample positions) without warping the pixels that the crop throws away.
+    """
+    cx, cy, side = box
+    s = full / side
+    left = cx + 0.5 - side / 2 + x / s
+    top = cy + 0.5 - side / 2 + y / s
+    sub = size / s
+    return left + sub / 2 - 0.5, top + sub / 2 - 0.5, sub
+
+
+def mirror_landmark_order(landmarks: np.ndarray) -> np.ndarray:
+    """Re-labels landmarks after a horizontal flip: the point that was the image-left eye
+    corner is now on the right and becomes the right eye corner (iBUG 68 order), so that
+    code reading e.g. landmark 0 as "image-left jaw end" stays right."""
+    return np.asarray(landmarks)[MIRROR_INDEX]
+
+
 def crop_and_resize(image: np.ndarray, landmarks: np.ndarray | None,
-                    box: tuple[float, float, float], out_size: int
+                    box: tuple[float, float, float], out_size: int, flip: bool = False
                     ) -> tuple[np.ndarray, np.ndarray | None]:
     """Warps the square ``box`` of ``image`` to ``out_size`` x ``out_size`` pixels.
 
     Pixels outside the source image are filled by edge replication (no black borders that
     would make the mask region trivially detectable). Landmarks are mapped with the same
     transform. Downscaling by more than 1.5x first resizes with area averaging (warpAffine
-    alone would alias).
+    alone would alias). ``flip`` mirrors the output horizontally in the same warp (the
+    landmark positions are mirrored too; their order is kept: see
+    ``mirror_landmark_order``).
     """
     cx, cy, side = box
     lm = None if landmarks is None else np.asarray(landmarks, np.float32)
@@ -50,6 +83,8 @@ def crop_and_resize(image: np.ndarray, landmarks: np.ndarray | None,
     tx = s * (cx + 0.5 - side / 2)
     ty = s * (cy + 0.5 - side / 2)
     matrix = np.array([[s, 0.0, 0.5 * s - 0.5 - tx], [0.0, s, 0.5 * s - 0.5 - ty]], np.float32)
+    if flip:  # x'' = (out_size - 1) - x'
+        matrix[0] = (-matrix[0][0], 0.0, out_size - 1 - matrix[0][2])
     out = cv2.warpAffine(image, matrix, (out_size, out_size), flags=cv2.INTER_LINEAR,
                          borderMode=cv2.BORDER_REPLICATE)
     if lm is not None:

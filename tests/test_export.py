@@ -23,7 +23,7 @@ from unmask_jax.export import (
     read_key_list,
 )
 from unmask_jax.export.torch_modules import NLayerDiscriminator, UnetGenerator
-from unmask_jax.models import create_model
+from unmask_jax.models import count_params, create_model
 
 REL_TOL = 1e-5
 
@@ -140,10 +140,16 @@ def test_unet256_canonical_layout_and_parity(tmp_path):
     assert np.std(ref) > 1e-3
     assert _rel_diff(ours, ref) < REL_TOL
 
+    # 4-channel generator: the canonical keys with a (64, 4, 4, 4) first kernel.
+    _, g4 = _template("pix2pix_unet", {}, 4, 256)
+    g4_sd = keymaps.flax_to_torch("pix2pix_unet", {}, _zeros(g4))
+    expected = {k: s for k, s in read_key_list("pix2pix_unet256_generator")}
+    expected["model.model.0.weight"] = (64, 4, 4, 4)
+    assert {k: tuple(v.shape) for k, v in g4_sd.items()} == expected
+
     for channels, key_file in [(6, "pix2pix_patchgan_discriminator"), (7, None)]:
         _, d_template = _template("patchgan", {}, channels, 256)
-        d_vars = jax.tree_util.tree_map(lambda s: np.zeros(s.shape, s.dtype), d_template)
-        d_sd = keymaps.flax_to_torch("patchgan", {}, d_vars)
+        d_sd = keymaps.flax_to_torch("patchgan", {}, _zeros(d_template))
         net_d = NLayerDiscriminator(channels, 64, 3)
         net_d.load_state_dict({k: torch.from_numpy(v) for k, v in d_sd.items()}, strict=True)
         if key_file:
@@ -151,34 +157,41 @@ def test_unet256_canonical_layout_and_parity(tmp_path):
                 read_key_list(key_file))
 
 
-def test_generator_4ch_keys_and_manifest(tmp_path):
-    _, template = _template("pix2pix_unet", {}, 4, 256)
-    zeros = jax.tree_util.tree_map(lambda s: np.zeros(s.shape, s.dtype), template)
-    entry = export_variables("generator", "pix2pix_unet", {"num_downs": 8}, zeros,
+def _zeros(template):
+    return jax.tree_util.tree_map(lambda s: np.zeros(s.shape, s.dtype), template)
+
+
+def test_manifest_pt_and_4ch_constructor(tmp_path):
+    g_kwargs = {"num_downs": 8, "ngf": 8}
+    _, template = _template("pix2pix_unet", g_kwargs, 4, 256)
+    entry = export_variables("generator", "pix2pix_unet", g_kwargs, _zeros(template),
                              str(tmp_path), step=50_000, config_json={"lr": 2e-4},
                              write_pt=True)
-    _, d_template = _template("patchgan", {}, 7, 256)
-    d_zeros = jax.tree_util.tree_map(lambda s: np.zeros(s.shape, s.dtype), d_template)
-    export_variables("discriminator", "patchgan", {}, d_zeros, str(tmp_path), step=50_000,
-                     config_json={"lr": 2e-4})
+    _, d_template = _template("patchgan", {"ndf": 8}, 7, 256)
+    export_variables("discriminator", "patchgan", {"ndf": 8}, _zeros(d_template),
+                     str(tmp_path), step=50_000, config_json={"lr": 2e-4})
     with open(tmp_path / "manifest.json") as f:
         manifest = json.load(f)
     assert set(manifest["networks"]) == {"generator", "discriminator"}
     g = manifest["networks"]["generator"]
     assert g == json.loads(json.dumps(entry))
     assert g["torch_class"] == "UnetGenerator"
-    assert g["constructor_args"] == {"input_nc": 4, "output_nc": 3, "num_downs": 8, "ngf": 64,
+    assert g["constructor_args"] == {"input_nc": 4, "output_nc": 3, "num_downs": 8, "ngf": 8,
                                      "norm_layer": "BatchNorm2d", "use_dropout": True}
     assert g["step"] == 50_000 and g["config"] == {"lr": 2e-4}
-    assert g["num_parameters"] == 54_414_979
-    assert manifest["networks"]["discriminator"]["num_parameters"] == 2_769_729
-    assert manifest["networks"]["discriminator"]["constructor_args"]["input_nc"] == 7
+    assert g["files"] == {"safetensors": "generator.safetensors", "pt": "generator.pt"}
+    assert g["num_parameters"] == count_params(template["params"])
+    d = manifest["networks"]["discriminator"]
+    assert d["num_parameters"] == count_params(d_template["params"])
+    assert d["constructor_args"] == {"input_nc": 7, "ndf": 8, "n_layers": 3,
+                                     "norm_layer": "BatchNorm2d"}
     # The .pt file holds the same tensors as the .safetensors file.
     st = io.load_state_dict(str(tmp_path / "generator.safetensors"))
     pt = io.load_state_dict(str(tmp_path / "generator.pt"))
     assert sorted(st) == sorted(pt)
     assert all(np.array_equal(st[k], pt[k]) and st[k].dtype == pt[k].dtype for k in st)
-    assert st["model.model.1.model.2.num_batches_tracked"].dtype == np.int64
+    nbt = st["model.model.1.model.2.num_batches_tracked"]
+    assert nbt.dtype == np.int64 and nbt.shape == () and int(nbt) == 50_000
     # Both load strictly into the canonical constructors.
     load_torch_module(str(tmp_path), "generator")
     load_torch_module(str(tmp_path), "discriminator")

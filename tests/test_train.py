@@ -164,7 +164,8 @@ def test_resume_equals_uninterrupted_run(tmp_path):
     # Outputs of a run: eval JSON, sample PNGs, TensorBoard events.
     result = json.loads((full / "eval" / "latest.json").read_text())
     assert result["step"] == 6 and result["num_images"] == 8
-    for key in ("psnr", "ssim", "psnr_mask", "ssim_mask"):
+    assert result["id_backbone"] == "dlib"
+    for key in ("psnr", "ssim", "psnr_mask", "ssim_mask", "lpips", "id_sim"):
         assert np.isfinite(result[key])
         assert np.isfinite(result["baselines"]["masked_input"][key])
         assert np.isfinite(result["baselines"]["telea"][key])
@@ -204,3 +205,12 @@ def test_unknown_variant_is_rejected():
     with pytest.raises(ValueError, match="variant"):
         ye.get_config("c_fast")
     assert default.get_config().train.batch_size == 1
+
+
+def test_bfloat16_compute_keeps_float32_params():
+    config = tiny_config(**{"train.compute_dtype": "bfloat16"})
+    _, state, step = _setup(config)
+    state, m = step(state, random_batch())
+    assert np.isfinite(float(m["g_loss"])) and float(m["nonfinite"]) == 0.0
+    dtypes = {x.dtype for x in jax.tree.leaves(state.generator.params)}
+    assert dtypes == {np.dtype("float32")}

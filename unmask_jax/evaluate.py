@@ -1,10 +1,14 @@
 """Evaluation on the fixed eval set: composited outputs vs ground truth, plus baselines.
 
 Writes ``<workdir>/eval/step_<N>.json`` and ``<workdir>/eval/latest.json``:
-``{"step", "num_images", "psnr", "ssim", "psnr_mask", "ssim_mask",
-   "baselines": {"masked_input": {...}, "telea": {...}}}`` (means over images; conventions in
-metrics.py). Every process evaluates its shard; sums are combined across processes and
-process 0 writes the files.
+``{"step", "num_images", "psnr", "ssim", "psnr_mask", "ssim_mask", "lpips", "id_sim",
+   "id_backbone", "baselines": {"masked_input": {...}, "telea": {...}}}`` (means over images;
+pixel conventions in metrics.py). ``lpips`` is LPIPS v0.1 with the AlexNet backbone on the
+composited uint8 output mapped back to [-1, 1], no resizing; ``id_sim`` is the cosine of
+face-recognition embeddings of output and target with the backbone named in ``id_backbone``
+(default dlib's ResNet on the whole framed face resized to 150x150; real weights, offline).
+Every process evaluates its shard; sums are combined across processes and process 0 writes the
+files.
 """
 from __future__ import annotations
 
@@ -22,7 +26,43 @@ from unmask_jax import gan, metrics, parallel, visualize
 
 log = logging.getLogger(__name__)
 
-METRIC_KEYS = ("psnr", "ssim", "psnr_mask", "ssim_mask")
+PIXEL_METRICS = ("psnr", "ssim", "psnr_mask", "ssim_mask")
+
+
+class FeatureMetrics:
+    """LPIPS and identity similarity with real pretrained weights, loaded once per run."""
+
+    def __init__(self, lpips_net: str | None, id_backbone: str | None,
+                 id_weights: str | None = None):
+        from unmask_jax import features
+        self.lpips_net = lpips_net
+        self.id_backbone = id_backbone
+        self._lpips = None
+        self._id = None
+        if lpips_net:
+            variables = features.load_lpips(lpips_net)
+            self._lpips = jax.jit(lambda x, y: features.lpips_distance(variables, x, y))
+        if id_backbone:
+            net, id_vars = features.load_identity_net(id_backbone, id_weights)
+            self._id = jax.jit(lambda x, y: features.identity_similarity(net, id_vars, x, y))
+
+    @classmethod
+    def from_config(cls, config) -> "FeatureMetrics":
+        return cls(config.eval.lpips_net, config.eval.id_backbone, config.eval.id_weights)
+
+    def keys(self) -> tuple[str, ...]:
+        return (("lpips",) if self._lpips else ()) + (("id_sim",) if self._id else ())
+
+    def __call__(self, output: np.ndarray, target: np.ndarray) -> dict[str, np.ndarray]:
+        """Per-image values for uint8 batches."""
+        x = output.astype(np.float32) / 127.5 - 1.0
+        y = target.astype(np.float32) / 127.5 - 1.0
+        out = {}
+        if self._lpips:
+            out["lpips"] = np.asarray(self._lpips(x, y), np.float64)
+        if self._id:
+            out["id_sim"] = np.asarray(self._id(x, y), np.float64)
+        return out
 
 
 def _pad(batch: dict[str, np.ndarray], size: int) -> tuple[dict[str, np.ndarray], int]:
@@ -48,8 +88,9 @@ class _Sums:
 
 
 def evaluate(config, state, *, workdir: str, mesh, system: gan.GanSystem,
-             writer=None) -> dict[str, Any]:
+             writer=None, features: FeatureMetrics | None = None) -> dict[str, Any]:
     """Evaluates ``state``'s generator; returns the JSON dict (on every process)."""
+    features = FeatureMetrics.from_config(config) if features is None else features
     data_cfg = pipeline.DataConfig.from_dict(config.data.to_dict())
     pid, pcount = parallel.process_shard()
     global_bs = int(config.eval.batch_size)
@@ -85,10 +126,10 @@ def evaluate(config, state, *, workdir: str, mesh, system: gan.GanSystem,
         target = visualize.to_uint8(local["target"])
         masked = visualize.to_uint8(local["masked"])
         mask = local["mask"]
-        sums.add("", metrics.image_metrics(output, target, mask))
-        sums.add("masked_input/", metrics.image_metrics(masked, target, mask))
-        sums.add("telea/", metrics.image_metrics(metrics.telea_inpaint(masked, mask), target,
-                                                  mask))
+        telea = metrics.telea_inpaint(masked, mask)
+        for prefix, image in (("", output), ("masked_input/", masked), ("telea/", telea)):
+            sums.add(prefix, metrics.image_metrics(image, target, mask))
+            sums.add(prefix, features(image, target))
         sums.count += valid
     keys = sorted(sums.sums)
     local_vec = np.asarray([sums.sums.get(k, 0.0) for k in keys] + [sums.count], np.float64)
@@ -96,21 +137,22 @@ def evaluate(config, state, *, workdir: str, mesh, system: gan.GanSystem,
     total = total.reshape(-1, len(keys) + 1).sum(axis=0)
     count = int(total[-1])
     means = {k: float(total[i] / max(count, 1)) for i, k in enumerate(keys)}
-    result = {"step": int(jax.device_get(state.step)), "num_images": count}
-    result.update({k: means[k] for k in METRIC_KEYS})
-    result["baselines"] = {b: {k: means[f"{b}/{k}"] for k in METRIC_KEYS}
+    metric_keys = PIXEL_METRICS + features.keys()
+    result = {"step": int(jax.device_get(state.step)), "num_images": count,
+              "id_backbone": features.id_backbone}
+    result.update({k: means[k] for k in metric_keys})
+    result["baselines"] = {b: {k: means[f"{b}/{k}"] for k in metric_keys}
                            for b in ("masked_input", "telea")}
     if parallel.is_main_process():
         _write_json(workdir, result)
         if writer is not None:
-            flat = {f"eval/{k}": result[k] for k in METRIC_KEYS}
+            flat = {f"eval/{k}": result[k] for k in metric_keys}
             flat.update({f"eval/{b}/{k}": v for b, d in result["baselines"].items()
                          for k, v in d.items()})
             writer.write_scalars(result["step"], flat)
-    log.info("eval step %d on %d images: PSNR %.2f (mask %.2f) SSIM %.4f | masked input PSNR "
-             "%.2f | Telea PSNR %.2f", result["step"], count, result["psnr"],
-             result["psnr_mask"], result["ssim"], result["baselines"]["masked_input"]["psnr"],
-             result["baselines"]["telea"]["psnr"])
+    log.info("eval step %d on %d images: %s | masked input PSNR %.2f | Telea PSNR %.2f",
+             result["step"], count, " ".join(f"{k}={result[k]:.4f}" for k in metric_keys),
+             result["baselines"]["masked_input"]["psnr"], result["baselines"]["telea"]["psnr"])
     return result
 
 

@@ -88,7 +88,11 @@ def main(argv) -> None:
         summary(config, workdir)
     elif mode == "train":
         from unmask_jax import train
-        train.train_and_evaluate(config, workdir)
+        try:
+            train.train_and_evaluate(config, workdir)
+        except train.NonFiniteLossError as e:
+            log.error("training stopped: %s", e)
+            sys.exit(1)
     elif mode == "evaluate":
         from unmask_jax import evaluate
         evaluate.evaluate_checkpoint(config, workdir)

@@ -213,6 +213,7 @@ def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
     step_fn = make_train_step(system, g_tx, d_tx, mesh, state_sharding)
     generate = make_generate(system, mesh)
     lr_fn = optim.learning_rate_schedule(config.optim, spe)
+    feature_metrics = evaluate.FeatureMetrics.from_config(config)
     sample_batch = None
 
     preempt = parallel.PreemptionMonitor()
@@ -234,6 +235,10 @@ def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
                 sample_batch = batch  # the first batch, kept on device for sample grids
             state, metrics = step_fn(state, batch)
             step += 1
+            if pending:
+                # At most two steps in flight: the next batch is prepared while this step
+                # runs, and SIGTERM / NaN checks see the device's step, not one far ahead.
+                jax.block_until_ready(pending[-1])
             pending.append(metrics)
             n_log += 1
             if step % config.train.log_every_steps == 0 or step == stop_at:
@@ -268,7 +273,8 @@ def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
                 return {"step": step, "preempted": True}
             if step % config.train.eval_every_steps == 0 or step == num_steps:
                 last_eval = evaluate.evaluate(config, state, workdir=workdir, mesh=mesh,
-                                              system=system, writer=writer)
+                                              system=system, writer=writer,
+                                              features=feature_metrics)
     finally:
         manager.wait_until_finished()
         preempt.close()

@@ -140,9 +140,34 @@ class SameConv2d(nn.Conv2d):
         return super().forward(nn.functional.pad(x, (left, right, top, bottom)))
 
 
+class KerasBatchNorm2d(nn.BatchNorm2d):
+    """BatchNorm2d that, like Keras/TensorFlow, accepts one value per channel in training.
+
+    torch raises for a (1, C, 1, 1) training batch (the TF generator's innermost block at
+    batch 1); TensorFlow normalises it to the bias and updates the running variance with
+    0 (its unbiased-variance correction falls back to n / max(n - 1, 1)). Same state-dict
+    keys as ``nn.BatchNorm2d``.
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not (self.training and x.numel() == x.shape[1]):
+            return super().forward(x)
+        if self.track_running_stats:
+            with torch.no_grad():
+                self.num_batches_tracked.add_(1)
+                m = self.momentum
+                self.running_mean.mul_(1 - m).add_(m * x.detach().reshape(-1))
+                self.running_var.mul_(1 - m)
+        centred = x - x  # the batch mean is the value itself; keeps the autograd graph
+        out = centred * torch.rsqrt(torch.tensor(self.eps, dtype=x.dtype))
+        if self.affine:
+            out = out * self.weight.view(1, -1, 1, 1) + self.bias.view(1, -1, 1, 1)
+        return out
+
+
 def _keras_bn(channels: int, momentum: float, eps: float) -> nn.BatchNorm2d:
     # Keras momentum m (running = m * running + (1 - m) * batch) is torch momentum 1 - m.
-    return nn.BatchNorm2d(channels, eps=eps, momentum=1.0 - momentum)
+    return KerasBatchNorm2d(channels, eps=eps, momentum=1.0 - momentum)
 
 
 class _TFDown(nn.Module):

@@ -87,6 +87,33 @@ def torch_padding(padding: PaddingLike) -> str | tuple[tuple[int, int], tuple[in
     raise ValueError(f"unsupported padding {padding!r}")
 
 
+def conv2d(
+    x: Array,
+    kernel: Array,
+    strides: int | Sequence[int] = 1,
+    padding: PaddingLike = 0,
+    dilation: int | Sequence[int] = 1,
+) -> Array:
+    """NHWC convolution with torch-style ``padding``, kernel (kH, kW, in, out).
+
+    The padding is applied with an explicit ``jnp.pad`` followed by a VALID convolution:
+    on XLA CPU the kernel gradient of a convolution with built-in padding can be ~30x
+    slower (measured 1.37 s vs 0.04 s for a 64x64x128 -> 256 2x2 conv) than the same
+    computation on a pre-padded input.
+    """
+    strides, dilation = _pair(strides), _pair(dilation)
+    pads = torch_padding(padding)
+    if isinstance(pads, str):
+        kh, kw = kernel.shape[:2]
+        eff = ((kh - 1) * dilation[0] + 1, (kw - 1) * dilation[1] + 1)
+        pads = tuple(lax.padtype_to_pads(x.shape[1:3], eff, strides, pads))
+    if any(p != 0 for pair in pads for p in pair):
+        x = jnp.pad(x, ((0, 0), tuple(pads[0]), tuple(pads[1]), (0, 0)))
+    return lax.conv_general_dilated(
+        x, kernel, window_strides=strides, padding="VALID", rhs_dilation=dilation,
+        dimension_numbers=_DIMS)
+
+
 class Conv(nn.Module):
     """2-D convolution equivalent to ``torch.nn.Conv2d`` (NHWC, kernel (kH, kW, in, out)).
 
@@ -111,14 +138,8 @@ class Conv(nn.Module):
         kernel = self.param(
             "kernel", self.kernel_init, (kh, kw, x.shape[-1], self.features), self.param_dtype
         )
-        y = lax.conv_general_dilated(
-            x.astype(self.dtype),
-            kernel.astype(self.dtype),
-            window_strides=_pair(self.strides),
-            padding=torch_padding(self.padding),
-            rhs_dilation=_pair(self.dilation),
-            dimension_numbers=_DIMS,
-        )
+        y = conv2d(x.astype(self.dtype), kernel.astype(self.dtype), self.strides, self.padding,
+                   self.dilation)
         if self.use_bias:
             bias = self.param("bias", self.bias_init, (self.features,), self.param_dtype)
             y = y + bias.astype(self.dtype)
@@ -164,13 +185,7 @@ def conv_transpose_subpixel(
     # -> (t_h, t_w, cin, r_h, r_w, cout) -> HWIO with O = (r_h, r_w, cout).
     k = k.transpose(0, 2, 5, 1, 3, 4).reshape(th, tw, cin, sh * sw * cout)
     b, h, w, _ = x.shape
-    y = lax.conv_general_dilated(
-        x,
-        k.astype(x.dtype),
-        window_strides=(1, 1),
-        padding=((th - 1, th - 1), (tw - 1, tw - 1)),
-        dimension_numbers=_DIMS,
-    )
+    y = conv2d(x, k.astype(x.dtype), 1, ((th - 1, th - 1), (tw - 1, tw - 1)))
     u, v = h + th - 1, w + tw - 1
     y = y.reshape(b, u, v, sh, sw, cout).transpose(0, 1, 3, 2, 4, 5).reshape(b, u * sh, v * sw, cout)
     full_h, full_w = (h - 1) * sh + kh, (w - 1) * sw + kw
