@@ -57,14 +57,31 @@ def limit_threads(threads: int) -> int:
 
 def median_time(fn: Callable[[], Any], iters: int) -> float:
     """Median wall time in seconds over ``iters`` calls after one warm-up call."""
-    fn()
-    times = []
-    for _ in range(iters):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    times.sort()
-    return times[len(times) // 2]
+    return interleaved_times([fn], iters, rounds=1)[0][0]
+
+
+def interleaved_times(fns: list[Callable[[], Any]], iters: int, rounds: int = 2
+                      ) -> list[tuple[float, float]]:
+    """(median wall s, median process CPU s) per function, measured in alternating blocks.
+
+    ``rounds`` times, each function runs one untimed warm-up call and then ``iters`` timed
+    calls (A-block, B-block, A-block, B-block, ...): a shared machine's load changes hit all
+    of them alike, and a framework's idle-spinning worker threads (OpenMP, Eigen) from the
+    previous block only disturb the untimed warm-up call. Process CPU time (all threads)
+    measures the work done independently of how long other processes held the cores.
+    """
+    wall: list[list[float]] = [[] for _ in fns]
+    cpu: list[list[float]] = [[] for _ in fns]
+    for _ in range(rounds):
+        for i, fn in enumerate(fns):
+            fn()
+            for _ in range(iters):
+                c0, t0 = time.process_time(), time.perf_counter()
+                fn()
+                wall[i].append(time.perf_counter() - t0)
+                cpu[i].append(time.process_time() - c0)
+    med = lambda v: sorted(v)[len(v) // 2]  # noqa: E731
+    return [(med(w), med(c)) for w, c in zip(wall, cpu)]
 
 
 SYSTEMS = {
@@ -72,6 +89,46 @@ SYSTEMS = {
     "pix2pix": ("pix2pix_unet", "patchgan", 0.5),
     "tf_pix2pix": ("tf_pix2pix_unet", "tf_patchgan", 1.0),
 }
+
+
+class Table:
+    """Rows of (JAX, PyTorch eager, torch.compile) timings; prints a markdown table."""
+
+    def __init__(self) -> None:
+        self.rows: list[dict[str, Any]] = []
+
+    def add(self, system: str, what: str, batch: int, unit: str,
+            jax_t: tuple[float, float], torch_t: tuple[float, float],
+            compiled_t: tuple[float, float] | None = None) -> None:
+        """Times are (wall s, CPU s) per call; unit 'ms' (latency) or 'img/s' (throughput)."""
+        def value(t: float) -> float:
+            return batch / t if unit == "img/s" else t * 1e3
+
+        row = {"system": system, "measurement": what, "batch": batch, "unit": unit,
+               "jax": value(jax_t[0]), "torch_eager": value(torch_t[0]),
+               "torch_compile": None if compiled_t is None else value(compiled_t[0]),
+               "jax_cpu_s": jax_t[1], "torch_cpu_s": torch_t[1],
+               "cpu_speedup": torch_t[1] / max(jax_t[1], 1e-9),
+               "jax_speedup": torch_t[0] / jax_t[0]}
+        self.rows.append(row)
+        comp = "" if compiled_t is None else f"  compile {row['torch_compile']:.2f} {unit}"
+        print(f"  {what:<30} batch {batch:>2}: JAX {row['jax']:9.2f} {unit}  torch "
+              f"{row['torch_eager']:9.2f} {unit}{comp}  CPU-time ratio "
+              f"{row['cpu_speedup']:.2f}  -> JAX speed-up {row['jax_speedup']:.2f}x",
+              flush=True)
+
+    def markdown(self) -> str:
+        lines = ["| system | measurement | batch | JAX | PyTorch eager | torch.compile | "
+                 "CPU s/call JAX / torch | JAX speed-up (wall) |",
+                 "|---|---|---|---|---|---|---|---|"]
+        for r in self.rows:
+            comp = ("n/a" if r["torch_compile"] is None
+                    else f"{r['torch_compile']:.2f} {r['unit']}")
+            lines.append(
+                f"| {r['system']} | {r['measurement']} | {r['batch']} | {r['jax']:.2f} "
+                f"{r['unit']} | {r['torch_eager']:.2f} {r['unit']} | {comp} | "
+                f"{r['jax_cpu_s']:.3f} / {r['torch_cpu_s']:.3f} | {r['jax_speedup']:.2f}x |")
+        return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -91,22 +148,13 @@ def main(argv: list[str] | None = None) -> int:
 
     torch.set_num_threads(n_threads)
     num_downs = int(round(np.log2(args.size)))
-    rows: list[dict[str, Any]] = []
+    table = Table()
     load_start = os.getloadavg()
-
-    def add(system, what, batch, jax_v, torch_v, compiled_v, unit):
-        higher_better = unit == "img/s"
-        ratio = (jax_v / torch_v) if higher_better else (torch_v / jax_v)
-        rows.append({"system": system, "measurement": what, "batch": batch, "unit": unit,
-                     "jax": jax_v, "torch_eager": torch_v, "torch_compile": compiled_v,
-                     "jax_speedup": ratio})
-        print(f"  {what:<28} batch {batch:>2}: JAX {jax_v:9.2f} {unit}  torch {torch_v:9.2f} "
-              f"{unit}  compile {compiled_v if compiled_v is None else round(compiled_v, 2)}"
-              f"  -> JAX speed-up {ratio:.2f}x", flush=True)
+    it = args.iters
 
     for system_name in args.systems.split(","):
         g_name, d_name, d_scale = SYSTEMS[system_name]
-        g_kwargs = {"num_downs": num_downs} if g_name in ("pix2pix_unet", "tf_pix2pix_unet") else {}
+        g_kwargs = {"num_downs": num_downs}
         G = create_model(g_name, **g_kwargs)
         D = create_model(d_name)
         size = args.size
@@ -128,21 +176,17 @@ def main(argv: list[str] | None = None) -> int:
         for b in [int(v) for v in args.infer_batches.split(",")]:
             x = np.random.default_rng(b).uniform(-1, 1, (b, size, size, 3)).astype(np.float32)
             xj, xt = jnp.asarray(x), torch.from_numpy(x.transpose(0, 3, 1, 2).copy())
-            t_jax = median_time(lambda: g_apply(g_vars, xj).block_until_ready(), args.iters)
+            fns = [lambda: g_apply(g_vars, xj).block_until_ready(), lambda: tg(xt)]
+            if compiled_g is not None:
+                fns.append(lambda: compiled_g(xt))
             with torch.inference_mode():
-                t_torch = median_time(lambda: tg(xt), args.iters)
-                t_comp = None
-                if compiled_g is not None:
-                    try:
-                        t_comp = median_time(lambda: compiled_g(xt), args.iters) * 1e3
-                    except Exception as e:  # noqa: BLE001 - report and go on
-                        print(f"  torch.compile inference failed: {e!r:.200}")
                 if b == 1:
                     ref = tg(xt).numpy().transpose(0, 2, 3, 1)
                     ours = np.asarray(g_apply(g_vars, xj))
                     rel = float(np.abs(ours - ref).max() / np.abs(ref).max())
                     print(f"  eval parity max|diff|/max|ref| = {rel:.2e}")
-            add(system_name, "G inference latency", b, t_jax * 1e3, t_torch * 1e3, t_comp, "ms")
+                times = _guarded_times(fns, it)
+            table.add(system_name, "G inference latency", b, "ms", *times)
 
         # ---------------- training step -----------------
         tx = optax.adam(2e-4, b1=0.5, b2=0.999)
@@ -151,6 +195,10 @@ def main(argv: list[str] | None = None) -> int:
                                d_scale=d_scale, reconstruction=(("l1", 100.0),))
         step = jax.jit(functools.partial(train.train_step, system=system, g_tx=tx, d_tx=tx),
                        donate_argnums=(0,))
+        compiled = None
+        if args.torch_compile:
+            cg, cd = _try_compile(torch, tg), _try_compile(torch, td)
+            compiled = (cg, cd) if cg is not None and cd is not None else None
         for b in [int(v) for v in args.train_batches.split(",")]:
             rng = np.random.default_rng(100 + b)
             a = rng.uniform(-1, 1, (b, size, size, 3)).astype(np.float32)
@@ -163,58 +211,56 @@ def main(argv: list[str] | None = None) -> int:
                                          tx.init(g_vars["params"])),
                 discriminator=train.NetState(d_vars["params"], d_vars["batch_stats"],
                                              tx.init(d_vars["params"])))
-            state = jax.tree.map(jnp.array, state)  # private copies: the step donates them
-            holder = {"state": state}
+            holder = {"state": jax.tree.map(jnp.array, state)}  # private: the step donates it
 
             def jax_step():
                 holder["state"], metrics = step(holder["state"], batch)
                 jax.block_until_ready(metrics)
 
-            t_compile = time.perf_counter()
+            t0 = time.perf_counter()
             jax_step()
-            t_compile = time.perf_counter() - t_compile
-            t_jax = median_time(jax_step, args.iters)
+            print(f"  (JAX train step batch {b}: compile + first run "
+                  f"{time.perf_counter() - t0:.1f} s)", flush=True)
             at, yt = (torch.from_numpy(v.transpose(0, 3, 1, 2).copy()) for v in (a, y))
-            t_torch = median_time(_torch_step_fn(torch, tg, td, at, yt, d_scale), args.iters)
-            t_comp = None
-            if args.torch_compile:
-                cg, cd = _try_compile(torch, tg), _try_compile(torch, td)
-                if cg is not None and cd is not None:
-                    try:
-                        t_comp = b / median_time(_torch_step_fn(torch, cg, cd, at, yt, d_scale,
-                                                                params_from=(tg, td)),
-                                                 args.iters)
-                    except Exception as e:  # noqa: BLE001
-                        print(f"  torch.compile train step failed: {e!r:.200}")
-            print(f"  (JAX train step compile + first run {t_compile:.1f} s)")
-            add(system_name, "train step (G+D)", b, b / t_jax, b / t_torch, t_comp, "img/s")
+            fns = [jax_step, _torch_step_fn(torch, tg, td, at, yt, d_scale)]
+            if compiled is not None:
+                fns.append(_torch_step_fn(torch, *compiled, at, yt, d_scale,
+                                          params_from=(tg, td)))
+            table.add(system_name, "train step (G+D)", b, "img/s", *_guarded_times(fns, it))
             del holder, state
 
         if args.breakdown:
-            _breakdown(args, jax, jnp, np, torch, G, D, g_vars, d_vars, tg, td, size, add,
+            _breakdown(args, jax, jnp, np, torch, G, D, g_vars, d_vars, tg, td, size, table,
                        system_name)
 
     if args.breakdown:
         _layer_breakdown(args, jax, jnp, np, torch, conv2d, conv_transpose_subpixel,
-                         conv_transpose_xla, add)
+                         conv_transpose_xla, table)
 
     load_end = os.getloadavg()
     print()
     print(f"jax {jax.__version__} ({jax.devices()[0].platform}), torch {torch.__version__}, "
           f"{n_threads} threads, load average {load_start[0]:.1f} -> {load_end[0]:.1f} "
-          f"(machine cores: {os.cpu_count()})")
-    print("| system | measurement | batch | JAX | PyTorch eager | torch.compile | "
-          "JAX speed-up |")
-    print("|---|---|---|---|---|---|---|")
-    for r in rows:
-        comp = "n/a" if r["torch_compile"] is None else f"{r['torch_compile']:.2f} {r['unit']}"
-        print(f"| {r['system']} | {r['measurement']} | {r['batch']} | {r['jax']:.2f} {r['unit']} "
-              f"| {r['torch_eager']:.2f} {r['unit']} | {comp} | {r['jax_speedup']:.2f}x |")
+          f"(machine cores: {os.cpu_count()}); medians of {it} interleaved runs")
+    print(table.markdown())
     if args.json:
         with open(args.json, "w") as f:
-            json.dump({"rows": rows, "threads": n_threads, "load": [load_start, load_end],
-                       "jax": jax.__version__, "torch": torch.__version__}, f, indent=2)
+            json.dump({"rows": table.rows, "threads": n_threads,
+                       "load": [load_start, load_end], "jax": jax.__version__,
+                       "torch": torch.__version__}, f, indent=2)
     return 0
+
+
+def _guarded_times(fns, iters):
+    """interleaved_times; a failing torch.compile entry (the third) is reported and dropped."""
+    if len(fns) > 2:
+        try:
+            fns[2]()
+        except Exception as e:  # noqa: BLE001 - report and go on without it
+            print(f"  torch.compile failed: {e!r:.300}")
+            fns = fns[:2]
+    times = interleaved_times(fns, iters)
+    return times[0], times[1], (times[2] if len(times) > 2 else None)
 
 
 def _target(target) -> dict[str, Any]:
@@ -263,12 +309,12 @@ def _torch_step_fn(torch, G, D, a, y, d_scale, params_from=None):
         loss_g = bce(pf, torch.ones_like(pf)) + 100.0 * torch.nn.functional.l1_loss(fake, y)
         loss_g.backward()
         opt_g.step()
-        return float(loss_g)
+        return loss_g.detach()
 
     return step
 
 
-def _breakdown(args, jax, jnp, np, torch, G, D, g_vars, d_vars, tg, td, size, add, system):
+def _breakdown(args, jax, jnp, np, torch, G, D, g_vars, d_vars, tg, td, size, table, system):
     """Forward+backward (train mode) of each network alone, batch 1."""
     x = np.random.default_rng(0).uniform(-1, 1, (1, size, size, 3)).astype(np.float32)
     xd = np.concatenate([x, x], -1)
@@ -279,7 +325,6 @@ def _breakdown(args, jax, jnp, np, torch, G, D, g_vars, d_vars, tg, td, size, ad
             return jnp.mean(out)
 
         grad = jax.jit(jax.grad(loss))
-        t_jax = median_time(lambda: jax.block_until_ready(grad(variables["params"])), args.iters)
         tmod.train()
         for p in tmod.parameters():
             p.requires_grad_(True)
@@ -289,11 +334,12 @@ def _breakdown(args, jax, jnp, np, torch, G, D, g_vars, d_vars, tg, td, size, ad
             m.zero_grad(set_to_none=True)
             m(ti).mean().backward()
 
-        t_torch = median_time(tstep, args.iters)
-        add(system, f"{name} fwd+bwd (train mode)", 1, t_jax * 1e3, t_torch * 1e3, None, "ms")
+        jstep = (lambda g=grad, v=variables: jax.block_until_ready(g(v["params"])))
+        table.add(system, f"{name} fwd+bwd (train mode)", 1, "ms",
+                  *interleaved_times([jstep, tstep], args.iters))
 
 
-def _layer_breakdown(args, jax, jnp, np, torch, conv2d, convt_sub, convt_xla, add):
+def _layer_breakdown(args, jax, jnp, np, torch, conv2d, convt_sub, convt_xla, table):
     """Single layers, forward+backward w.r.t. input and kernel, batch 1."""
     rng = np.random.default_rng(0)
     for h, cin, cout in [(128, 64, 128), (32, 256, 512), (8, 512, 512)]:
@@ -304,15 +350,15 @@ def _layer_breakdown(args, jax, jnp, np, torch, conv2d, convt_sub, convt_xla, ad
             return jnp.sum(jnp.square(conv2d(x, k, 2, 1)))
 
         g = jax.jit(jax.grad(conv_loss, argnums=(0, 1)))
-        t_jax = median_time(lambda: jax.block_until_ready(g(x, k)), args.iters)
         xt = torch.from_numpy(x.transpose(0, 3, 1, 2).copy()).requires_grad_()
         wt = torch.from_numpy(k.transpose(3, 2, 0, 1).copy()).requires_grad_()
 
         def tconv():
             torch.nn.functional.conv2d(xt, wt, stride=2, padding=1).square().sum().backward()
 
-        add("layer", f"conv k4s2 {h}^2 {cin}->{cout}", 1, t_jax * 1e3,
-            median_time(tconv, args.iters) * 1e3, None, "ms")
+        table.add("layer", f"conv k4s2 {h}^2 {cin}->{cout} f+b", 1, "ms",
+                  *interleaved_times([lambda: jax.block_until_ready(g(x, k)), tconv],
+                                     args.iters))
         # Transposed conv from (h/2)^2 x cout back to h^2 x cin (the U-Net up path).
         xs = rng.standard_normal((1, h // 2, h // 2, cout)).astype(np.float32)
         kt = (0.02 * rng.standard_normal((4, 4, cin, cout))).astype(np.float32)
@@ -323,13 +369,12 @@ def _layer_breakdown(args, jax, jnp, np, torch, conv2d, convt_sub, convt_xla, ad
             torch.nn.functional.conv_transpose2d(xst, wtt, stride=2, padding=1).square().sum(
             ).backward()
 
-        t_torch = median_time(tconvt, args.iters) * 1e3
         for label, fn in [("subpixel", convt_sub), ("lax", convt_xla)]:
             gt = jax.jit(jax.grad(lambda x, k, fn=fn: jnp.sum(jnp.square(fn(x, k, 2, 1))),
                                   argnums=(0, 1)))
-            t = median_time(lambda: jax.block_until_ready(gt(xs, kt)), args.iters)
-            add("layer", f"convT {label} {h // 2}^2 {cout}->{cin}", 1, t * 1e3, t_torch, None,
-                "ms")
+            table.add("layer", f"convT {label} {h // 2}^2 {cout}->{cin} f+b", 1, "ms",
+                      *interleaved_times([lambda gt=gt: jax.block_until_ready(gt(xs, kt)),
+                                          tconvt], args.iters))
 
 
 if __name__ == "__main__":

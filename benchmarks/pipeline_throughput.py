@@ -16,9 +16,11 @@ all mask types) and prints
                      synthesis from known landmarks, i.e. LFW with template landmarks).
 
 Then a per-image breakdown, timed stage by stage on one thread (OpenCV on one thread):
-read (synthetic render, or file decode + landmark lookup), framing (box + one warp that
-also does the jitter crop and flip), mask synthesis, batching + float conversion, and the
-inter-process cost (CPU per image with workers minus without).
+read (synthetic render, or file decode + landmark lookup), framing (box + one resampling
+that also does the jitter crop and flip), mask synthesis, batching + float conversion, the
+pickle round trip of one example (what crossing to the main process costs besides the
+pipe), and from the worker runs the CPU per image spent in the main process (receive,
+filter, batch, convert) and in the workers.
 
 LFW uses ``landmarks=template`` by default (known landmarks, no detector); pass
 ``--landmarks=dlib`` to use a precomputed landmark cache instead. ``--profile`` prints the
@@ -30,6 +32,7 @@ from __future__ import annotations
 import argparse
 import cProfile
 import os
+import pickle
 import pstats
 import sys
 import time
@@ -126,7 +129,9 @@ def stage_breakdown(source, cfg: pipeline.DataConfig, n: int = 48) -> dict[str, 
     examples = [prepare(records[i], np.random.default_rng(i)) for i in range(n)]
     out["batching+float"] = _thread_timer(
         lambda i: pipeline.to_model_batch(examples[:32]), 4) / 32
-    out["PrepareExample total"] = _thread_timer(
+    out["pickle round trip (IPC)"] = _thread_timer(
+        lambda i: pickle.loads(pickle.dumps(examples[i], protocol=pickle.HIGHEST_PROTOCOL)), n)
+    out["PrepareExample (frame+mask)"] = _thread_timer(
         lambda i: prepare(records[i], np.random.default_rng(i)), n)
     return {k: v * 1e3 for k, v in out.items()}
 
@@ -188,22 +193,30 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f"# load average at end {' '.join(f'{v:.2f}' for v in os.getloadavg())}")
 
     if not args.skip_breakdown:
-        print("\n# per-image CPU ms by stage (one thread, training augmentation)")
+        columns: dict[str, dict[str, float]] = {}
         for name in sources:
             for res in resolutions:
                 cfg = make_config(name, res, 0, args.data_dir if name == "lfw" else None,
                                   args.landmarks, args.num_records)
                 source = built.setdefault((name, res), pipeline.build_source(cfg, "train"))
                 stages = stage_breakdown(source, cfg)
-                cpu0 = results.get((name, res, 0))
-                cpu2 = [results[k] for k in results
-                        if k[:2] == (name, res) and k[2] > 0]
-                if cpu0 and cpu2:
-                    per0 = 1e3 * cpu0["cpu"] / cpu0["images"]
-                    per2 = 1e3 * cpu2[0]["cpu"] / cpu2[0]["images"]
-                    stages["IPC (CPU/img workers - no workers)"] = per2 - per0
-                text = ", ".join(f"{k} {v:.2f}" for k, v in stages.items())
-                print(f"{name:<10} {res:>4}: {text}")
+                for workers in worker_counts:
+                    r = results.get((name, res, workers))
+                    if r and workers > 0:
+                        main_ms = 1e3 * r["main_cpu"] / r["images"]
+                        stages[f"main process/img, {workers} workers"] = main_ms
+                        stages[f"worker processes/img, {workers} workers"] = (
+                            1e3 * r["cpu"] / r["images"] - main_ms)
+                columns[f"{name} {res}"] = stages
+        print("\n# per-image CPU ms by stage (stages timed one at a time on one thread; "
+              "the last rows from the runs above)")
+        rows = list(dict.fromkeys(k for c in columns.values() for k in c))
+        width = max(len(r) for r in rows)
+        print(f"{'stage':<{width}} " + " ".join(f"{c:>14}" for c in columns))
+        for row in rows:
+            print(f"{row:<{width}} " + " ".join(
+                f"{columns[c][row]:>14.2f}" if row in columns[c] else f"{'':>14}"
+                for c in columns))
     if args.profile:
         res = max(resolutions)
         name = sources[-1]

@@ -161,6 +161,37 @@ def _zeros(template):
     return jax.tree_util.tree_map(lambda s: np.zeros(s.shape, s.dtype), template)
 
 
+@pytest.mark.parametrize("model_name,kwargs,channels,size,batch", [
+    ("pix2pix_unet", {"num_downs": 6, "ngf": 8, "use_dropout": False}, 4, 64, 2),
+    # Batch 1: the TF generator's innermost BN sees one value per channel (Keras rule).
+    ("tf_pix2pix_unet", {"num_downs": 6, "ngf": 8, "use_dropout": False}, 3, 64, 1),
+    ("patchgan", {"ndf": 8}, 6, 64, 2),
+])
+def test_train_mode_parity_and_running_stats(model_name, kwargs, channels, size, batch):
+    """Train-mode BN: same outputs and same running-statistics updates as PyTorch."""
+    model, template = _template(model_name, kwargs, channels, size)
+    variables = _random_variables(template, seed=8)
+    target = keymaps.torch_target(model_name, kwargs, variables)
+    tmodule = build_torch_module(target.torch_class, target.constructor_args)
+    tmodule.load_state_dict({k: torch.from_numpy(np.array(v)) for k, v in
+                             keymaps.flax_to_torch(model_name, kwargs, variables).items()})
+    x = np.random.default_rng(9).uniform(-1, 1, (batch, size, size, channels)).astype(np.float32)
+    ours, updates = jax.jit(lambda v, x: model.apply(v, x, True, mutable=["batch_stats"]))(
+        variables, jnp.asarray(x))
+    tmodule.train()
+    with torch.no_grad():
+        ref = tmodule(torch.from_numpy(x.transpose(0, 3, 1, 2).copy())).numpy()
+    assert _rel_diff(ours, ref.transpose(0, 2, 3, 1)) < 1e-4
+    updated = keymaps.flax_to_torch(model_name, kwargs,
+                                    {"params": variables["params"], **updates})
+    torch_sd = tmodule.state_dict()
+    stats = [k for k in updated if k.endswith(("running_mean", "running_var"))]
+    assert stats
+    for k in stats:
+        np.testing.assert_allclose(updated[k], torch_sd[k].numpy(), rtol=1e-4, atol=1e-5,
+                                   err_msg=k)
+
+
 def test_manifest_pt_and_4ch_constructor(tmp_path):
     g_kwargs = {"num_downs": 8, "ngf": 8}
     _, template = _template("pix2pix_unet", g_kwargs, 4, 256)
@@ -207,7 +238,8 @@ def test_bfloat16_variables_export_as_float32(tmp_path):
     assert all(v.dtype == np.float32 for k, v in sd.items() if "num_batches" not in k)
     np.testing.assert_array_equal(
         sd["model.0.weight"],
-        np.asarray(variables["params"]["conv_0"]["kernel"]).astype(np.float32).transpose(3, 2, 0, 1))
+        np.asarray(variables["params"]["conv_0"]["kernel"]).astype(np.float32).transpose(
+            3, 2, 0, 1))
     assert entry["flax_model_kwargs"]["dtype"] == "bfloat16"
     load_torch_module(str(tmp_path), "d")
 
@@ -228,6 +260,8 @@ def test_errors_name_the_problem(tmp_path):
         import_torch_state_dict("patchgan", {}, missing, template)
     with pytest.raises(ExportError, match=r"model\.99\.weight"):
         import_torch_state_dict("patchgan", {}, {**sd, "model.99.weight": np.zeros(1)}, template)
+    with pytest.raises(ExportError, match="n_layers"):
+        export_variables("x", "patchgan", {"n_layers": 2}, variables, str(tmp_path), step=0)
     with pytest.raises(ExportError, match="bn_epsilon"):
         export_variables("x", "patchgan", {"bn_epsilon": 1e-3}, variables, str(tmp_path), step=0)
     # Strict loading into a wrongly configured torch module fails loudly.

@@ -1,32 +1,38 @@
 """The real trainer scales out: ``python -m unmask_jax.main`` as real multi-process CPU runs.
 
 Every run goes through ``launch/local_multiprocess.py`` (``run_local``): N processes x M fake
-CPU devices, gloo collectives, ``--config.distributed.mode=explicit``, the pix2pix ``:quick``
-config shrunk like ``tests/test_train.tiny_config`` (ngf 8, ndf 8, batch 4, a few steps).
+CPU devices, gloo collectives, ``--config.distributed.mode=explicit`` (except the
+single-process test), the pix2pix ``:quick`` config shrunk like ``tests/test_train.tiny_config``
+(ngf 8, ndf 8, batch 4, a few steps, 8 eval images, LPIPS / identity metrics off).
 
-Equality across topologies needs the same global batches, which the synthetic source cannot
-give: Grain seeds each example's random map (mask shape and colour, crop, flip) from the
-example's position in the *process's* stream, so record 2 is position 1 of process 0's shard
-on 2 processes but position 2 on 1 process and gets another mask. The comparison runs
-therefore read a ``paired`` folder (the mask is part of the data) with jitter, flips,
-shuffling and dropout off: then every per-example computation is deterministic, process
-``p`` of ``P`` reads records ``p, p + P, ...`` and the global batch of step ``s`` is the set of
-records ``4s .. 4s + 3`` on 2 x 2 devices (order 0 2 1 3) and on 1 x 4 (order 0 1 2 3). BatchNorm
-statistics and mean losses do not depend on the order, so the runs agree up to float
-reduction order. The config file for that source is ``configs/pix2pix.py:quick`` with the
-source switched (the command line cannot remove the synthetic ``num_records`` option).
+Equal training on 2 x 2 and 1 x 4 devices needs the same global batches, which the synthetic
+source cannot give: Grain seeds each example's random map (mask type and colour, crop, flip)
+from the example's position in the *process's* stream, so record 2 is position 1 of process
+0's shard on 2 processes but position 2 on 1 process and gets another mask. The comparison
+runs therefore read a ``paired`` folder (the mask is part of the data) with jitter, flips,
+shuffling and dropout off: every per-example computation is then deterministic, process ``p``
+of ``P`` reads records ``p, p + P, ...``, and the global batch of step ``s`` is the set of
+records ``4s .. 4s + 3`` on 2 x 2 devices (in the order 0 2 1 3) and on 1 x 4 (0 1 2 3).
+BatchNorm statistics and mean losses do not depend on the order, so the runs agree up to float
+reduction order. Their config file is ``configs/pix2pix.py:quick`` with the source switched
+(the command line cannot remove the synthetic ``num_records`` option).
+
+Costs: every run starts Python, JAX and TensorFlow (clu) and compiles the step. The children
+share this session's persistent XLA cache (conftest.py), which serves 1-process runs and
+process 0 of 2-process runs; on CPU, JAX's cache key differs per process, so process 1 of a
+2-process run always compiles.
 """
 from __future__ import annotations
 
+import contextlib
+import dataclasses
+import fcntl
 import importlib.util
 import json
 import os
 import re
 import shutil
-import signal
-import subprocess
 import sys
-import textwrap
 from pathlib import Path
 
 import numpy as np
@@ -36,12 +42,14 @@ from tests import fixtures
 
 REPO = Path(__file__).resolve().parents[1]
 QUICK = "configs/pix2pix.py:quick"
+LR = 5e-4  # configs/default.py quick(): optim.lr (constant for the first 3 steps here)
 
-#: tiny_config()-sized model and run: compiles in seconds, the same programs in every test
-#: (so the persistent compilation cache serves the later runs).
+#: tiny_config()-sized model and run, the same compiled programs in every test (dropout off
+#: everywhere, so the persistent compilation cache serves the later runs).
 TINY_FLAGS = (
     "--config.model.generator_kwargs.ngf=8",
     "--config.model.discriminator_kwargs.ndf=8",
+    "--config.model.generator_kwargs.use_dropout=False",
     "--config.train.batch_size=4",
     "--config.optim.constant_steps=3",
     "--config.optim.decay_steps=3",
@@ -54,7 +62,6 @@ TINY_FLAGS = (
     "--config.eval.lpips_net=",
     "--config.eval.id_backbone=",
 )
-SYNTHETIC_FLAGS = ("--config.data.source_options.num_records=64",)
 
 PAIRED_CONFIG = '''\
 """pix2pix :quick reading a paired folder (written by tests/test_train_multiprocess.py)."""
@@ -72,6 +79,12 @@ def get_config():
     return c
 '''
 NUM_PAIRS = 16  # 4 global batches of 4: one epoch is 4 steps
+COMPARE_STEPS = 5  # step 5 opens the second epoch with records 0..3 again
+
+
+# --------------------------------------------------------------------------------------------
+# Helpers.
+# --------------------------------------------------------------------------------------------
 
 
 def load_launcher():
@@ -87,9 +100,8 @@ def load_launcher():
 
 
 def child_env() -> dict[str, str]:
-    """Extra environment of every child: the repository on the path, and this test session's
-    persistent XLA compilation cache (conftest.py), so that repeated runs load the compiled
-    step instead of compiling it again."""
+    """Extra environment of every child: the repository on the path and this test session's
+    persistent XLA compilation cache (conftest.py)."""
     env = {"PYTHONPATH": str(REPO), "TF_CPP_MIN_LOG_LEVEL": "1"}
     cache = os.environ.get("UNMASK_TEST_XLA_CACHE")
     if cache:
@@ -99,22 +111,50 @@ def child_env() -> dict[str, str]:
     return env
 
 
-def main_command(workdir: Path, *flags: str, config: str = QUICK,
-                 distributed: bool = True) -> list[str]:
+@dataclasses.dataclass
+class Run:
+    """What a test needs from a finished run (also rebuilt from disk, see ``shared``)."""
+
+    workdir: Path
+    logs: list[str]
+    returncodes: list[int]
+    summary: str
+
+    @property
+    def ok(self) -> bool:
+        return all(code == 0 for code in self.returncodes)
+
+
+def run_main(processes: int, devices: int, workdir: Path, *flags: str, log_dir: Path,
+             config: str = QUICK, distributed: bool = True, timeout: float = 300,
+             **kwargs) -> Run:
+    """``python -m unmask_jax.main --mode=train`` as ``processes`` x ``devices`` (run_local)."""
     command = [sys.executable, "-m", "unmask_jax.main", f"--config={config}",
                f"--workdir={workdir}", *TINY_FLAGS, *flags]
     if distributed:
         command.append("--config.distributed.mode=explicit")
-    return command
+    result = load_launcher().run_local(processes, devices, command, timeout=timeout,
+                                       env=child_env(), log_dir=log_dir, cwd=REPO, **kwargs)
+    return Run(workdir, [result.log(i) for i in range(processes)],
+               [-124 if result.timed_out else code for code in result.returncodes],
+               result.summary())
 
 
-def run_main(processes: int, devices: int, workdir: Path, *flags: str, log_dir: Path,
-             config: str = QUICK, distributed: bool = True, timeout: float = 240, **kwargs):
-    """``python -m unmask_jax.main`` as ``processes`` x ``devices`` through run_local."""
-    return load_launcher().run_local(
-        processes, devices, main_command(workdir, *flags, config=config,
-                                         distributed=distributed),
-        timeout=timeout, env=child_env(), log_dir=log_dir, cwd=REPO, **kwargs)
+@contextlib.contextmanager
+def shared(tmp_path_factory, worker_id: str, name: str):
+    """A folder made once per pytest session, also under pytest-xdist: the first worker
+    that needs it fills it while holding a lock, the others wait and reuse it."""
+    if worker_id == "master":  # no xdist: the module-scoped fixture runs once anyway
+        yield tmp_path_factory.mktemp(name), True
+        return
+    folder = tmp_path_factory.getbasetemp().parent / name  # this session's workers share it
+    folder.mkdir(exist_ok=True)
+    with open(folder.parent / f"{name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield folder, not (folder / "done.json").exists()
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
 
 
 _SCALARS = re.compile(r"logging_writer\.py:\d+\] \[(\d+)\] ([\w/]+=.*)$")
@@ -150,85 +190,292 @@ def data_positions(workdir: Path, step: int) -> dict[str, int]:
             for p in sorted(folder.glob("process_*.json"))}
 
 
-def tiny_model_config():
-    """The trainer config whose state shapes match the runs (for train.load_state)."""
-    from tests.test_train import tiny_config
-    return tiny_config()
+def named_leaves(tree) -> dict[tuple[str, ...], np.ndarray]:
+    """Leaves keyed by their path names, so that a TrainState and the plain nested
+    containers Orbax reads back without a target compare leaf by leaf."""
+    import jax
+    out = {}
+    for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]:
+        key = tuple(str(getattr(k, "name", getattr(k, "key", getattr(k, "idx", k))))
+                    for k in path)
+        out[key] = np.asarray(leaf)
+    return out
+
+
+def raw_state(workdir: Path, step: int) -> dict[tuple[str, ...], np.ndarray]:
+    """The ``state`` item of checkpoint ``step`` read straight into numpy (no target, no
+    mesh): what the processes wrote, independent of the restore code under test."""
+    import jax
+    import orbax.checkpoint as ocp
+    path = workdir / "checkpoints" / str(step) / "state"
+    checkpointer = ocp.PyTreeCheckpointer()
+    tree = checkpointer.metadata(path).item_metadata.tree
+    args = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), tree)
+    return named_leaves(checkpointer.restore(path, restore_args=args))
+
+
+def relative_diff(a: np.ndarray, b: np.ndarray) -> float:
+    """max |a - b| / max |a| of one tensor."""
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    return float(np.max(np.abs(a - b)) / max(float(np.max(np.abs(a))), 1e-12))
 
 
 # --------------------------------------------------------------------------------------------
 # 2 processes x 2 devices vs 1 process x 4 devices, same global batches (paired source).
 # --------------------------------------------------------------------------------------------
 
-COMPARE_STEPS = 5
-
 
 @pytest.fixture(scope="module")
-def paired_setup(tmp_path_factory):
-    """The paired folder, its config file and the flags that make every example
-    deterministic (see the module docstring)."""
-    root = tmp_path_factory.mktemp("paired")
-    data = root / "data"
-    fixtures.write_paired(data, count=NUM_PAIRS, size=64)
-    from data_pipelines.sources.paired import PairedSource
-    source = PairedSource(data)  # computes and stores the mask maps once, before the runs
-    assert len(source) == NUM_PAIRS
-    assert all(not source[i]["error"] for i in range(len(source)))
-    config = root / "pix2pix_paired.py"
-    config.write_text(PAIRED_CONFIG)
-    flags = (f"--config.data.data_dir={data}", "--config.data.jitter_scale=1.0",
-             "--config.data.flip=False", "--config.data.shuffle=False",
-             "--config.model.generator_kwargs.use_dropout=False")
-    return str(config), flags, root
-
-
-@pytest.fixture(scope="module")
-def run_2x2(paired_setup):
-    """5 steps on 2 processes x 2 devices, checkpoints at steps 4 and 5, evaluation at 5."""
-    config, flags, root = paired_setup
-    workdir = root / "run_2x2"
-    result = run_main(2, 2, workdir, *flags, f"--config.train.num_steps={COMPARE_STEPS}",
-                      "--config.train.checkpoint_every_steps=4", log_dir=root / "logs_2x2",
-                      config=config)
-    assert result.ok, result.summary()
-    return workdir, result
+def paired_2x2(tmp_path_factory, worker_id):
+    """The paired folder, its config and flags, and 5 steps on 2 processes x 2 devices with
+    a checkpoint after every step and the evaluation at step 5."""
+    with shared(tmp_path_factory, worker_id, "train_multiprocess_paired") as (root, first):
+        data, config, workdir = root / "data", root / "pix2pix_paired.py", root / "run_2x2"
+        flags = (f"--config.data.data_dir={data}", "--config.data.jitter_scale=1.0",
+                 "--config.data.flip=False", "--config.data.shuffle=False",
+                 "--config.train.checkpoint_every_steps=1",
+                 f"--config.train.max_checkpoints_to_keep={COMPARE_STEPS}")
+        if first:
+            fixtures.write_paired(data, count=NUM_PAIRS, size=64)
+            from data_pipelines.sources.paired import PairedSource
+            source = PairedSource(data)  # computes and stores the mask maps before the runs
+            assert len(source) == NUM_PAIRS
+            assert all(not source[i]["error"] for i in range(len(source)))
+            config.write_text(PAIRED_CONFIG)
+            run = run_main(2, 2, workdir, *flags, f"--config.train.num_steps={COMPARE_STEPS}",
+                           log_dir=root / "logs_2x2", config=str(config))
+            (root / "done.json").write_text(json.dumps(dataclasses.asdict(run), default=str))
+        else:
+            run = Run(**json.loads((root / "done.json").read_text()))
+            run.workdir = Path(run.workdir)
+    assert run.ok, run.summary
+    return str(config), flags, run
 
 
 @pytest.mark.slow
-def test_2x2_run_matches_1x4_run(paired_setup, run_2x2, tmp_path):
-    """Same config, same global batches: the losses of every step agree to rtol 1e-4.
+def test_2x2_run_matches_1x4_run(paired_2x2, tmp_path):
+    """Same config, same global batches on 2 x 2 and 1 x 4 devices: the same training.
 
-    Parameters are not compared at rtol 1e-5: Adam's first update is lr * g / |g|, so a
-    parameter whose gradient is float noise (e.g. ~0 by symmetry) moves by +-lr depending on
-    the reduction order of the mesh; later steps then differ by more than rounding. The
-    well-conditioned quantities are compared instead: the logged losses of every step (the
-    first one exactly the same computation), BatchNorm running statistics (functions of the
-    data and of G's forward pass), and Adam's first moment mu (~ the gradients) of the first
-    step's... via the final state, with a tolerance that covers the lr-sized noise.
+    Compared: the losses of every step (step 1: rtol 1e-5, the same computation up to
+    reduction order; later steps rtol 3e-4, measured <= 7e-5), and after step 1 the
+    well-conditioned state: BatchNorm running statistics and Adam's moments mu ~ g and
+    nu ~ g^2 (max |diff| / max |ref| < 1e-4 per tensor, measured ~2e-6). Parameters are
+    not compared at that tolerance: Adam's first update is lr * g / |g|, so a parameter
+    whose gradient is float noise (near zero) moves by +lr or -lr depending on the
+    reduction order of the mesh, and later steps inherit these lr-sized differences (after
+    5 steps mu differs by up to ~30% in the innermost layers). After step 1 every parameter
+    agrees to within 2 lr, and fewer than 1% per tensor differ by more than lr / 10.
+    The evaluation (8 fixed images, sharded over the processes) has the same baselines
+    (functions of the eval data only: every image counted once) and close model metrics.
+    Process 0 alone writes TensorBoard events, sample grids and the evaluation.
     """
-    config, flags, root = paired_setup
-    workdir2, result2 = run_2x2
-    workdir1 = tmp_path / "run_1x4"
-    result1 = run_main(1, 4, workdir1, *flags, f"--config.train.num_steps={COMPARE_STEPS}",
-                       "--config.train.checkpoint_every_steps=4", log_dir=tmp_path / "logs",
-                       config=config)
-    assert result1.ok, result1.summary()
-    assert "process 0 of 1, platform cpu, 4 local / 4 global devices" in result1.log(0)
+    config, flags, run2 = paired_2x2
+    run1 = run_main(1, 4, tmp_path / "run_1x4", *flags,
+                    f"--config.train.num_steps={COMPARE_STEPS}", log_dir=tmp_path / "logs",
+                    config=config)
+    assert run1.ok, run1.summary
+    assert "process 0 of 1, platform cpu, 4 local / 4 global devices" in run1.logs[0]
     for p in range(2):
-        assert f"process {p} of 2, platform cpu, 2 local / 4 global devices" in result2.log(p)
+        assert f"process {p} of 2, platform cpu, 2 local / 4 global devices" in run2.logs[p]
 
-    l2, l2_other, l1 = losses(result2.log(0)), losses(result2.log(1)), losses(result1.log(0))
-    assert sorted(l2) == sorted(l1) == list(range(1, COMPARE_STEPS + 1)), (l2, l1)
-    assert l2 == l2_other  # both processes hold the same replicated metrics
-    print("losses 2x2", l2, "\nlosses 1x4", l1)
-    for step in l1:
-        np.testing.assert_allclose(l2[step], l1[step], rtol=1e-4,
+    l2, l2_other, l1 = losses(run2.logs[0]), losses(run2.logs[1]), losses(run1.logs[0])
+    steps = list(range(1, COMPARE_STEPS + 1))
+    assert sorted(l2) == sorted(l1) == steps, (l2, l1)
+    assert l2 == l2_other  # both processes log the same replicated metrics
+    for step in steps:
+        np.testing.assert_allclose(l2[step], l1[step], rtol=1e-5 if step == 1 else 3e-4,
                                    err_msg=f"step {step}: 2x2 and 1x4 losses differ")
-    # Not a comparison of constants: the losses move over the run.
-    assert abs(l1[COMPARE_STEPS][1] - l1[1][1]) > 1e-3 * abs(l1[1][1])
+    assert abs(l1[COMPARE_STEPS][1] - l1[1][1]) > 1e-2 * abs(l1[1][1])  # losses do move
 
-    eval2 = json.loads((workdir2 / "eval" / "latest.json").read_text())
-    eval1 = json.loads((workdir1 / "eval" / "latest.json").read_text())
+    s2, s1 = raw_state(run2.workdir, 1), raw_state(run1.workdir, 1)
+    assert s2.keys() == s1.keys()
+    counts = {"mu": 0, "nu": 0, "batch_stats": 0, "params": 0, "other": 0}
+    for key, ref in s1.items():
+        kind = next((k for k in ("mu", "nu", "batch_stats", "params") if k in key), "other")
+        counts[kind] += 1
+        if kind == "params":
+            diff = np.abs(ref - s2[key])
+            assert diff.max() <= 2.02 * LR, (key, diff.max())
+            assert np.mean(diff > LR / 10) < 0.01, (key, np.mean(diff > LR / 10))
+        elif kind == "other":  # step, rng, optimizer step counts
+            np.testing.assert_array_equal(ref, s2[key], err_msg=str(key))
+        else:
+            assert relative_diff(ref, s2[key]) < 1e-4, (key, relative_diff(ref, s2[key]))
+    assert min(counts.values()) >= 2 and counts["params"] > 30, counts
+    assert int(s1[("step",)]) == 1
+
+    eval2 = json.loads((run2.workdir / "eval" / "latest.json").read_text())
+    eval1 = json.loads((run1.workdir / "eval" / "latest.json").read_text())
     assert eval2["step"] == eval1["step"] == COMPARE_STEPS
     assert eval2["num_images"] == eval1["num_images"] == 8
-    print("eval 2x2", eval2, "\neval 1x4", eval1)
+    for baseline in ("masked_input", "telea"):
+        for key, value in eval1["baselines"][baseline].items():
+            assert eval2["baselines"][baseline][key] == pytest.approx(value, rel=1e-6), key
+    for key in ("psnr", "ssim", "psnr_mask", "ssim_mask"):
+        assert eval2[key] == pytest.approx(eval1[key], rel=1e-3), key
+
+    # Outputs: process 0 writes them, process 1 only logs its own progress.
+    assert (run2.workdir / "samples" / f"step_{COMPARE_STEPS:08d}.png").is_file()
+    assert len(list(run2.workdir.glob("events.out.tfevents*"))) == 1
+    assert "Got images" in run2.logs[0] and "Got images" not in run2.logs[1]
+    assert "eval/psnr=" in run2.logs[0] and "eval/psnr=" not in run2.logs[1]
+
+
+@pytest.mark.slow
+def test_2x2_checkpoint_restores_on_1x4_and_training_continues(paired_2x2, tmp_path):
+    """Save on 2 x 2, resume on 1 x 4: the step counter and every state buffer come back
+    bit for bit (``train.load_state`` vs the raw checkpoint), the data iterator restarts
+    with a warning (the process count changed), and the resumed step 5 equals step 5 of the
+    uninterrupted 2 x 2 run: the same state, and the same global batch (the restarted
+    1-process stream begins with records 0..3, and so does the 2 x 2 run's second epoch)."""
+    import jax
+
+    from tests.test_train import tiny_config
+    from unmask_jax import train
+
+    config, flags, run2 = paired_2x2
+    restored, _, _ = train.load_state(tiny_config(), str(run2.workdir), step=4)
+    got, want = named_leaves(restored), raw_state(run2.workdir, 4)
+    assert got.keys() == want.keys() and len(got) > 100
+    for key, value in want.items():
+        np.testing.assert_array_equal(got[key], value, err_msg=f"restore changed {key}")
+    assert int(restored.step) == 4
+    kernel = restored.generator.params["down_conv_0"]["kernel"]
+    assert kernel.sharding.is_fully_replicated
+    assert len(kernel.sharding.device_set) == jax.device_count()
+
+    workdir = tmp_path / "resumed_1x4"
+    shutil.copytree(run2.workdir, workdir)
+    shutil.rmtree(workdir / "checkpoints" / str(COMPARE_STEPS))  # the latest is now step 4
+    run = run_main(1, 4, workdir, *flags, "--config.train.num_steps=6",  # no eval at 5
+                   "--config.train.stop_after_steps=1", log_dir=tmp_path / "logs",
+                   config=config)
+    assert run.ok, run.summary
+    log = run.logs[0]
+    assert f"resumed from {workdir} at step 4" in log
+    assert "checkpoint step 4 was written by 2 processes, this run has 1" in log
+    assert "the data iterator is NOT" in log
+    assert sorted(losses(log)) == [COMPARE_STEPS]
+    np.testing.assert_allclose(losses(log)[COMPARE_STEPS],
+                               losses(run2.logs[0])[COMPARE_STEPS], rtol=1e-5)
+    assert checkpoint_steps(workdir)[-1] == COMPARE_STEPS
+    # The 1-process stream restarted: one batch of 4 consumed (not 2 x 5 per process).
+    assert data_positions(workdir, COMPARE_STEPS) == {"process_0-of-1.json": 4}
+    assert data_positions(run2.workdir, COMPARE_STEPS) == {"process_0-of-2.json": 10,
+                                                           "process_1-of-2.json": 10}
+
+
+# --------------------------------------------------------------------------------------------
+# Data sharding: two real processes read disjoint shards that together cover each batch.
+# --------------------------------------------------------------------------------------------
+
+SHARD_SCRIPT = """
+import json, os, sys
+from configs import pix2pix
+from data_pipelines import pipeline
+pid, count = int(os.environ["UNMASK_PROCESS_ID"]), int(os.environ["UNMASK_NUM_PROCESSES"])
+config = pix2pix.get_config("quick")
+config.data.source_options.num_records = %(records)d
+cfg = pipeline.DataConfig.from_dict(config.data.to_dict())
+it = iter(pipeline.train_dataset(cfg, batch_size=%(local)d, process_index=pid,
+                                 process_count=count))
+batches = [next(it) for _ in range(%(steps)d)]
+json.dump({"index": [b["index"].tolist() for b in batches],
+           "shapes": [list(b["masked"].shape) for b in batches]},
+          open(os.path.join(sys.argv[1], f"process_{pid}.json"), "w"))
+"""
+
+
+@pytest.mark.slow
+def test_processes_read_disjoint_shards_covering_each_global_batch(tmp_path):
+    """The trainer's data path (``pipeline.train_dataset`` with the process index and count,
+    default shuffling and augmentation) in 2 real processes: every global batch has 4
+    distinct records, 2 from each process; the processes' records are disjoint; one epoch
+    (8 steps) covers the 32 records exactly once; the next epoch is reshuffled."""
+    records, local, epoch_steps = 32, 2, 8
+    script = SHARD_SCRIPT % {"records": records, "local": local, "steps": 2 * epoch_steps}
+    result = load_launcher().run_local(
+        2, 1, [sys.executable, "-c", script, str(tmp_path)], timeout=120, env=child_env(),
+        log_dir=tmp_path / "logs", cwd=REPO)
+    assert result.ok, result.summary()
+    seen = [json.loads((tmp_path / f"process_{p}.json").read_text()) for p in range(2)]
+    for p, rec in enumerate(seen):
+        assert rec["shapes"] == [[local, 64, 64, 3]] * (2 * epoch_steps)
+        assert all(i % 2 == p for batch in rec["index"] for i in batch), (p, rec["index"])
+    for epoch in range(2):
+        covered = []
+        for step in range(epoch * epoch_steps, (epoch + 1) * epoch_steps):
+            batch = seen[0]["index"][step] + seen[1]["index"][step]
+            assert len(set(batch)) == 2 * local, (step, batch)
+            covered += batch
+        assert sorted(covered) == list(range(records)), (epoch, sorted(covered))
+    for p in range(2):
+        assert seen[p]["index"][:epoch_steps] != seen[p]["index"][epoch_steps:]
+
+
+# --------------------------------------------------------------------------------------------
+# Preemption: SIGTERM -> checkpoint at the same step everywhere, exit 0, resume.
+# --------------------------------------------------------------------------------------------
+
+LONG = ("--config.train.num_steps=1000", "--config.data.source_options.num_records=64")
+
+
+def preempted_step(log: str) -> int:
+    match = re.search(r"preemption: checkpoint saved at step (\d+); exiting", log)
+    assert match, log[-3000:]
+    return int(match.group(1))
+
+
+def progress_marker(step: int) -> str:
+    """train.py's progress line of ``step`` (printed by every process)."""
+    return f"step {step}/1000 "
+
+
+@pytest.mark.slow
+def test_sigterm_on_2x2_saves_the_same_step_everywhere_and_resumes(tmp_path):
+    """SIGTERM to both processes after step 2: both save at the same step K and exit 0.
+    The same command again resumes at K with each process's data iterator restored (same
+    process count: no warning), and a second SIGTERM stops it again at one step K2 > K;
+    each process's iterator position is then 2 x K2 records (2 per step, never reset)."""
+    workdir = tmp_path / "run"
+    run = run_main(2, 2, workdir, *LONG, log_dir=tmp_path / "logs", signal_after_s=0.0,
+                   signal_after_marker=progress_marker(2))
+    assert run.returncodes == [0, 0], run.summary
+    steps = {preempted_step(log) for log in run.logs}
+    assert len(steps) == 1, f"processes stopped at different steps: {steps}"
+    [step] = steps
+    assert 2 <= step < 1000
+    assert checkpoint_steps(workdir) == [step]
+    assert data_positions(workdir, step) == {"process_0-of-2.json": 2 * step,
+                                             "process_1-of-2.json": 2 * step}
+    assert not (workdir / "eval").exists()  # stopped early: no evaluation
+
+    again = run_main(2, 2, workdir, *LONG, log_dir=tmp_path / "logs_again",
+                     signal_after_s=0.0, signal_after_marker=progress_marker(step + 1))
+    assert again.returncodes == [0, 0], again.summary
+    for log in again.logs:
+        assert f"resumed from {workdir} at step {step}" in log
+        assert "data iterator is NOT" not in log
+    steps2 = {preempted_step(log) for log in again.logs}
+    assert len(steps2) == 1, f"processes stopped at different steps: {steps2}"
+    [step2] = steps2
+    assert min(losses(again.logs[0])) == step + 1 and max(losses(again.logs[0])) == step2
+    assert checkpoint_steps(workdir) == [step, step2]
+    assert data_positions(workdir, step2) == {"process_0-of-2.json": 2 * step2,
+                                              "process_1-of-2.json": 2 * step2}
+
+
+@pytest.mark.slow
+def test_sigterm_single_process_saves_and_exits_zero(tmp_path):
+    """No distributed runtime (mode off, 1 process x 4 devices): PreemptionMonitor's Python
+    SIGTERM handler stops the loop at the next step, which is saved; exit status 0."""
+    workdir = tmp_path / "run"
+    run = run_main(1, 4, workdir, *LONG, log_dir=tmp_path / "logs", distributed=False,
+                   signal_after_s=0.0, signal_after_marker=progress_marker(2))
+    assert run.returncodes == [0], run.summary
+    log = run.logs[0]
+    assert "distributed: mode=off" in log and "received signal 15" in log
+    step = preempted_step(log)
+    assert 2 <= step < 1000
+    assert checkpoint_steps(workdir) == [step]
+    assert max(losses(log)) == step

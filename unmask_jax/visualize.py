@@ -1,9 +1,10 @@
 """Sample grids and image files: [-1, 1] model images -> uint8 pictures."""
 from __future__ import annotations
 
-import os
+import io
 
 import numpy as np
+from etils import epath
 from PIL import Image
 
 
@@ -26,5 +27,9 @@ def sample_grid(*rows: np.ndarray, pad: int = 2) -> np.ndarray:
 
 
 def write_png(path: str, image: np.ndarray) -> None:
-    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-    Image.fromarray(image).save(path, format="PNG")
+    """Writes a uint8 image as PNG to a local path or gs:// (etils.epath)."""
+    p = epath.Path(path)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    buf = io.BytesIO()
+    Image.fromarray(image).save(buf, format="PNG")
+    p.write_bytes(buf.getvalue())

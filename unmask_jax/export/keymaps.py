@@ -121,6 +121,10 @@ def _kw(model_kwargs: Mapping[str, Any], key: str, default: Any) -> Any:
     return model_kwargs.get(key, default)
 
 
+def _count(names: list[str], pattern: str) -> int:
+    return sum(1 for n in names if re.fullmatch(pattern, n))
+
+
 def _check_close(model_name: str, what: str, value: float, expected: float) -> None:
     if abs(float(value) - expected) > 1e-12:
         raise ExportError(
@@ -142,7 +146,7 @@ def _pix2pix_unet_target(params: Mapping[str, Any], kw: Mapping[str, Any]) -> To
     args = {
         "input_nc": int(k_in[2]),
         "output_nc": int(k_out[2]),
-        "num_downs": int(_kw(kw, "num_downs", 8)),
+        "num_downs": _count(list(params), r"down_conv_\d+"),
         "ngf": int(k_in[3]),
         "norm_layer": _NORM_LAYERS[norm],
         "use_dropout": bool(_kw(kw, "use_dropout", True)),
@@ -159,7 +163,7 @@ def _patchgan_target(params: Mapping[str, Any], kw: Mapping[str, Any]) -> TorchT
     args = {
         "input_nc": int(k[2]),
         "ndf": int(k[3]),
-        "n_layers": int(_kw(kw, "n_layers", 3)),
+        "n_layers": _count(list(params), r"conv_\d+") - 2,
         "norm_layer": _NORM_LAYERS[norm],
     }
     return TorchTarget("NLayerDiscriminator", args, CANONICAL_PIX2PIX)
@@ -170,7 +174,7 @@ def _tf_unet_target(params: Mapping[str, Any], kw: Mapping[str, Any]) -> TorchTa
     args = {
         "input_nc": int(k_in[2]),
         "output_nc": int(params["last"]["kernel"].shape[2]),
-        "num_downs": int(_kw(kw, "num_downs", 8)),
+        "num_downs": _count(list(params), r"down_conv_\d+"),
         "ngf": int(k_in[3]),
         "use_dropout": bool(_kw(kw, "use_dropout", True)),
         "dropout_rate": float(_kw(kw, "dropout_rate", 0.5)),
@@ -194,9 +198,26 @@ def _tf_patchgan_target(params: Mapping[str, Any], kw: Mapping[str, Any]) -> Tor
     return TorchTarget("TFPatchGANDiscriminator", args, PROJECT_TORCH_MODULES)
 
 
+def _pix2pix_unet_names(kw: Mapping[str, Any], names: list[str]) -> NameMap:
+    num_downs = _count(names, r"down_conv_\d+")
+    if "num_downs" in kw and int(kw["num_downs"]) != num_downs:
+        raise ExportError(f"pix2pix_unet: model kwargs say num_downs={kw['num_downs']} but the "
+                          f"variables have {num_downs} down convolutions")
+    return pix2pix_unet_name_map(num_downs)
+
+
+def _patchgan_names(kw: Mapping[str, Any], names: list[str]) -> NameMap:
+    n_layers = _count(names, r"conv_\d+") - 2
+    if "n_layers" in kw and int(kw["n_layers"]) != n_layers:
+        raise ExportError(f"patchgan: model kwargs say n_layers={kw['n_layers']} but the "
+                          f"variables have {n_layers + 2} convolutions")
+    return patchgan_name_map(n_layers)
+
+
 @dataclasses.dataclass(frozen=True)
 class KeyMap:
-    name_map: Callable[[Mapping[str, Any]], NameMap]  # model kwargs -> name map
+    # (model kwargs, Flax top-level module names) -> name map
+    name_map: Callable[[Mapping[str, Any], list[str]], NameMap]
     target: Callable[[Mapping[str, Any], Mapping[str, Any]], TorchTarget]  # (params, kwargs)
     input_normalisation: str
 
@@ -207,12 +228,10 @@ _D_INPUT = ("NCHW float32: concat([condition, image], dim=1), both normalised li
             "generator input")
 
 KEYMAPS: dict[str, KeyMap] = {
-    "pix2pix_unet": KeyMap(lambda kw: pix2pix_unet_name_map(int(_kw(kw, "num_downs", 8))),
-                           _pix2pix_unet_target, _PIX2PIX_INPUT),
-    "patchgan": KeyMap(lambda kw: patchgan_name_map(int(_kw(kw, "n_layers", 3))),
-                       _patchgan_target, _D_INPUT),
-    "tf_pix2pix_unet": KeyMap(lambda kw: tf_name_map, _tf_unet_target, _PIX2PIX_INPUT),
-    "tf_patchgan": KeyMap(lambda kw: tf_name_map, _tf_patchgan_target, _D_INPUT),
+    "pix2pix_unet": KeyMap(_pix2pix_unet_names, _pix2pix_unet_target, _PIX2PIX_INPUT),
+    "patchgan": KeyMap(_patchgan_names, _patchgan_target, _D_INPUT),
+    "tf_pix2pix_unet": KeyMap(lambda kw, names: tf_name_map, _tf_unet_target, _PIX2PIX_INPUT),
+    "tf_patchgan": KeyMap(lambda kw, names: tf_name_map, _tf_patchgan_target, _D_INPUT),
 }
 
 
@@ -284,7 +303,7 @@ def flax_to_torch(model_name: str, model_kwargs: Mapping[str, Any],
                   variables: Mapping[str, Any], *, num_batches_tracked: int = 0
                   ) -> dict[str, np.ndarray]:
     """Flax ``{"params", "batch_stats"}`` -> torch state dict (numpy float32 / int64)."""
-    name_map = get_keymap(model_name).name_map(model_kwargs)
+    name_map = get_keymap(model_name).name_map(model_kwargs, _modules(variables))
     params = variables.get("params", {})
     stats = variables.get("batch_stats", {})
     out: dict[str, np.ndarray] = {}
@@ -315,7 +334,7 @@ def torch_to_flax(model_name: str, model_kwargs: Mapping[str, Any],
     ``jax.eval_shape(model.init, ...)``. Raises ExportError naming the key for a missing key,
     an unexpected key or a shape mismatch.
     """
-    name_map = get_keymap(model_name).name_map(model_kwargs)
+    name_map = get_keymap(model_name).name_map(model_kwargs, _modules(template))
     params_t = template.get("params", {})
     stats_t = template.get("batch_stats", {})
     result: dict[str, dict[str, dict[str, np.ndarray]]] = {}

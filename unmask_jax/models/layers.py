@@ -187,7 +187,9 @@ def conv_transpose_subpixel(
     b, h, w, _ = x.shape
     y = conv2d(x, k.astype(x.dtype), 1, ((th - 1, th - 1), (tw - 1, tw - 1)))
     u, v = h + th - 1, w + tw - 1
-    y = y.reshape(b, u, v, sh, sw, cout).transpose(0, 1, 3, 2, 4, 5).reshape(b, u * sh, v * sw, cout)
+    # depth-to-space: (b, u, v, r_h, r_w, c) -> (b, u, r_h, v, r_w, c) -> (b, u*sh, v*sw, c)
+    y = y.reshape(b, u, v, sh, sw, cout).transpose(0, 1, 3, 2, 4, 5)
+    y = y.reshape(b, u * sh, v * sw, cout)
     full_h, full_w = (h - 1) * sh + kh, (w - 1) * sw + kw
     return y[:, ph : full_h - ph + oph, pw : full_w - pw + opw, :]
 
@@ -293,13 +295,16 @@ class BatchNorm(nn.Module):
                 n = math.prod(x.shape[:-1])
                 if self.axis_name is not None:
                     n = n * lax.psum(1, self.axis_name)
-                unbiased = var * (n / max(n - 1, 1)) if self.unbiased_running_var else var
+                # n / (n - 1); n = 1 falls back to the biased value (TensorFlow's rule).
+                factor = n / jnp.maximum(n - 1, 1)
+                unbiased = var * factor if self.unbiased_running_var else var
                 m = self.momentum
                 ra_mean.value = m * ra_mean.value + (1.0 - m) * lax.stop_gradient(mean)
                 ra_var.value = m * ra_var.value + (1.0 - m) * lax.stop_gradient(unbiased)
         mul = lax.rsqrt(var + self.epsilon)
         if self.use_scale:
-            mul = mul * self.param("scale", self.scale_init, (c,), self.param_dtype).astype(jnp.float32)
+            scale = self.param("scale", self.scale_init, (c,), self.param_dtype)
+            mul = mul * scale.astype(jnp.float32)
         y = (x32 - mean) * mul
         if self.use_bias:
             y = y + self.param("bias", self.bias_init, (c,), self.param_dtype).astype(jnp.float32)

@@ -40,7 +40,8 @@ KERAS_BN_EPSILON = 1e-3
 KERAS_LEAKY_SLOPE = 0.3
 
 
-def _keras_bn(name: str, momentum: float, epsilon: float, dtype: Dtype, param_dtype: Dtype) -> BatchNorm:
+def _keras_bn(name: str, momentum: float, epsilon: float, dtype: Dtype,
+              param_dtype: Dtype) -> BatchNorm:
     return BatchNorm(
         momentum=momentum,
         epsilon=epsilon,
