@@ -229,9 +229,13 @@ class SkipCounter:
     ``counts`` accumulates over the lifetime of this object.
     """
 
-    def __init__(self, epoch_length: int, source_name: str):
+    def __init__(self, epoch_length: int, source_name: str, process_index: int = 0,
+                 process_count: int = 1):
         self.epoch_length = max(1, epoch_length)
         self.source_name = source_name
+        # This process sees the global stream positions process_index::process_count.
+        self.process_index = process_index
+        self.process_count = max(1, process_count)
         self.seen = 0
         self.counts: collections.Counter[str] = collections.Counter()
         self._epoch_counts: collections.Counter[str] = collections.Counter()
@@ -253,29 +257,36 @@ class SkipCounter:
         if not ok:
             self.counts[example["_error"]] += 1
             self._epoch_counts[example["_error"]] += 1
-        if pos % self.epoch_length == self.epoch_length - 1:
-            self._log_epoch()
+        if pos + self.process_count >= (epoch + 1) * self.epoch_length:
+            self._log_epoch()  # this process's last position of the epoch
         return ok
+
+    def _expected(self, epoch: int) -> int:
+        """How many positions of ``epoch`` this process reads."""
+        start = epoch * self.epoch_length
+        first = start + (self.process_index - start) % self.process_count
+        return len(range(first, start + self.epoch_length, self.process_count))
 
     def _log_epoch(self) -> None:
         epoch = (self._epoch or 0) + 1
         skipped = sum(self._epoch_counts.values())
         counts = dict(self._epoch_counts)
-        part = ("" if self._epoch_seen == self.epoch_length else
+        expected = self._expected(self._epoch or 0)
+        part = ("" if self._epoch_seen == expected else
                 f" (the last {self._epoch_seen} since the iterator was restored)")
         self._epoch_counts.clear()
         seen, self._epoch_seen = self._epoch_seen, 0
-        if skipped and skipped == seen == self.epoch_length:
+        if skipped and skipped == seen == expected:
             raise RuntimeError(
                 f"data {self.source_name}, epoch {epoch}: all {seen} records were skipped "
                 f"{counts}; nothing usable -- check data_dir, source_options (landmarks=...) "
                 "and identity_image")
         if skipped:
             log.warning("data %s, epoch %d: skipped %d of %d records%s: %s", self.source_name,
-                        epoch, skipped, self.epoch_length, part, counts)
+                        epoch, skipped, expected, part, counts)
         else:
             log.info("data %s, epoch %d: %d records%s, none skipped", self.source_name, epoch,
-                     self.epoch_length, part)
+                     expected, part)
 
 
 #: uint8 -> float32 [-1, 1] lookup table (exactly v * (1 / 127.5) - 1 in float32).
@@ -346,7 +357,8 @@ def _ensure_absl_flags_parsed() -> None:
 
 
 def _finish(ds: grain.MapDataset, cfg: DataConfig, batch_size: int, epoch_length: int,
-            source_name: str, drop_remainder: bool) -> grain.IterDataset:
+            source_name: str, drop_remainder: bool, process_index: int,
+            process_count: int) -> grain.IterDataset:
     it = ds.to_iter_dataset(grain.ReadOptions(num_threads=max(1, cfg.read_threads),
                                               prefetch_buffer_size=max(2, 2 * batch_size)))
     if cfg.num_workers > 0:
@@ -359,7 +371,7 @@ def _finish(ds: grain.MapDataset, cfg: DataConfig, batch_size: int, epoch_length
         it = it.mp_prefetch(grain.MultiprocessingOptions(
             num_workers=cfg.num_workers, per_worker_buffer_size=cfg.worker_buffer_size),
             worker_init_fn=_worker_init)
-    counter = SkipCounter(epoch_length, source_name)
+    counter = SkipCounter(epoch_length, source_name, process_index, process_count)
     it = it.filter(counter)
     out = it.batch(batch_size, drop_remainder=drop_remainder, batch_fn=to_model_batch)
     out.skip_counter = counter  # skip counts of this dataset's iterators (tests, tools)
@@ -372,35 +384,43 @@ def train_dataset(cfg: DataConfig, *, batch_size: int, process_index: int = 0,
     """Infinite (or ``num_epochs``) stream of training batches for this process.
 
     ``batch_size`` is the per-process batch; the global batch is batch_size * process_count.
-    Each process reads the disjoint shard ``source[process_index::process_count]``.
+    One global stream (shuffle, repeat, per-example augmentation and mask, all seeded by
+    position in that stream) is dealt out to the processes: process p takes positions
+    p::process_count. So the processes read disjoint records, and the examples of a global
+    batch -- records, masks, crops, flips -- are the same for any process count.
     """
     source = build_source(cfg, cfg.train_split) if source is None else source
-    ds = grain.MapDataset.source(source)[process_index::process_count]
-    shard_len = len(ds)
-    if shard_len < batch_size:
-        raise ValueError(f"data {cfg.source}: this process's shard has {shard_len} records, "
-                         f"fewer than its batch of {batch_size}")
+    ds = grain.MapDataset.source(source)
+    n = len(ds)
+    if n < batch_size * process_count:
+        raise ValueError(f"data {cfg.source}: {n} records, fewer than one global batch of "
+                         f"{batch_size * process_count}")
     ds = ds.seed(cfg.seed)
     if cfg.shuffle:
         ds = ds.shuffle()
     ds = ds.repeat(num_epochs).map_with_index(_tag_position)
     ds = ds.random_map(PrepareExample(source, cfg, train=True))
-    return _finish(ds, cfg, batch_size, shard_len, getattr(source, "name", cfg.source),
-                   drop_remainder=True)
+    ds = ds[process_index::process_count]
+    return _finish(ds, cfg, batch_size, n, getattr(source, "name", cfg.source),
+                   drop_remainder=True, process_index=process_index,
+                   process_count=process_count)
 
 
 def eval_dataset(cfg: DataConfig, *, batch_size: int, num_images: int, process_index: int = 0,
                  process_count: int = 1, source=None) -> grain.IterDataset:
     """The fixed evaluation set: the first ``num_images`` records of the eval split, one pass,
-    fixed masks (seeded independently of the training seed), no augmentation. The last batch
-    may be smaller than ``batch_size``."""
+    fixed masks (seeded independently of the training seed, by record, whatever the process
+    count), no augmentation. Process p takes records p::process_count. The last batch may be
+    smaller than ``batch_size``."""
     source = build_source(cfg, cfg.eval_split) if source is None else source
     n = min(num_images, len(source))
     if n < num_images:
         log.warning("eval split %r of %s has %d records; evaluating on %d, not %d",
                     cfg.eval_split, cfg.source, len(source), n, num_images)
-    ds = grain.MapDataset.source(source)[:n][process_index::process_count]
+    ds = grain.MapDataset.source(source)[:n]
     ds = ds.seed(cfg.seed + 1_000_003).map_with_index(_tag_position)
     ds = ds.random_map(PrepareExample(source, cfg, train=False))
-    return _finish(ds, cfg, batch_size, len(ds), getattr(source, "name", cfg.source),
-                   drop_remainder=False)
+    ds = ds[process_index::process_count]
+    return _finish(ds, cfg, batch_size, n, getattr(source, "name", cfg.source),
+                   drop_remainder=False, process_index=process_index,
+                   process_count=process_count)

@@ -14,6 +14,9 @@ from unmask_jax.models.layers import (
     Conv,
     ConvTranspose,
     InstanceNorm,
+    conv2d,
+    conv2d_gemm,
+    conv_transpose_gemm,
     conv_transpose_subpixel,
     conv_transpose_xla,
 )
@@ -121,6 +124,7 @@ def test_subpixel_conv_transpose_matches_torch_and_lax(k, s, p, op, h, w):
     x = rng.standard_normal((2, h, w, cin)).astype(np.float32)
     kernel = rng.standard_normal((k, k, cout, cin)).astype(np.float32)
     ours = np.asarray(conv_transpose_subpixel(jnp.asarray(x), jnp.asarray(kernel), s, p, op))
+    gemm = np.asarray(conv_transpose_gemm(jnp.asarray(x), jnp.asarray(kernel), s, p, op))
     ref_lax = np.asarray(conv_transpose_xla(jnp.asarray(x), jnp.asarray(kernel), s, p, op))
     ref_torch = torch.nn.functional.conv_transpose2d(
         torch.from_numpy(x.transpose(0, 3, 1, 2)),
@@ -131,6 +135,7 @@ def test_subpixel_conv_transpose_matches_torch_and_lax(k, s, p, op, h, w):
     assert ours.shape[1:3] == ((h - 1) * s - 2 * p + k + op, (w - 1) * s - 2 * p + k + op)
     np.testing.assert_allclose(ours, ref_torch, rtol=1e-5, atol=1e-5)
     np.testing.assert_allclose(ours, ref_lax, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(gemm, ref_torch, rtol=1e-5, atol=1e-5)
 
 
 def test_subpixel_conv_transpose_gradients_match_lax():
@@ -142,16 +147,28 @@ def test_subpixel_conv_transpose_gradients_match_lax():
     def loss(fn):
         return lambda x, k: jnp.sum(fn(x, k, 2, 1) * cot)
 
-    gx, gk = jax.grad(loss(conv_transpose_subpixel), argnums=(0, 1))(x, kernel)
     rx, rk = jax.grad(loss(conv_transpose_xla), argnums=(0, 1))(x, kernel)
-    np.testing.assert_allclose(gx, rx, rtol=1e-4, atol=1e-4)
-    np.testing.assert_allclose(gk, rk, rtol=1e-4, atol=1e-4)
+    for fn in (conv_transpose_subpixel, conv_transpose_gemm):
+        gx, gk = jax.grad(loss(fn), argnums=(0, 1))(x, kernel)
+        np.testing.assert_allclose(gx, rx, rtol=1e-4, atol=1e-4)
+        np.testing.assert_allclose(gk, rk, rtol=1e-4, atol=1e-4)
+    # Same for the im2col convolution against lax's.
+    xc = jnp.asarray(rng.standard_normal((2, 8, 8, 3)), jnp.float32)
+    kc = jnp.asarray(rng.standard_normal((4, 4, 3, 5)), jnp.float32)
+    cc = jnp.asarray(rng.standard_normal((2, 4, 4, 5)), jnp.float32)
+    for stride, pad in [(2, 1), (1, "SAME")]:
+        co = cc if stride == 2 else jnp.tile(cc, (1, 2, 2, 1))
+        grads = [jax.grad(lambda x, k, f=f: jnp.sum(f(x, k, stride, pad) * co),
+                          argnums=(0, 1))(xc, kc) for f in (conv2d, conv2d_gemm)]
+        for a, b in zip(*grads):
+            np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4)
 
 
-def test_conv_transpose_module_matches_torch_module():
+@pytest.mark.parametrize("impl", ["auto", "subpixel", "gemm", "xla"])
+def test_conv_transpose_module_matches_torch_module(impl):
     rng = np.random.default_rng(1)
     x = rng.standard_normal((1, 4, 4, 6)).astype(np.float32)
-    layer = ConvTranspose(5, 4, 2, 1, use_bias=True)
+    layer = ConvTranspose(5, 4, 2, 1, use_bias=True, impl=impl)
     variables = layer.init(jax.random.key(0), jnp.asarray(x))
     kernel = np.asarray(variables["params"]["kernel"])
     assert kernel.shape == (4, 4, 5, 6)  # (kH, kW, out, in)
@@ -165,11 +182,12 @@ def test_conv_transpose_module_matches_torch_module():
     np.testing.assert_allclose(layer.apply(variables, jnp.asarray(x)), ref, rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.parametrize("impl", ["conv", "gemm"])
 @pytest.mark.parametrize("stride,padding", [(2, 1), (1, 1), (2, "SAME")])
-def test_conv_matches_torch(stride, padding):
+def test_conv_matches_torch(stride, padding, impl):
     rng = np.random.default_rng(2)
     x = rng.standard_normal((2, 8, 8, 3)).astype(np.float32)
-    layer = Conv(4, 4, stride, padding, use_bias=True,
+    layer = Conv(4, 4, stride, padding, use_bias=True, impl=impl,
                  bias_init=jax.nn.initializers.normal(1.0))
     variables = layer.init(jax.random.key(0), jnp.asarray(x))
     kernel = np.asarray(variables["params"]["kernel"])

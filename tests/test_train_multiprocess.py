@@ -17,10 +17,9 @@ BatchNorm statistics and mean losses do not depend on the order, so the runs agr
 reduction order. Their config file is ``configs/pix2pix.py:quick`` with the source switched
 (the command line cannot remove the synthetic ``num_records`` option).
 
-Costs: every run starts Python, JAX and TensorFlow (clu) and compiles the step. The children
-share this session's persistent XLA cache (conftest.py), which serves 1-process runs and
-process 0 of 2-process runs; on CPU, JAX's cache key differs per process, so process 1 of a
-2-process run always compiles.
+Costs: every run starts Python, JAX and TensorFlow (clu) and compiles the step; the
+single-process runs share this session's persistent XLA cache (conftest.py, see
+``child_env``).
 """
 from __future__ import annotations
 
@@ -99,12 +98,18 @@ def load_launcher():
     return module
 
 
-def child_env() -> dict[str, str]:
-    """Extra environment of every child: the repository on the path and this test session's
-    persistent XLA compilation cache (conftest.py)."""
+def child_env(compilation_cache: bool = False) -> dict[str, str]:
+    """Extra environment of every child: the repository on the path and, for single-process
+    runs, this test session's persistent XLA compilation cache (conftest.py).
+
+    Not for multi-process runs: on CPU the cache key differs per process, so process 0
+    would load the step while process 1 compiles it, and gloo gives up after 30 s when
+    process 0 waits that long in the first collective (``Gloo context initialization
+    failed: DEADLINE_EXCEEDED``) -- seen under ``pytest -n 2`` on a loaded machine.
+    """
     env = {"PYTHONPATH": str(REPO), "TF_CPP_MIN_LOG_LEVEL": "1"}
     cache = os.environ.get("UNMASK_TEST_XLA_CACHE")
-    if cache:
+    if cache and compilation_cache:
         env.update(JAX_COMPILATION_CACHE_DIR=cache,
                    JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0.5",
                    JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0")
@@ -118,6 +123,8 @@ class Run:
     workdir: Path
     logs: list[str]
     returncodes: list[int]
+    killed_by_launcher: list[bool]
+    exit_times_s: list[float]
     summary: str
 
     @property
@@ -134,10 +141,11 @@ def run_main(processes: int, devices: int, workdir: Path, *flags: str, log_dir: 
     if distributed:
         command.append("--config.distributed.mode=explicit")
     result = load_launcher().run_local(processes, devices, command, timeout=timeout,
-                                       env=child_env(), log_dir=log_dir, cwd=REPO, **kwargs)
+                                       env=child_env(compilation_cache=processes == 1),
+                                       log_dir=log_dir, cwd=REPO, **kwargs)
     return Run(workdir, [result.log(i) for i in range(processes)],
                [-124 if result.timed_out else code for code in result.returncodes],
-               result.summary())
+               result.killed_by_launcher, result.exit_times_s, result.summary())
 
 
 @contextlib.contextmanager
@@ -390,8 +398,9 @@ json.dump({"index": [b["index"].tolist() for b in batches],
 def test_processes_read_disjoint_shards_covering_each_global_batch(tmp_path):
     """The trainer's data path (``pipeline.train_dataset`` with the process index and count,
     default shuffling and augmentation) in 2 real processes: every global batch has 4
-    distinct records, 2 from each process; the processes' records are disjoint; one epoch
-    (8 steps) covers the 32 records exactly once; the next epoch is reshuffled."""
+    distinct records, 2 from each process; within an epoch the processes' records are
+    disjoint; one epoch (8 steps) covers the 32 records exactly once; the next epoch is
+    reshuffled."""
     records, local, epoch_steps = 32, 2, 8
     script = SHARD_SCRIPT % {"records": records, "local": local, "steps": 2 * epoch_steps}
     result = load_launcher().run_local(
@@ -401,8 +410,10 @@ def test_processes_read_disjoint_shards_covering_each_global_batch(tmp_path):
     seen = [json.loads((tmp_path / f"process_{p}.json").read_text()) for p in range(2)]
     for p, rec in enumerate(seen):
         assert rec["shapes"] == [[local, 64, 64, 3]] * (2 * epoch_steps)
-        assert all(i % 2 == p for batch in rec["index"] for i in batch), (p, rec["index"])
     for epoch in range(2):
+        per_process = [{i for step in range(epoch * epoch_steps, (epoch + 1) * epoch_steps)
+                        for i in seen[p]["index"][step]} for p in range(2)]
+        assert not per_process[0] & per_process[1], (epoch, per_process)
         covered = []
         for step in range(epoch * epoch_steps, (epoch + 1) * epoch_steps):
             batch = seen[0]["index"][step] + seen[1]["index"][step]
@@ -479,3 +490,22 @@ def test_sigterm_single_process_saves_and_exits_zero(tmp_path):
     assert 2 <= step < 1000
     assert checkpoint_steps(workdir) == [step]
     assert max(losses(log)) == step
+
+
+@pytest.mark.slow
+def test_an_exception_in_one_process_ends_every_process(tmp_path):
+    """Process 0 alone fails (it cannot write its sample grid: WORKDIR/samples is a file).
+    It exits at once with status 1 (main.py skips JAX's shutdown barrier, which would wait
+    up to 300 s for process 1 while process 1 waits in the next collective for process 0),
+    and process 1 then aborts too: the run ends within seconds instead of hanging."""
+    workdir = tmp_path / "run"
+    workdir.mkdir()
+    (workdir / "samples").write_text("a file where process 0 wants its samples folder")
+    run = run_main(2, 2, workdir, *LONG, "--config.train.sample_every_steps=1",
+                   "--config.distributed.heartbeat_timeout_s=10", log_dir=tmp_path / "logs",
+                   timeout=240, failure_grace_s=60)
+    assert all(code not in (0, -124) for code in run.returncodes), run.summary
+    assert run.killed_by_launcher == [False, False], run.summary
+    assert "process 0 failed; exiting now" in run.logs[0], run.summary
+    assert "samples" in run.logs[0] and "Error" in run.logs[0]
+    assert abs(run.exit_times_s[1] - run.exit_times_s[0]) < 30, run.summary

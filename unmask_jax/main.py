@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import sys
+from typing import NoReturn
 
 from absl import app, flags
 from ml_collections import config_flags
@@ -84,6 +86,16 @@ def main(argv) -> None:
     except (ValueError, TypeError, KeyError) as e:
         raise app.UsageError(f"bad config {config.name!r}: {e}") from None
 
+    try:
+        _run_mode(config, mode, workdir)
+    except Exception:  # pylint: disable=broad-except
+        import jax
+        if jax.process_count() > 1:
+            _exit_now(jax.process_index())
+        raise
+
+
+def _run_mode(config, mode: str, workdir: str | None) -> None:
     if mode == "summary":
         summary(config, workdir)
     elif mode == "train":
@@ -99,6 +111,21 @@ def main(argv) -> None:
     elif mode == "export":
         from unmask_jax import export
         export.export_checkpoint(config, workdir, _EXPORT_DIR.value, write_pt=_EXPORT_PT.value)
+
+
+def _exit_now(process_index: int) -> NoReturn:
+    """Ends this process at once (status 1) after an exception in a multi-process run.
+
+    A normal exit would wait at JAX's distributed shutdown barrier (up to 300 s) for the
+    other processes, which wait in their next collective for this one: the whole job would
+    hang. Exiting now, without the barrier, makes the others abort after
+    ``distributed.heartbeat_timeout_s``, as when a process crashes.
+    """
+    log.exception("process %d failed; exiting now so that the other processes stop too",
+                  process_index)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(1)
 
 
 def run() -> None:

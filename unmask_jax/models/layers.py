@@ -4,15 +4,24 @@ Every layer here is NHWC and matches a PyTorch layer numerically, so that weight
 exported to / imported from PyTorch by transposes only (see ``unmask_jax.export``):
 
 - :class:`Conv`: ``torch.nn.Conv2d`` with explicit torch-style padding. Kernel layout
-  (kH, kW, in, out); torch weight = ``kernel.transpose(3, 2, 0, 1)``.
+  (kH, kW, in, out); torch weight = ``kernel.transpose(3, 2, 0, 1)``. Computed either as a
+  convolution on an explicitly padded input (:func:`conv2d`) or, for spatially small
+  outputs, as im2col + one GEMM (:func:`conv2d_gemm`).
 - :class:`ConvTranspose`: ``torch.nn.ConvTranspose2d`` (any kernel, stride, padding,
-  output_padding; dilation 1, groups 1), computed by default in *sub-pixel* form: one
-  stride-1 convolution on the (slightly) padded input producing ``stride**2`` phases that are
-  interleaved (depth-to-space) and cropped. On XLA CPU the gradient of
-  ``lax.conv_transpose`` is ~19x slower than PyTorch; the sub-pixel form only needs
-  stride-1 convolutions forward and backward. Kernel layout (kH, kW, out, in) (the layout of
+  output_padding; dilation 1, groups 1). Kernel layout (kH, kW, out, in) (the layout of
   Flax ``ConvTranspose(transpose_kernel=True)`` and of Keras ``Conv2DTranspose``); torch
-  weight (in, out, kH, kW) = ``kernel.transpose(3, 2, 0, 1)`` -- no spatial flip.
+  weight (in, out, kH, kW) = ``kernel.transpose(3, 2, 0, 1)`` -- no spatial flip. Computed
+  in *sub-pixel* form (:func:`conv_transpose_subpixel`: one stride-1 convolution producing
+  ``stride**2`` phases that are interleaved (depth-to-space) and cropped) or, for spatially
+  small inputs, as one GEMM + col2im (:func:`conv_transpose_gemm`), never with
+  ``lax.conv_transpose`` by default: on XLA CPU its gradient is ~10-20x slower than
+  PyTorch's.
+
+Measured on XLA CPU (jax 0.10.2; see ``benchmarks/compare_torch.py --breakdown``): the
+kernel gradient of a convolution with built-in padding, and of any convolution on a small
+(<= 16x16) input with 512+ channels, is several times slower than the same product done
+by a GEMM; the ``impl='auto'`` defaults pick the faster form per layer shape. All forms give
+the same numbers up to float rounding (tests compare them with PyTorch and lax).
 - :class:`BatchNorm`: torch / Keras semantics. ``momentum`` is in the Flax convention
   (running = momentum * running + (1 - momentum) * batch; torch momentum 0.1 == 0.9 here).
   The running variance is updated with the unbiased batch variance (n / (n - 1)) like
@@ -87,6 +96,21 @@ def torch_padding(padding: PaddingLike) -> str | tuple[tuple[int, int], tuple[in
     raise ValueError(f"unsupported padding {padding!r}")
 
 
+def _resolved_padding(padding: PaddingLike, spatial: Sequence[int], kernel: Sequence[int],
+                      strides: Sequence[int], dilation: Sequence[int]
+                      ) -> tuple[tuple[int, int], ...]:
+    """Explicit ((lo, hi), (lo, hi)) padding for torch-style ints or 'SAME'/'VALID'."""
+    pads = torch_padding(padding)
+    if isinstance(pads, str):
+        eff = tuple((k - 1) * d + 1 for k, d in zip(kernel, dilation))
+        pads = lax.padtype_to_pads(tuple(spatial), eff, tuple(strides), pads)
+    return tuple((int(lo), int(hi)) for lo, hi in pads)
+
+
+def _out_size(n: int, k: int, s: int, pad: tuple[int, int], d: int) -> int:
+    return (n + pad[0] + pad[1] - (k - 1) * d - 1) // s + 1
+
+
 def conv2d(
     x: Array,
     kernel: Array,
@@ -102,11 +126,7 @@ def conv2d(
     computation on a pre-padded input.
     """
     strides, dilation = _pair(strides), _pair(dilation)
-    pads = torch_padding(padding)
-    if isinstance(pads, str):
-        kh, kw = kernel.shape[:2]
-        eff = ((kh - 1) * dilation[0] + 1, (kw - 1) * dilation[1] + 1)
-        pads = tuple(lax.padtype_to_pads(x.shape[1:3], eff, strides, pads))
+    pads = _resolved_padding(padding, x.shape[1:3], kernel.shape[:2], strides, dilation)
     if any(p != 0 for pair in pads for p in pair):
         x = jnp.pad(x, ((0, 0), tuple(pads[0]), tuple(pads[1]), (0, 0)))
     return lax.conv_general_dilated(
@@ -114,11 +134,46 @@ def conv2d(
         dimension_numbers=_DIMS)
 
 
+def conv2d_gemm(
+    x: Array,
+    kernel: Array,
+    strides: int | Sequence[int] = 1,
+    padding: PaddingLike = 0,
+    dilation: int | Sequence[int] = 1,
+) -> Array:
+    """:func:`conv2d` as im2col + one GEMM (kernel (kH, kW, in, out) viewed as
+    (kH*kW*in, out)). Faster on XLA CPU for spatially small inputs with many channels,
+    where the convolution's kernel gradient is slow; the patches cost kH*kW/stride^2 times
+    the input in memory."""
+    sh, sw = _pair(strides)
+    dh, dw = _pair(dilation)
+    kh, kw, cin, cout = kernel.shape
+    pads = _resolved_padding(padding, x.shape[1:3], (kh, kw), (sh, sw), (dh, dw))
+    x = jnp.pad(x, ((0, 0), pads[0], pads[1], (0, 0)))
+    b, h, w, _ = x.shape
+    ho = (h - (kh - 1) * dh - 1) // sh + 1
+    wo = (w - (kw - 1) * dw - 1) // sw + 1
+    patches = [
+        lax.slice(x, (0, i * dh, j * dw, 0),
+                  (b, i * dh + (ho - 1) * sh + 1, j * dw + (wo - 1) * sw + 1, cin),
+                  (1, sh, sw, 1))
+        for i in range(kh) for j in range(kw)
+    ]
+    cols = jnp.concatenate(patches, axis=-1)  # (b, ho, wo, kh*kw*cin), tap-major
+    return jnp.dot(cols.reshape(b * ho * wo, kh * kw * cin),
+                   kernel.reshape(kh * kw * cin, cout)).reshape(b, ho, wo, cout)
+
+
 class Conv(nn.Module):
     """2-D convolution equivalent to ``torch.nn.Conv2d`` (NHWC, kernel (kH, kW, in, out)).
 
     ``padding`` is torch-style: an int p means ((p, p), (p, p)); 'SAME'/'VALID' strings and
     explicit ((top, bottom), (left, right)) pairs are also accepted.
+
+    ``impl``: 'conv' (:func:`conv2d`), 'gemm' (:func:`conv2d_gemm`) or 'auto' (default:
+    'gemm' when the output has at most ``auto_gemm_max_pixels`` pixels per image, else
+    'conv'; on XLA CPU the im2col GEMM's gradients are up to ~10x faster for the U-Net's
+    small inner blocks). Same numbers up to float rounding.
     """
 
     features: int
@@ -127,6 +182,8 @@ class Conv(nn.Module):
     padding: PaddingLike = 1
     dilation: int | Sequence[int] = 1
     use_bias: bool = True
+    impl: str = "auto"
+    auto_gemm_max_pixels: int = 256
     dtype: Dtype = jnp.float32
     param_dtype: Dtype = jnp.float32
     kernel_init: Initializer = normal_init(0.02)
@@ -138,8 +195,21 @@ class Conv(nn.Module):
         kernel = self.param(
             "kernel", self.kernel_init, (kh, kw, x.shape[-1], self.features), self.param_dtype
         )
-        y = conv2d(x.astype(self.dtype), kernel.astype(self.dtype), self.strides, self.padding,
-                   self.dilation)
+        impl = self.impl
+        if impl == "auto":
+            out_pixels = math.prod(
+                _out_size(n, k, s, p, d) for n, k, s, p, d in zip(
+                    x.shape[1:3], (kh, kw), _pair(self.strides),
+                    _resolved_padding(self.padding, x.shape[1:3], (kh, kw),
+                                      _pair(self.strides), _pair(self.dilation)),
+                    _pair(self.dilation)))
+            impl = "gemm" if out_pixels <= self.auto_gemm_max_pixels else "conv"
+        fns = {"conv": conv2d, "gemm": conv2d_gemm}
+        if impl not in fns:
+            raise ValueError(f"unknown Conv impl {self.impl!r}; choose from "
+                             f"{sorted(fns) + ['auto']}")
+        y = fns[impl](x.astype(self.dtype), kernel.astype(self.dtype), self.strides,
+                      self.padding, self.dilation)
         if self.use_bias:
             bias = self.param("bias", self.bias_init, (self.features,), self.param_dtype)
             y = y + bias.astype(self.dtype)
@@ -194,6 +264,46 @@ def conv_transpose_subpixel(
     return y[:, ph : full_h - ph + oph, pw : full_w - pw + opw, :]
 
 
+def conv_transpose_gemm(
+    x: Array,
+    kernel: Array,
+    strides: int | Sequence[int],
+    padding: int | Sequence[int],
+    output_padding: int | Sequence[int] = 0,
+) -> Array:
+    """Same as :func:`conv_transpose_subpixel`, computed as one GEMM plus col2im (what
+    PyTorch does): ``z = x @ W`` with W viewed as (Cin, kH*kW*Cout), then each kernel tap's
+    slice of ``z`` is added into its output phase at its shift. Faster than the sub-pixel
+    convolution when the input is spatially small and the kernel large (the U-Net's inner
+    blocks: 1x1 .. 16x16 with 512-1024 channels), slower for large inputs (the col2im adds
+    touch kH*kW/stride^2 times the output)."""
+    sh, sw = _pair(strides)
+    ph, pw = _pair(padding)
+    oph, opw = _pair(output_padding)
+    kh, kw, cout, cin = kernel.shape
+    if x.shape[-1] != cin:
+        raise ValueError(f"input has {x.shape[-1]} channels, kernel expects {cin}")
+    if not (0 <= oph < max(sh, 1) and 0 <= opw < max(sw, 1)):
+        raise ValueError("output_padding must be smaller than the stride")
+    th, tw = math.ceil(kh / sh), math.ceil(kw / sw)
+    k = jnp.pad(kernel, ((0, sh * th - kh), (0, sw * tw - kw), (0, 0), (0, 0)))
+    b, h, w, _ = x.shape
+    # z[b, i, j, a, c, o] = sum_ci x[b, i, j, ci] * k[a, c, o, ci]   (one GEMM, "NT" form)
+    z = jnp.einsum("bhwi,xyoi->bhwxyo", x, k.astype(x.dtype))
+    # Tap a = s * j + r lands in phase r at phase position i + j.
+    z = z.reshape(b, h, w, th, sh, tw, sw, cout)
+    u, v = h + th - 1, w + tw - 1
+    y = None
+    for jh in range(th):
+        for jw in range(tw):
+            part = jnp.pad(z[:, :, :, jh, :, jw, :, :],
+                           ((0, 0), (jh, th - 1 - jh), (jw, tw - 1 - jw), (0, 0), (0, 0), (0, 0)))
+            y = part if y is None else y + part
+    y = y.transpose(0, 1, 3, 2, 4, 5).reshape(b, u * sh, v * sw, cout)
+    full_h, full_w = (h - 1) * sh + kh, (w - 1) * sw + kw
+    return y[:, ph : full_h - ph + oph, pw : full_w - pw + opw, :]
+
+
 def conv_transpose_xla(
     x: Array,
     kernel: Array,
@@ -215,8 +325,11 @@ def conv_transpose_xla(
 class ConvTranspose(nn.Module):
     """``torch.nn.ConvTranspose2d`` (NHWC). Kernel param (kH, kW, out, in).
 
-    ``impl='subpixel'`` (default) uses :func:`conv_transpose_subpixel`; ``impl='xla'``
-    uses ``lax.conv_transpose`` (identical numbers, slow gradients on XLA CPU).
+    ``impl``: 'subpixel' (:func:`conv_transpose_subpixel`), 'gemm'
+    (:func:`conv_transpose_gemm`), 'auto' (default: 'gemm' when the input has at most
+    ``auto_gemm_max_pixels`` pixels, else 'subpixel'; measured on XLA CPU) or 'xla'
+    (``lax.conv_transpose``: identical numbers, ~10-20x slower gradients on XLA CPU).
+    All give the same result up to float rounding.
     """
 
     features: int
@@ -225,7 +338,8 @@ class ConvTranspose(nn.Module):
     padding: int | Sequence[int] = 1
     output_padding: int | Sequence[int] = 0
     use_bias: bool = True
-    impl: str = "subpixel"
+    impl: str = "auto"
+    auto_gemm_max_pixels: int = 256
     dtype: Dtype = jnp.float32
     param_dtype: Dtype = jnp.float32
     kernel_init: Initializer = normal_init(0.02)
@@ -237,12 +351,16 @@ class ConvTranspose(nn.Module):
         kernel = self.param(
             "kernel", self.kernel_init, (kh, kw, self.features, x.shape[-1]), self.param_dtype
         )
-        if self.impl == "subpixel":
-            fn = conv_transpose_subpixel
-        elif self.impl == "xla":
-            fn = conv_transpose_xla
-        else:
-            raise ValueError(f"unknown ConvTranspose impl {self.impl!r}; use 'subpixel' or 'xla'")
+        impl = self.impl
+        if impl == "auto":
+            small = x.shape[1] * x.shape[2] <= self.auto_gemm_max_pixels
+            impl = "gemm" if small else "subpixel"
+        fns = {"subpixel": conv_transpose_subpixel, "gemm": conv_transpose_gemm,
+               "xla": conv_transpose_xla}
+        if impl not in fns:
+            raise ValueError(f"unknown ConvTranspose impl {self.impl!r}; choose from "
+                             f"{sorted(fns) + ['auto']}")
+        fn = fns[impl]
         y = fn(x.astype(self.dtype), kernel.astype(self.dtype), self.strides, self.padding,
                self.output_padding)
         if self.use_bias:

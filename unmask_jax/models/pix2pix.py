@@ -60,7 +60,8 @@ class UnetGenerator(nn.Module):
       norm: 'batch' (canonical) or 'instance' (``norm_layer=InstanceNorm2d``: affine False,
         all convs get biases, as in the canonical code).
       bn_momentum: Flax-convention BN momentum (0.9 == torch 0.1).
-      convt_impl: 'subpixel' (fast gradients on CPU) or 'xla'.
+      conv_impl, convt_impl: Conv / ConvTranspose implementations ('auto', ...; see
+        ``layers.Conv`` and ``layers.ConvTranspose``): same numbers, different speed.
     """
 
     num_downs: int = 8
@@ -71,7 +72,8 @@ class UnetGenerator(nn.Module):
     norm: str = "batch"
     bn_momentum: float = 0.9
     bn_epsilon: float = 1e-5
-    convt_impl: str = "subpixel"
+    conv_impl: str = "auto"
+    convt_impl: str = "auto"
     dtype: Dtype = jnp.float32
     param_dtype: Dtype = jnp.float32
 
@@ -90,7 +92,7 @@ class UnetGenerator(nn.Module):
 
         def conv(h: Array, d: int, use_bias: bool) -> Array:
             return Conv(unet_inner_channels(d, self.ngf), 4, 2, 1, use_bias=use_bias,
-                        name=f"down_conv_{d}", **kw)(h)
+                        impl=self.conv_impl, name=f"down_conv_{d}", **kw)(h)
 
         def convt(h: Array, d: int, features: int, use_bias: bool) -> Array:
             return ConvTranspose(features, 4, 2, 1, use_bias=use_bias, impl=self.convt_impl,
@@ -134,6 +136,7 @@ class PatchGANDiscriminator(nn.Module):
     norm: str = "batch"
     bn_momentum: float = 0.9
     bn_epsilon: float = 1e-5
+    conv_impl: str = "auto"
     dtype: Dtype = jnp.float32
     param_dtype: Dtype = jnp.float32
 
@@ -142,14 +145,15 @@ class PatchGANDiscriminator(nn.Module):
         check_norm(self.norm)
         bias = self.norm == "instance"  # canonical: use_bias = norm_layer == InstanceNorm2d
         kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
-        h = Conv(self.ndf, 4, 2, 1, use_bias=True, name="conv_0", **kw)(x.astype(self.dtype))
+        ckw = dict(impl=self.conv_impl, **kw)
+        h = Conv(self.ndf, 4, 2, 1, use_bias=True, name="conv_0", **ckw)(x.astype(self.dtype))
         h = leaky_relu(h, 0.2)
         for i in range(1, self.n_layers + 1):
             stride = 2 if i < self.n_layers else 1
             h = Conv(self.ndf * min(2**i, 8), 4, stride, 1, use_bias=bias, name=f"conv_{i}",
-                     **kw)(h)
+                     **ckw)(h)
             h = apply_norm(self.norm, h, train, name=f"norm_{i}", momentum=self.bn_momentum,
                            epsilon=self.bn_epsilon, **kw)
             h = leaky_relu(h, 0.2)
-        h = Conv(1, 4, 1, 1, use_bias=True, name=f"conv_{self.n_layers + 1}", **kw)(h)
+        h = Conv(1, 4, 1, 1, use_bias=True, name=f"conv_{self.n_layers + 1}", **ckw)(h)
         return h.astype(jnp.float32)

@@ -65,7 +65,8 @@ class TFUnetGenerator(nn.Module):
     leaky_slope: float = KERAS_LEAKY_SLOPE
     bn_momentum: float = KERAS_BN_MOMENTUM
     bn_epsilon: float = KERAS_BN_EPSILON
-    convt_impl: str = "subpixel"
+    conv_impl: str = "auto"
+    convt_impl: str = "auto"
     dtype: Dtype = jnp.float32
     param_dtype: Dtype = jnp.float32
 
@@ -78,7 +79,8 @@ class TFUnetGenerator(nn.Module):
         h = x.astype(self.dtype)
         skips = []
         for i, f in enumerate(widths):
-            h = Conv(f, 4, 2, "SAME", use_bias=False, name=f"down_conv_{i}", **kw)(h)
+            h = Conv(f, 4, 2, "SAME", use_bias=False, impl=self.conv_impl,
+                     name=f"down_conv_{i}", **kw)(h)
             if i > 0:
                 h = _keras_bn(f"down_norm_{i}", self.bn_momentum, self.bn_epsilon, **kw)(
                     h, use_running_average=not train)
@@ -106,6 +108,7 @@ class TFPatchGANDiscriminator(nn.Module):
     leaky_slope: float = KERAS_LEAKY_SLOPE
     bn_momentum: float = KERAS_BN_MOMENTUM
     bn_epsilon: float = KERAS_BN_EPSILON
+    conv_impl: str = "auto"
     dtype: Dtype = jnp.float32
     param_dtype: Dtype = jnp.float32
 
@@ -114,14 +117,16 @@ class TFPatchGANDiscriminator(nn.Module):
         kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
         h = x.astype(self.dtype)
         for i, f in enumerate([self.ndf, self.ndf * 2, self.ndf * 4]):
-            h = Conv(f, 4, 2, "SAME", use_bias=False, name=f"down_conv_{i}", **kw)(h)
+            h = Conv(f, 4, 2, "SAME", use_bias=False, impl=self.conv_impl,
+                     name=f"down_conv_{i}", **kw)(h)
             if i > 0:
                 h = _keras_bn(f"down_norm_{i}", self.bn_momentum, self.bn_epsilon, **kw)(
                     h, use_running_average=not train)
             h = leaky_relu(h, self.leaky_slope)
-        h = Conv(self.ndf * 8, 4, 1, 1, use_bias=False, name="conv", **kw)(h)
+        h = Conv(self.ndf * 8, 4, 1, 1, use_bias=False, impl=self.conv_impl, name="conv",
+                 **kw)(h)
         h = _keras_bn("norm", self.bn_momentum, self.bn_epsilon, **kw)(
             h, use_running_average=not train)
         h = leaky_relu(h, self.leaky_slope)
-        h = Conv(1, 4, 1, 1, use_bias=True, name="last", **kw)(h)
+        h = Conv(1, 4, 1, 1, use_bias=True, impl=self.conv_impl, name="last", **kw)(h)
         return h.astype(jnp.float32)
