@@ -45,6 +45,10 @@ def get_config() -> config_dict.ConfigDict:
     # MURF composite during training: out = G(x) * mask + masked * (1 - mask). Evaluation
     # always composites.
     c.model.composite_in_training = False
+    # Start from PyTorch weights (.safetensors/.pt in the network's PyTorch layout, e.g. the
+    # canonical pix2pix one; see unmask_jax.export). Used only when no checkpoint exists.
+    c.model.generator_init = config_dict.placeholder(str)
+    c.model.discriminator_init = config_dict.placeholder(str)
 
     # ---- losses (unmask_jax.losses) ----
     c.loss = config_dict.ConfigDict()

@@ -14,6 +14,7 @@ from unmask_jax.models.layers import (
     Conv,
     ConvTranspose,
     InstanceNorm,
+    batch_chunked,
     conv2d,
     conv2d_gemm,
     conv_transpose_gemm,
@@ -147,9 +148,9 @@ def test_subpixel_conv_transpose_gradients_match_lax():
     def loss(fn):
         return lambda x, k: jnp.sum(fn(x, k, 2, 1) * cot)
 
-    rx, rk = jax.grad(loss(conv_transpose_xla), argnums=(0, 1))(x, kernel)
+    rx, rk = jax.jit(jax.grad(loss(conv_transpose_xla), argnums=(0, 1)))(x, kernel)
     for fn in (conv_transpose_subpixel, conv_transpose_gemm):
-        gx, gk = jax.grad(loss(fn), argnums=(0, 1))(x, kernel)
+        gx, gk = jax.jit(jax.grad(loss(fn), argnums=(0, 1)))(x, kernel)
         np.testing.assert_allclose(gx, rx, rtol=1e-4, atol=1e-4)
         np.testing.assert_allclose(gk, rk, rtol=1e-4, atol=1e-4)
     # Same for the im2col convolution against lax's.
@@ -158,8 +159,8 @@ def test_subpixel_conv_transpose_gradients_match_lax():
     cc = jnp.asarray(rng.standard_normal((2, 4, 4, 5)), jnp.float32)
     for stride, pad in [(2, 1), (1, "SAME")]:
         co = cc if stride == 2 else jnp.tile(cc, (1, 2, 2, 1))
-        grads = [jax.grad(lambda x, k, f=f: jnp.sum(f(x, k, stride, pad) * co),
-                          argnums=(0, 1))(xc, kc) for f in (conv2d, conv2d_gemm)]
+        grads = [jax.jit(jax.grad(lambda x, k, f=f: jnp.sum(f(x, k, stride, pad) * co),
+                                  argnums=(0, 1)))(xc, kc) for f in (conv2d, conv2d_gemm)]
         for a, b in zip(*grads):
             np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4)
 
@@ -198,6 +199,23 @@ def test_conv_matches_torch(stride, padding, impl):
         torch.from_numpy(bias), stride=stride, padding=1,
     ).numpy().transpose(0, 2, 3, 1)
     np.testing.assert_allclose(layer.apply(variables, jnp.asarray(x)), ref, rtol=1e-5, atol=1e-5)
+
+
+def test_batch_chunking_gives_same_numbers():
+    rng = np.random.default_rng(5)
+    x = jnp.asarray(rng.standard_normal((5, 20, 20, 3)), jnp.float32)
+    conv_a = Conv(4, 4, 2, 1, impl="conv", split_batch=True)
+    conv_b = Conv(4, 4, 2, 1, impl="conv", split_batch=False)
+    v = conv_a.init(jax.random.key(0), x)
+    np.testing.assert_allclose(conv_a.apply(v, x), conv_b.apply(v, x), rtol=1e-6, atol=1e-6)
+    up_a = ConvTranspose(4, 4, 2, 1, impl="subpixel", split_batch=True)
+    up_b = ConvTranspose(4, 4, 2, 1, impl="subpixel", split_batch=False)
+    v = up_a.init(jax.random.key(0), x)
+    np.testing.assert_allclose(up_a.apply(v, x), up_b.apply(v, x), rtol=1e-6, atol=1e-6)
+    # 5 images in at most 3 chunks (sizes 2, 2, 1).
+    chunks = []
+    batch_chunked(lambda c: chunks.append(c.shape[0]) or c, x, max_chunks=3)
+    assert chunks == [2, 2, 1]
 
 
 def test_batchnorm_matches_torch_train_and_eval():

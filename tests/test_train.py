@@ -73,10 +73,16 @@ def test_summary_parameter_counts(tmp_path, get, variant, g, d):
     assert json.loads((tmp_path / "summary.json").read_text()) == result
 
 
-def test_short_training_lowers_losses():
+@pytest.fixture(scope="module")
+def tiny_setup():
+    """One compiled tiny step shared by the step-level tests of this module."""
     config = tiny_config()
     config.optim.schedule = "constant"
-    _, state, step = _setup(config)
+    return _setup(config)
+
+
+def test_short_training_lowers_losses(tiny_setup):
+    _, state, step = tiny_setup
     batch = random_batch()
     l1 = []
     for _ in range(15):
@@ -86,9 +92,8 @@ def test_short_training_lowers_losses():
     assert int(state.step) == 15
 
 
-def test_nonfinite_step_leaves_state_unchanged():
-    config = tiny_config()
-    _, state, step = _setup(config)
+def test_nonfinite_step_leaves_state_unchanged(tiny_setup):
+    _, state, step = tiny_setup
     before = jax.device_get(state.generator.params)
     bad = random_batch()
     bad["target"][0, 0, 0, 0] = np.nan
@@ -146,11 +151,18 @@ def _final_params(workdir):
         state.discriminator.params)
 
 
-def test_resume_equals_uninterrupted_run(tmp_path):
-    config = tiny_config()
-    full = tmp_path / "full"
-    out = train.train_and_evaluate(config, str(full))
+@pytest.fixture(scope="module")
+def full_run(tmp_path_factory):
+    """An uninterrupted tiny training run (6 steps, checkpoints at 3 and 6, eval at 6)."""
+    full = tmp_path_factory.mktemp("full_run")
+    out = train.train_and_evaluate(tiny_config(), str(full))
     assert out["step"] == 6
+    return full
+
+
+def test_resume_equals_uninterrupted_run(tmp_path, full_run):
+    config = tiny_config()
+    full = full_run
     # Interrupted: this run stops after 3 steps (checkpoint), a new run resumes to the end.
     part = tmp_path / "part"
     train.train_and_evaluate(tiny_config(**{"train.stop_after_steps": 3}), str(part))
@@ -214,3 +226,44 @@ def test_bfloat16_compute_keeps_float32_params():
     assert np.isfinite(float(m["g_loss"])) and float(m["nonfinite"]) == 0.0
     dtypes = {x.dtype for x in jax.tree.leaves(state.generator.params)}
     assert dtypes == {np.dtype("float32")}
+
+
+def test_export_checkpoint_to_pytorch_and_back(tmp_path, full_run):
+    """--mode=export of a run: safetensors + manifest in the canonical pix2pix layout; the
+    generator loads strict into the PyTorch module and matches the JAX generator (eval mode);
+    model.generator_init / discriminator_init bring the same weights back bit-exactly."""
+    torch = pytest.importorskip("torch")
+    from unmask_jax import export
+    from unmask_jax.export import checkpoint as export_checkpoint
+    config = tiny_config()
+    out = tmp_path / "export"
+    entries = export_checkpoint.export_checkpoint(config, str(full_run), str(out))
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert set(manifest["networks"]) == {"generator", "discriminator"}
+    assert entries["generator"]["torch_class"] == "UnetGenerator"
+    assert entries["generator"]["step"] == 6
+    state, system, _ = train.load_state(config, str(full_run))
+    module = export.load_torch_module(str(out), "generator").eval()
+    batch = random_batch(2)
+    jax_out = np.asarray(system.generator.apply(
+        {"params": state.generator.params, "batch_stats": state.generator.batch_stats},
+        batch["masked"], train=False))
+    with torch.no_grad():
+        ref = module(torch.from_numpy(batch["masked"].transpose(0, 3, 1, 2).copy()))
+    ref = ref.numpy().transpose(0, 2, 3, 1)
+    assert np.max(np.abs(ref - jax_out)) / np.max(np.abs(ref)) < 1e-5
+    # Import: the exported files as initial weights of a new run.
+    config.model.generator_init = str(out / "generator.safetensors")
+    config.model.discriminator_init = str(out / "discriminator.safetensors")
+    variables = {n: jax.device_get({"params": getattr(state, n).params,
+                                    "batch_stats": getattr(state, n).batch_stats})
+                 for n in ("generator", "discriminator")}
+    zeroed = jax.tree.map(np.zeros_like, variables)
+    loaded = export_checkpoint.init_from_torch(config, zeroed)
+    jax.tree.map(np.testing.assert_array_equal, loaded, variables)
+
+
+def test_export_without_checkpoint_names_the_workdir(tmp_path):
+    from unmask_jax.export import checkpoint as export_checkpoint
+    with pytest.raises(FileNotFoundError, match="no checkpoint"):
+        export_checkpoint.export_checkpoint(tiny_config(), str(tmp_path))

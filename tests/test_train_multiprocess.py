@@ -444,10 +444,10 @@ def progress_marker(step: int) -> str:
 
 @pytest.mark.slow
 def test_sigterm_on_2x2_saves_the_same_step_everywhere_and_resumes(tmp_path):
-    """SIGTERM to both processes after step 2: both save at the same step K and exit 0.
-    The same command again resumes at K with each process's data iterator restored (same
-    process count: no warning), and a second SIGTERM stops it again at one step K2 > K;
-    each process's iterator position is then 2 x K2 records (2 per step, never reset)."""
+    """SIGTERM to both processes after step 2: both save at the same step K, with each
+    process's data iterator position (2 records per step), and exit 0. (Resuming from a
+    checkpoint with the iterators restored is covered by test_train's resume test and by
+    the 2x2 -> 1x4 restore here.)"""
     workdir = tmp_path / "run"
     run = run_main(2, 2, workdir, *LONG, log_dir=tmp_path / "logs", signal_after_s=0.0,
                    signal_after_marker=progress_marker(2))
@@ -460,20 +460,6 @@ def test_sigterm_on_2x2_saves_the_same_step_everywhere_and_resumes(tmp_path):
     assert data_positions(workdir, step) == {"process_0-of-2.json": 2 * step,
                                              "process_1-of-2.json": 2 * step}
     assert not (workdir / "eval").exists()  # stopped early: no evaluation
-
-    again = run_main(2, 2, workdir, *LONG, log_dir=tmp_path / "logs_again",
-                     signal_after_s=0.0, signal_after_marker=progress_marker(step + 1))
-    assert again.returncodes == [0, 0], again.summary
-    for log in again.logs:
-        assert f"resumed from {workdir} at step {step}" in log
-        assert "data iterator is NOT" not in log
-    steps2 = {preempted_step(log) for log in again.logs}
-    assert len(steps2) == 1, f"processes stopped at different steps: {steps2}"
-    [step2] = steps2
-    assert min(losses(again.logs[0])) == step + 1 and max(losses(again.logs[0])) == step2
-    assert checkpoint_steps(workdir) == [step, step2]
-    assert data_positions(workdir, step2) == {"process_0-of-2.json": 2 * step2,
-                                              "process_1-of-2.json": 2 * step2}
 
 
 @pytest.mark.slow

@@ -109,8 +109,9 @@ def _run_mode(config, mode: str, workdir: str | None) -> None:
         from unmask_jax import evaluate
         evaluate.evaluate_checkpoint(config, workdir)
     elif mode == "export":
-        from unmask_jax import export
-        export.export_checkpoint(config, workdir, _EXPORT_DIR.value, write_pt=_EXPORT_PT.value)
+        from unmask_jax.export import checkpoint as export_checkpoint
+        export_checkpoint.export_checkpoint(config, workdir, _EXPORT_DIR.value,
+                                            write_pt=_EXPORT_PT.value)
 
 
 def _exit_now(process_index: int) -> NoReturn:

@@ -205,6 +205,8 @@ def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
     start = int(state.step)
     if resumed:
         log.info("resumed from %s at step %d", workdir, start)
+    elif config.model.generator_init or config.model.discriminator_init:
+        state = _init_from_torch(config, state, state_sharding)
 
     writer = metric_writers.create_default_writer(
         workdir, just_logging=not parallel.is_main_process())
@@ -281,6 +283,21 @@ def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
         writer.flush()
     log.info("done: %d steps in %s", step - start, _fmt_time(time.perf_counter() - t_start))
     return {"step": step, "eval": last_eval}
+
+
+def _init_from_torch(config, state: TrainState, sharding) -> TrainState:
+    """Initial weights from PyTorch state dicts (config.model.*_init); optimizer state is
+    shape-only at step 0 and stays as initialised."""
+    from unmask_jax.export import checkpoint as export_checkpoint
+    nets = ("generator", "discriminator")
+    variables = {n: {"params": getattr(state, n).params,
+                     "batch_stats": getattr(state, n).batch_stats} for n in nets}
+    loaded = export_checkpoint.init_from_torch(config, variables)
+    for n in nets:
+        net = getattr(state, n).replace(params=loaded[n]["params"],
+                                        batch_stats=loaded[n].get("batch_stats", {}))
+        state = state.replace(**{n: net})
+    return jax.device_put(state, sharding)
 
 
 def _summarise(pending: list[dict[str, jax.Array]]) -> dict[str, float]:

@@ -17,11 +17,6 @@ exported to / imported from PyTorch by transposes only (see ``unmask_jax.export`
   ``lax.conv_transpose`` by default: on XLA CPU its gradient is ~10-20x slower than
   PyTorch's.
 
-Measured on XLA CPU (jax 0.10.2; see ``benchmarks/compare_torch.py --breakdown``): the
-kernel gradient of a convolution with built-in padding, and of any convolution on a small
-(<= 16x16) input with 512+ channels, is several times slower than the same product done
-by a GEMM; the ``impl='auto'`` defaults pick the faster form per layer shape. All forms give
-the same numbers up to float rounding (tests compare them with PyTorch and lax).
 - :class:`BatchNorm`: torch / Keras semantics. ``momentum`` is in the Flax convention
   (running = momentum * running + (1 - momentum) * batch; torch momentum 0.1 == 0.9 here).
   The running variance is updated with the unbiased batch variance (n / (n - 1)) like
@@ -30,6 +25,14 @@ the same numbers up to float rounding (tests compare them with PyTorch and lax).
   batch_stats ``mean``/``var`` (same names as ``flax.linen.BatchNorm``).
 - :class:`InstanceNorm`: ``torch.nn.InstanceNorm2d`` (eps 1e-5, affine configurable, no
   running statistics).
+
+Measured on XLA CPU (jax 0.10.2; see ``benchmarks/compare_torch.py --breakdown``): the
+kernel gradient of a convolution with built-in padding, and of any convolution on a small
+(<= 16x16) input with 512+ channels, is several times slower than the same product done
+by a GEMM, and convolutions scale worse than linearly with the batch. The
+``impl='auto'`` defaults pick the faster form per layer shape, and on the CPU backend the
+large convolutions run per batch chunk (``split_batch``). All forms give the same numbers
+up to float rounding (tests compare them with PyTorch and lax).
 
 All layers take ``dtype`` (compute dtype) and ``param_dtype`` (storage dtype). Normalisation
 statistics are always computed in float32.
@@ -164,7 +167,8 @@ def conv2d_gemm(
                    kernel.reshape(kh * kw * cin, cout)).reshape(b, ho, wo, cout)
 
 
-def batch_chunked(fn: Callable[..., Array], x: Array, *args: Any, max_chunks: int = 8) -> Array:
+def batch_chunked(fn: Callable[..., Array], x: Array, *args: Any,
+                  max_chunks: int = 8) -> Array:
     """``fn(x, *args)`` applied to at most ``max_chunks`` batch chunks, concatenated.
 
     XLA CPU's convolutions (forward and gradients) scale worse than linearly with the batch
