@@ -150,7 +150,6 @@ def main(argv: list[str] | None = None) -> int:
     from unmask_jax import gan, train
     from unmask_jax.export import build_torch_module, keymaps
     from unmask_jax.models import create_model
-    from unmask_jax.models.layers import conv2d, conv_transpose_subpixel, conv_transpose_xla
 
     torch.set_num_threads(n_threads)
     num_downs = int(round(np.log2(args.size)))
@@ -158,7 +157,7 @@ def main(argv: list[str] | None = None) -> int:
     load_start = os.getloadavg()
     it = args.iters
 
-    for system_name in args.systems.split(","):
+    for system_name in [name for name in args.systems.split(",") if name]:
         g_name, d_name, d_scale = SYSTEMS[system_name]
         g_kwargs = {"num_downs": num_downs}
         G = create_model(g_name, **g_kwargs)
@@ -255,8 +254,7 @@ def main(argv: list[str] | None = None) -> int:
                        system_name)
 
     if args.breakdown:
-        _layer_breakdown(args, jax, jnp, np, torch, conv2d, conv_transpose_subpixel,
-                         conv_transpose_xla, table)
+        _layer_breakdown(args, jax, jnp, np, torch, table)
 
     load_end = os.getloadavg()
     print()
@@ -374,26 +372,28 @@ def _breakdown(args, jax, jnp, np, torch, G, D, g_vars, d_vars, tg, td, size, ta
                   *interleaved_times([jstep, tstep], args.iters, args.rounds))
 
 
-def _layer_breakdown(args, jax, jnp, np, torch, conv2d, convt_sub, convt_xla, table):
-    """Single layers, forward+backward w.r.t. input and kernel, batch 1."""
+def _layer_breakdown(args, jax, jnp, np, torch, table):
+    """Single layers of the U-Net, forward+backward w.r.t. input and kernel, batch 1, in
+    every implementation (see ``unmask_jax.models.layers``)."""
+    from unmask_jax.models import layers
+
     rng = np.random.default_rng(0)
+    rounds = args.rounds
     for h, cin, cout in [(128, 64, 128), (32, 256, 512), (8, 512, 512)]:
         x = rng.standard_normal((1, h, h, cin)).astype(np.float32)
         k = (0.02 * rng.standard_normal((4, 4, cin, cout))).astype(np.float32)
-
-        def conv_loss(x, k):
-            return jnp.sum(jnp.square(conv2d(x, k, 2, 1)))
-
-        g = jax.jit(jax.grad(conv_loss, argnums=(0, 1)))
         xt = torch.from_numpy(x.transpose(0, 3, 1, 2).copy()).requires_grad_()
         wt = torch.from_numpy(k.transpose(3, 2, 0, 1).copy()).requires_grad_()
 
         def tconv():
             torch.nn.functional.conv2d(xt, wt, stride=2, padding=1).square().sum().backward()
 
-        table.add("layer", f"conv k4s2 {h}^2 {cin}->{cout} f+b", 1, "ms",
-                  *interleaved_times([lambda: jax.block_until_ready(g(x, k)), tconv],
-                                     args.iters, args.rounds))
+        for label, fn in [("conv", layers.conv2d), ("gemm", layers.conv2d_gemm)]:
+            g = jax.jit(jax.grad(lambda x, k, fn=fn: jnp.sum(jnp.square(fn(x, k, 2, 1))),
+                                 argnums=(0, 1)))
+            table.add("layer", f"conv {label} {h}^2 {cin}->{cout} f+b", 1, "ms",
+                      *interleaved_times([lambda g=g: jax.block_until_ready(g(x, k)), tconv],
+                                         args.iters, rounds))
         # Transposed conv from (h/2)^2 x cout back to h^2 x cin (the U-Net up path).
         xs = rng.standard_normal((1, h // 2, h // 2, cout)).astype(np.float32)
         kt = (0.02 * rng.standard_normal((4, 4, cin, cout))).astype(np.float32)
@@ -404,12 +404,14 @@ def _layer_breakdown(args, jax, jnp, np, torch, conv2d, convt_sub, convt_xla, ta
             torch.nn.functional.conv_transpose2d(xst, wtt, stride=2, padding=1).square().sum(
             ).backward()
 
-        for label, fn in [("subpixel", convt_sub), ("lax", convt_xla)]:
+        for label, fn in [("subpixel", layers.conv_transpose_subpixel),
+                          ("gemm", layers.conv_transpose_gemm),
+                          ("lax", layers.conv_transpose_xla)]:
             gt = jax.jit(jax.grad(lambda x, k, fn=fn: jnp.sum(jnp.square(fn(x, k, 2, 1))),
                                   argnums=(0, 1)))
             table.add("layer", f"convT {label} {h // 2}^2 {cout}->{cin} f+b", 1, "ms",
                       *interleaved_times([lambda gt=gt: jax.block_until_ready(gt(xs, kt)),
-                                          tconvt], args.iters, args.rounds))
+                                          tconvt], args.iters, rounds))
 
 
 if __name__ == "__main__":
