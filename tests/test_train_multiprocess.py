@@ -5,17 +5,17 @@ CPU devices, gloo collectives, ``--config.distributed.mode=explicit`` (except th
 single-process test), the pix2pix ``:quick`` config shrunk like ``tests/test_train.tiny_config``
 (ngf 8, ndf 8, batch 4, a few steps, 8 eval images, LPIPS / identity metrics off).
 
-Equal training on 2 x 2 and 1 x 4 devices needs the same global batches, which the synthetic
-source cannot give: Grain seeds each example's random map (mask type and colour, crop, flip)
-from the example's position in the *process's* stream, so record 2 is position 1 of process
-0's shard on 2 processes but position 2 on 1 process and gets another mask. The comparison
-runs therefore read a ``paired`` folder (the mask is part of the data) with jitter, flips,
-shuffling and dropout off: every per-example computation is then deterministic, process ``p``
-of ``P`` reads records ``p, p + P, ...``, and the global batch of step ``s`` is the set of
-records ``4s .. 4s + 3`` on 2 x 2 devices (in the order 0 2 1 3) and on 1 x 4 (0 1 2 3).
-BatchNorm statistics and mean losses do not depend on the order, so the runs agree up to float
-reduction order. Their config file is ``configs/pix2pix.py:quick`` with the source switched
-(the command line cannot remove the synthetic ``num_records`` option).
+Equal training on 2 x 2 and 1 x 4 devices needs the same global batches. The pipeline gives
+that by construction (one global stream -- shuffle, repeat, per-example masks and
+augmentation seeded by stream position -- dealt out to the processes by position; see
+tests/test_pipeline.py::test_global_batches_are_the_same_examples_for_any_process_count).
+The comparison runs here additionally read a ``paired`` folder (the mask is part of the data)
+with jitter, flips, shuffling and dropout off, so that every per-example computation is
+trivially deterministic: the global batch of step ``s`` is the set of records ``4s .. 4s + 3``
+on 2 x 2 devices (in the order 0 2 1 3) and on 1 x 4 (0 1 2 3). BatchNorm statistics and mean
+losses do not depend on the order, so the runs agree up to float reduction order. Their
+config file is ``configs/pix2pix.py:quick`` with the source switched (the command line cannot
+remove the synthetic ``num_records`` option).
 
 Costs: every run starts Python, JAX and TensorFlow (clu) and compiles the step; the
 single-process runs share this session's persistent XLA cache (conftest.py, see
@@ -26,7 +26,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import fcntl
-import importlib.util
 import json
 import os
 import re
@@ -38,6 +37,7 @@ import numpy as np
 import pytest
 
 from tests import fixtures
+from tests.test_parallel import load_launcher
 
 REPO = Path(__file__).resolve().parents[1]
 QUICK = "configs/pix2pix.py:quick"
@@ -85,17 +85,6 @@ COMPARE_STEPS = 5  # step 5 opens the second epoch with records 0..3 again
 # Helpers.
 # --------------------------------------------------------------------------------------------
 
-
-def load_launcher():
-    """Imports launch/local_multiprocess.py by path (launch/ is not a package)."""
-    name = "unmask_local_multiprocess"
-    if name in sys.modules:
-        return sys.modules[name]
-    spec = importlib.util.spec_from_file_location(name, REPO / "launch" / "local_multiprocess.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    spec.loader.exec_module(module)
-    return module
 
 
 def child_env(compilation_cache: bool = False) -> dict[str, str]:
