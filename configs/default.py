@@ -110,6 +110,18 @@ def get_config() -> config_dict.ConfigDict:
     return c
 
 
+def constant_schedule_for_steps(c: config_dict.ConfigDict, num_steps: int
+                                ) -> config_dict.ConfigDict:
+    """Trains for ``num_steps`` steps at a constant learning rate (papers that give
+    iterations and no decay)."""
+    c.train.num_epochs = None
+    c.train.num_steps = num_steps
+    c.optim.schedule = "constant"
+    c.optim.constant_epochs = None
+    c.optim.decay_epochs = None
+    return c
+
+
 def quick(c: config_dict.ConfigDict) -> config_dict.ConfigDict:
     """The ``:quick`` variant: 64x64, a 6-level U-Net, 300 steps, < 5 minutes on a 2-core CPU.
 

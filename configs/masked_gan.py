@@ -21,12 +21,8 @@ def get_config(variant: str = ""):
     c.loss.d_scale = 1.0
     c.loss.reconstruction = {"l1": 100.0}
     c.train.batch_size = 1
-    c.train.num_epochs = None
-    c.train.num_steps = 200_000
+    default.constant_schedule_for_steps(c, 200_000)
     c.train.checkpoint_every_steps = 5000
-    c.optim.schedule = "constant"
-    c.optim.constant_epochs = None
-    c.optim.decay_epochs = None
     if variant == "quick":
         c = default.quick(c)
         c.model.generator_kwargs = {"num_downs": 6, "ngf": 32}

@@ -25,11 +25,7 @@ def get_config(variant: str = "a"):
     c.loss.reconstruction = {"l1": 200.0}
     c.loss.d_scale = 0.5
     c.train.batch_size = 10
-    c.train.num_epochs = None
-    c.train.num_steps = 50_000
-    c.optim.schedule = "constant"
-    c.optim.constant_epochs = None
-    c.optim.decay_epochs = None
+    default.constant_schedule_for_steps(c, 50_000)  # 50k iterations, no decay given
     if train == "b":
         c.model.generator_inputs = ("masked", "mask")
     if quick:

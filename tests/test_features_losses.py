@@ -12,21 +12,7 @@ import flax.linen as nn  # noqa: E402
 from unmask_jax.features import identity, perceptual, vgg, weights  # noqa: E402
 
 
-def random_variables(module, shape, seed=0):
-    """He-scaled numpy random variables from eval_shape (faster than module.init on CPU)."""
-    rng = np.random.default_rng(seed)
-    tree = jax.eval_shape(module.init, jax.random.PRNGKey(0), jnp.zeros(shape))
-
-    def fill(path, leaf):
-        name = path[-1].key
-        if name in ("var", "scale", "weight"):
-            return jnp.asarray(rng.uniform(0.5, 1.5, leaf.shape), jnp.float32)
-        if name in ("mean", "bias"):
-            return jnp.asarray(rng.normal(0, 0.1, leaf.shape), jnp.float32)
-        fan_in = int(np.prod(leaf.shape[:-1]))
-        return jnp.asarray(rng.normal(0, (2.0 / fan_in) ** 0.5, leaf.shape), jnp.float32)
-
-    return jax.tree_util.tree_map_with_path(fill, tree)
+random_variables = weights.random_variables
 
 
 def test_vgg_feature_shapes_and_early_stop():

@@ -57,25 +57,6 @@ def embed_images(backbone: str, paths: Sequence[str], weights: str | None = None
     return out, net.input_size, used
 
 
-def _random_variables(module, shape, seed: int = 0):
-    import jax
-    import jax.numpy as jnp
-
-    rng = np.random.default_rng(seed)
-    tree = jax.eval_shape(module.init, jax.random.PRNGKey(0), jnp.zeros(shape))
-
-    def fill(path, leaf):
-        name = path[-1].key
-        if name in ("var", "scale", "weight"):
-            return jnp.asarray(rng.uniform(0.5, 1.5, leaf.shape), jnp.float32)
-        if name in ("mean", "bias"):
-            return jnp.asarray(rng.normal(0, 0.1, leaf.shape), jnp.float32)
-        std = (2.0 / int(np.prod(leaf.shape[:-1]))) ** 0.5
-        return jnp.asarray(rng.normal(0, std, leaf.shape), jnp.float32)
-
-    return jax.tree_util.tree_map_with_path(fill, tree)
-
-
 def bench(batch: int = 1, reps: int = 10) -> list[tuple[str, float]]:
     """(name, ms per image) for each feature network."""
     import time
@@ -105,7 +86,7 @@ def bench(batch: int = 1, reps: int = 10) -> list[tuple[str, float]]:
     rows.append(("VGG16 features 256 (to relu5_3)", timed(jax.jit(m16.apply), v16, img(256))))
     m19 = vgg.VGGFeatures("vgg19", ("relu5_4",), "imagenet")
     rows.append(("VGG19 features 256 (to relu5_4)",
-                 timed(jax.jit(m19.apply), _random_variables(m19, (1, 32, 32, 3)), img(256))))
+                 timed(jax.jit(m19.apply), weights_lib.random_variables(m19, (1, 32, 32, 3)), img(256))))
     for net in ("alex", "vgg16"):
         rows.append((f"LPIPS-{net} 256 (per pair)",
                      timed(jax.jit(lpips.lpips_distance), lpips.load_lpips(net), img(256),
@@ -113,7 +94,7 @@ def bench(batch: int = 1, reps: int = 10) -> list[tuple[str, float]]:
     for kind in ("arcface_iresnet50", "arcface_iresnet100", "irse50"):
         m = arcface.make_arcface(kind)
         rows.append((f"{kind} 112", timed(jax.jit(m.apply),
-                                          _random_variables(m, (1, 112, 112, 3)), img(112))))
+                                          weights_lib.random_variables(m, (1, 112, 112, 3)), img(112))))
     net, variables = identity.load_identity_net("dlib")
     rows.append(("dlib ResNet 150", timed(jax.jit(net.embed), variables, img(150))))
     return rows

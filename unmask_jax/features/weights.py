@@ -375,3 +375,24 @@ def convert_checkpoint(kind: str, src: str | os.PathLike, dst: str | os.PathLike
 def load_converted(kind: str, path: str | os.PathLike | None = None) -> dict[str, Any]:
     """Variables for ``kind`` from a converted file (MissingWeightsError if absent)."""
     return load_variables(resolve_converted(kind, path))
+
+
+def random_variables(module, shape, seed: int = 0) -> Any:
+    """He-scaled random variables of ``module`` for input ``shape``, built from
+    ``jax.eval_shape`` (much faster than ``module.init`` on CPU). For benchmarks and tests of
+    networks whose real weights do not ship; norm scales/variances in [0.5, 1.5]."""
+    import jax.numpy as jnp
+
+    rng = np.random.default_rng(seed)
+    tree = jax.eval_shape(module.init, jax.random.PRNGKey(0), jnp.zeros(shape))
+
+    def fill(path, leaf):
+        name = path[-1].key
+        if name in ("var", "scale", "weight"):
+            return jnp.asarray(rng.uniform(0.5, 1.5, leaf.shape), jnp.float32)
+        if name in ("mean", "bias"):
+            return jnp.asarray(rng.normal(0, 0.1, leaf.shape), jnp.float32)
+        std = (2.0 / int(np.prod(leaf.shape[:-1]))) ** 0.5
+        return jnp.asarray(rng.normal(0, std, leaf.shape), jnp.float32)
+
+    return jax.tree_util.tree_map_with_path(fill, tree)

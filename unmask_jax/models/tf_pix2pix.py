@@ -40,6 +40,19 @@ KERAS_BN_EPSILON = 1e-3
 KERAS_LEAKY_SLOPE = 0.3
 
 
+def _down_block(m: nn.Module, h: Array, i: int, features: int, train: bool,
+                kw: dict[str, Any]) -> Array:
+    """The tutorial's ``downsample``: Conv k4 s2 'same' (no bias) -> BN (not on the first
+    block) -> LeakyReLU. Called inside ``m``'s compact ``__call__``; submodule names
+    ``down_conv_{i}`` / ``down_norm_{i}`` (the export key maps rely on them)."""
+    h = Conv(features, 4, 2, "SAME", use_bias=False, impl=m.conv_impl,
+             name=f"down_conv_{i}", **kw)(h)
+    if i > 0:
+        h = _keras_bn(f"down_norm_{i}", m.bn_momentum, m.bn_epsilon, **kw)(
+            h, use_running_average=not train)
+    return leaky_relu(h, m.leaky_slope)
+
+
 def _keras_bn(name: str, momentum: float, epsilon: float, dtype: Dtype,
               param_dtype: Dtype) -> BatchNorm:
     return BatchNorm(
@@ -79,12 +92,7 @@ class TFUnetGenerator(nn.Module):
         h = x.astype(self.dtype)
         skips = []
         for i, f in enumerate(widths):
-            h = Conv(f, 4, 2, "SAME", use_bias=False, impl=self.conv_impl,
-                     name=f"down_conv_{i}", **kw)(h)
-            if i > 0:
-                h = _keras_bn(f"down_norm_{i}", self.bn_momentum, self.bn_epsilon, **kw)(
-                    h, use_running_average=not train)
-            h = leaky_relu(h, self.leaky_slope)
+            h = _down_block(self, h, i, f, train, kw)
             skips.append(h)
         up_widths = widths[-2::-1]
         for i, (f, skip) in enumerate(zip(up_widths, skips[-2::-1])):
@@ -117,12 +125,7 @@ class TFPatchGANDiscriminator(nn.Module):
         kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
         h = x.astype(self.dtype)
         for i, f in enumerate([self.ndf, self.ndf * 2, self.ndf * 4]):
-            h = Conv(f, 4, 2, "SAME", use_bias=False, impl=self.conv_impl,
-                     name=f"down_conv_{i}", **kw)(h)
-            if i > 0:
-                h = _keras_bn(f"down_norm_{i}", self.bn_momentum, self.bn_epsilon, **kw)(
-                    h, use_running_average=not train)
-            h = leaky_relu(h, self.leaky_slope)
+            h = _down_block(self, h, i, f, train, kw)
         h = Conv(self.ndf * 8, 4, 1, 1, use_bias=False, impl=self.conv_impl, name="conv",
                  **kw)(h)
         h = _keras_bn("norm", self.bn_momentum, self.bn_epsilon, **kw)(
