@@ -32,8 +32,10 @@ def main(argv=None) -> int:
     p.add_argument("--iters", type=int, default=3)
     p.add_argument("--rounds", type=int, default=2)
     p.add_argument("--dtypes", default="float32,bfloat16")
+    compare_torch.add_allocator_flag(p)
     args = p.parse_args(argv)
     threads = compare_torch.limit_threads(args.threads)
+    allocator = compare_torch.configure_allocator(args.host_allocator)
 
     import jax
     import numpy as np
@@ -96,7 +98,8 @@ def main(argv=None) -> int:
                   f"{row['torch']:.2f} img/s, ratio {row['ratio']:.2f}x (CPU time "
                   f"{row['cpu_ratio']:.2f}x)", flush=True)
     print(f"\n{device.platform} ({device.device_kind}), {threads} threads, load "
-          f"{os.getloadavg()[0]:.1f}, jax {jax.__version__}, torch {torch.__version__}")
+          f"{os.getloadavg()[0]:.1f}, jax {jax.__version__}, torch {torch.__version__}; "
+          f"{allocator}")
     print("| JAX compute | batch | JAX img/s | PyTorch fp32 img/s | JAX / PyTorch (wall) | "
           "(CPU time) | MFU |")
     print("|---|---|---|---|---|---|---|")

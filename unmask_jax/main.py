@@ -78,7 +78,8 @@ def main(argv) -> None:
     if mode != "summary" and not workdir:
         raise app.UsageError(f"--workdir is required for --mode={mode}")
 
-    from unmask_jax import parallel  # before any device access
+    from unmask_jax import host_allocator, parallel  # before any device access
+    log.info(host_allocator.configure())
     parallel.initialize_distributed(
         parallel.DistributedConfig.from_dict(config.distributed.to_dict()))
     try:
