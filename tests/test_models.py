@@ -18,6 +18,7 @@ from unmask_jax.models.layers import (
     conv2d,
     conv2d_gemm,
     conv_transpose_gemm,
+    weight_matmul,
     conv_transpose_subpixel,
     conv_transpose_xla,
 )
@@ -163,6 +164,23 @@ def test_subpixel_conv_transpose_gradients_match_lax():
                                   argnums=(0, 1)))(xc, kc) for f in (conv2d, conv2d_gemm)]
         for a, b in zip(*grads):
             np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4)
+
+
+def test_weight_matmul_values_and_gradients():
+    """The custom-VJP GEMM (weight kept in its stored layout) equals plain autodiff."""
+    rng = np.random.default_rng(1)
+    a = jnp.asarray(rng.standard_normal((6, 20)), jnp.float32)
+    w_kn = jnp.asarray(rng.standard_normal((20, 9)), jnp.float32)
+    cot = jnp.asarray(rng.standard_normal((6, 9)), jnp.float32)
+    for w, transposed, ref in [(w_kn, False, lambda a, w: a @ w),
+                               (w_kn.T, True, lambda a, w: a @ w.T)]:
+        np.testing.assert_allclose(weight_matmul(a, w, transposed), ref(a, w), rtol=1e-5)
+        got = jax.grad(lambda a, w: jnp.sum(weight_matmul(a, w, transposed) * cot),
+                       argnums=(0, 1))(a, w)
+        want = jax.grad(lambda a, w: jnp.sum(ref(a, w) * cot), argnums=(0, 1))(a, w)
+        for g, r in zip(got, want):
+            assert g.shape == r.shape
+            np.testing.assert_allclose(g, r, rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.parametrize("impl", ["auto", "subpixel", "gemm", "xla"])
