@@ -20,11 +20,8 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
-import logging
 import os
 import platform
-
-log = logging.getLogger(__name__)
 
 ENV = "UNMASK_JAX_HOST_ALLOCATOR"
 MODES = ("reuse", "system")
