@@ -12,7 +12,8 @@ for reuse instead:
 - ``M_MMAP_MAX = 0``: large blocks come from that heap, not from ``mmap``;
 - ``M_TRIM_THRESHOLD = 2 GiB - 1``: up to 2 GiB of free heap is kept, not returned to the OS.
 
-The cost: the process keeps its peak heap resident. Call it before JAX starts its CPU client
+The cost: the process keeps its peak heap resident (pix2pix batch-1 step: 2.60 GB peak RSS
+instead of 2.24 GB). Call it before JAX starts its CPU client
 (its worker threads pick their arena on first use). ``UNMASK_JAX_HOST_ALLOCATOR=system``
 keeps glibc's defaults. Elsewhere than glibc (macOS, musl) it does nothing and says so.
 """
