@@ -145,6 +145,16 @@ def _weight_matmul_bwd(w_transposed, res, dy):
 weight_matmul.defvjp(_weight_matmul_fwd, _weight_matmul_bwd)
 
 
+
+def _pre_pad(x: Array, padding: PaddingLike, kernel_hw: Sequence[int],
+             strides: tuple[int, int], dilation: tuple[int, int]) -> Array:
+    """``x`` (NHWC) explicitly zero-padded by the torch-style / 'SAME' / 'VALID' padding."""
+    pads = _resolved_padding(padding, x.shape[1:3], kernel_hw, strides, dilation)
+    if any(p != 0 for pair in pads for p in pair):
+        x = jnp.pad(x, ((0, 0), tuple(pads[0]), tuple(pads[1]), (0, 0)))
+    return x
+
+
 def conv2d(
     x: Array,
     kernel: Array,
@@ -160,9 +170,7 @@ def conv2d(
     computation on a pre-padded input.
     """
     strides, dilation = _pair(strides), _pair(dilation)
-    pads = _resolved_padding(padding, x.shape[1:3], kernel.shape[:2], strides, dilation)
-    if any(p != 0 for pair in pads for p in pair):
-        x = jnp.pad(x, ((0, 0), tuple(pads[0]), tuple(pads[1]), (0, 0)))
+    x = _pre_pad(x, padding, kernel.shape[:2], strides, dilation)
     return lax.conv_general_dilated(
         x, kernel, window_strides=strides, padding="VALID", rhs_dilation=dilation,
         dimension_numbers=_DIMS)
@@ -182,8 +190,7 @@ def conv2d_gemm(
     sh, sw = _pair(strides)
     dh, dw = _pair(dilation)
     kh, kw, cin, cout = kernel.shape
-    pads = _resolved_padding(padding, x.shape[1:3], (kh, kw), (sh, sw), (dh, dw))
-    x = jnp.pad(x, ((0, 0), pads[0], pads[1], (0, 0)))
+    x = _pre_pad(x, padding, (kh, kw), (sh, sw), (dh, dw))
     b, h, w, _ = x.shape
     ho = (h - (kh - 1) * dh - 1) // sh + 1
     wo = (w - (kw - 1) * dw - 1) // sw + 1
@@ -216,6 +223,27 @@ def batch_chunked(fn: Callable[..., Array], x: Array, *args: Any,
 
 def _split_on_cpu(setting: bool | None) -> bool:
     return jax.default_backend() == "cpu" if setting is None else bool(setting)
+
+
+def _run_impl(module: nn.Module, fns: dict[str, Callable[..., Array]], impl: str,
+              chunked_impl: str, x: Array, args: tuple[Any, ...]) -> Array:
+    """``fns[impl](x, *args)`` in the module's compute dtype; ``chunked_impl`` runs per batch
+    chunk when the module's ``split_batch`` says so (see :func:`batch_chunked`)."""
+    if impl not in fns:
+        raise ValueError(f"unknown {type(module).__name__} impl {module.impl!r}; choose from "
+                         f"{sorted(fns) + ['auto']}")
+    x = x.astype(module.dtype)
+    if impl == chunked_impl and _split_on_cpu(module.split_batch):
+        return batch_chunked(fns[impl], x, *args)
+    return fns[impl](x, *args)
+
+
+def _add_bias(module: nn.Module, y: Array) -> Array:
+    """Adds the module's ``bias`` param (``features`` long) when ``use_bias``."""
+    if not module.use_bias:
+        return y
+    bias = module.param("bias", module.bias_init, (module.features,), module.param_dtype)
+    return y + bias.astype(module.dtype)
 
 
 class Conv(nn.Module):
@@ -260,20 +288,39 @@ class Conv(nn.Module):
                                       _pair(self.strides), _pair(self.dilation)),
                     _pair(self.dilation)))
             impl = "gemm" if out_pixels <= self.auto_gemm_max_pixels else "conv"
-        fns = {"conv": conv2d, "gemm": conv2d_gemm}
-        if impl not in fns:
-            raise ValueError(f"unknown Conv impl {self.impl!r}; choose from "
-                             f"{sorted(fns) + ['auto']}")
-        fn = fns[impl]
-        args = (kernel.astype(self.dtype), self.strides, self.padding, self.dilation)
-        if impl == "conv" and _split_on_cpu(self.split_batch):
-            y = batch_chunked(fn, x.astype(self.dtype), *args)
-        else:
-            y = fn(x.astype(self.dtype), *args)
-        if self.use_bias:
-            bias = self.param("bias", self.bias_init, (self.features,), self.param_dtype)
-            y = y + bias.astype(self.dtype)
-        return y
+        y = _run_impl(self, {"conv": conv2d, "gemm": conv2d_gemm}, impl, "conv", x,
+                      (kernel.astype(self.dtype), self.strides, self.padding, self.dilation))
+        return _add_bias(self, y)
+
+
+def _phase_kernel(x: Array, kernel: Array, strides: int | Sequence[int],
+                  output_padding: int | Sequence[int]
+                  ) -> tuple[tuple[int, int], tuple[int, int], Array]:
+    """Checks a transposed convolution's arguments and returns (strides, taps per phase
+    (T_h, T_w) = ceil(k / s), kernel zero-padded at the high end to (s*T) taps per axis)."""
+    sh, sw = _pair(strides)
+    oph, opw = _pair(output_padding)
+    kh, kw, _, cin = kernel.shape
+    if x.shape[-1] != cin:
+        raise ValueError(f"input has {x.shape[-1]} channels, kernel expects {cin}")
+    if not (0 <= oph < max(sh, 1) and 0 <= opw < max(sw, 1)):
+        raise ValueError("output_padding must be smaller than the stride")
+    th, tw = math.ceil(kh / sh), math.ceil(kw / sw)
+    k = jnp.pad(kernel, ((0, sh * th - kh), (0, sw * tw - kw), (0, 0), (0, 0)))
+    return (sh, sw), (th, tw), k
+
+
+def _interleave_and_crop(y: Array, in_hw: Sequence[int], kernel_hw: Sequence[int],
+                         padding: int | Sequence[int], output_padding: int | Sequence[int]
+                         ) -> Array:
+    """Phases (b, u, v, s_h, s_w, c) -> the transposed-convolution output: depth-to-space
+    interleave to (b, u*s_h, v*s_w, c) (length (n - 1) * s + k per axis and more), then
+    torch's crop [p, (n - 1) * s + k - p + output_padding)."""
+    b, u, v, sh, sw, c = y.shape
+    y = y.transpose(0, 1, 3, 2, 4, 5).reshape(b, u * sh, v * sw, c)
+    (ph, pw), (oph, opw) = _pair(padding), _pair(output_padding)
+    full_h, full_w = ((n - 1) * s + k for n, s, k in zip(in_hw, (sh, sw), kernel_hw))
+    return y[:, ph : full_h - ph + oph, pw : full_w - pw + opw, :]
 
 
 def conv_transpose_subpixel(
@@ -299,17 +346,8 @@ def conv_transpose_subpixel(
     channels, interleaved (depth-to-space) and then cropped by [p, L - p + output_padding),
     L = (H - 1) * s + k.
     """
-    sh, sw = _pair(strides)
-    ph, pw = _pair(padding)
-    oph, opw = _pair(output_padding)
-    kh, kw, cout, cin = kernel.shape
-    if x.shape[-1] != cin:
-        raise ValueError(f"input has {x.shape[-1]} channels, kernel expects {cin}")
-    if not (0 <= oph < max(sh, 1) and 0 <= opw < max(sw, 1)):
-        raise ValueError("output_padding must be smaller than the stride")
-    th, tw = math.ceil(kh / sh), math.ceil(kw / sw)
-    # Zero-pad the kernel to (sh*th, sw*tw) taps at the high end.
-    k = jnp.pad(kernel, ((0, sh * th - kh), (0, sw * tw - kw), (0, 0), (0, 0)))
+    (sh, sw), (th, tw), k = _phase_kernel(x, kernel, strides, output_padding)
+    cout, cin = kernel.shape[2:]
     # k[s*j + r] -> (j, r); the stride-1 conv tap t uses j = T-1-t (flip j).
     k = k.reshape(th, sh, tw, sw, cout, cin)[::-1, :, ::-1, :]
     # -> (t_h, t_w, cin, r_h, r_w, cout) -> HWIO with O = (r_h, r_w, cout).
@@ -317,11 +355,8 @@ def conv_transpose_subpixel(
     b, h, w, _ = x.shape
     y = conv2d(x, k.astype(x.dtype), 1, ((th - 1, th - 1), (tw - 1, tw - 1)))
     u, v = h + th - 1, w + tw - 1
-    # depth-to-space: (b, u, v, r_h, r_w, c) -> (b, u, r_h, v, r_w, c) -> (b, u*sh, v*sw, c)
-    y = y.reshape(b, u, v, sh, sw, cout).transpose(0, 1, 3, 2, 4, 5)
-    y = y.reshape(b, u * sh, v * sw, cout)
-    full_h, full_w = (h - 1) * sh + kh, (w - 1) * sw + kw
-    return y[:, ph : full_h - ph + oph, pw : full_w - pw + opw, :]
+    return _interleave_and_crop(y.reshape(b, u, v, sh, sw, cout), x.shape[1:3],
+                                kernel.shape[:2], padding, output_padding)
 
 
 def conv_transpose_gemm(
@@ -337,32 +372,21 @@ def conv_transpose_gemm(
     convolution when the input is spatially small and the kernel large (the U-Net's inner
     blocks: 1x1 .. 16x16 with 512-1024 channels), slower for large inputs (the col2im adds
     touch kH*kW/stride^2 times the output)."""
-    sh, sw = _pair(strides)
-    ph, pw = _pair(padding)
-    oph, opw = _pair(output_padding)
-    kh, kw, cout, cin = kernel.shape
-    if x.shape[-1] != cin:
-        raise ValueError(f"input has {x.shape[-1]} channels, kernel expects {cin}")
-    if not (0 <= oph < max(sh, 1) and 0 <= opw < max(sw, 1)):
-        raise ValueError("output_padding must be smaller than the stride")
-    th, tw = math.ceil(kh / sh), math.ceil(kw / sw)
-    k = jnp.pad(kernel, ((0, sh * th - kh), (0, sw * tw - kw), (0, 0), (0, 0)))
+    (sh, sw), (th, tw), k = _phase_kernel(x, kernel, strides, output_padding)
+    cout, cin = kernel.shape[2:]
     b, h, w, _ = x.shape
     # z[b, i, j, a, c, o] = sum_ci x[b, i, j, ci] * k[a, c, o, ci]: one GEMM against the
     # kernel viewed as (kH*kW*out, in), its stored layout.
     z = weight_matmul(x.reshape(b * h * w, cin), k.astype(x.dtype).reshape(-1, cin), True)
     # Tap a = s * j + r lands in phase r at phase position i + j.
     z = z.reshape(b, h, w, th, sh, tw, sw, cout)
-    u, v = h + th - 1, w + tw - 1
-    y = None
+    y = None  # phases (b, h + th - 1, w + tw - 1, sh, sw, cout)
     for jh in range(th):
         for jw in range(tw):
             part = jnp.pad(z[:, :, :, jh, :, jw, :, :],
                            ((0, 0), (jh, th - 1 - jh), (jw, tw - 1 - jw), (0, 0), (0, 0), (0, 0)))
             y = part if y is None else y + part
-    y = y.transpose(0, 1, 3, 2, 4, 5).reshape(b, u * sh, v * sw, cout)
-    full_h, full_w = (h - 1) * sh + kh, (w - 1) * sw + kw
-    return y[:, ph : full_h - ph + oph, pw : full_w - pw + opw, :]
+    return _interleave_and_crop(y, x.shape[1:3], kernel.shape[:2], padding, output_padding)
 
 
 def conv_transpose_xla(
@@ -420,19 +444,10 @@ class ConvTranspose(nn.Module):
             impl = "gemm" if small else "subpixel"
         fns = {"subpixel": conv_transpose_subpixel, "gemm": conv_transpose_gemm,
                "xla": conv_transpose_xla}
-        if impl not in fns:
-            raise ValueError(f"unknown ConvTranspose impl {self.impl!r}; choose from "
-                             f"{sorted(fns) + ['auto']}")
-        fn = fns[impl]
-        args = (kernel.astype(self.dtype), self.strides, self.padding, self.output_padding)
-        if impl == "subpixel" and _split_on_cpu(self.split_batch):
-            y = batch_chunked(fn, x.astype(self.dtype), *args)
-        else:
-            y = fn(x.astype(self.dtype), *args)
-        if self.use_bias:
-            bias = self.param("bias", self.bias_init, (self.features,), self.param_dtype)
-            y = y + bias.astype(self.dtype)
-        return y
+        y = _run_impl(self, fns, impl, "subpixel", x,
+                      (kernel.astype(self.dtype), self.strides, self.padding,
+                       self.output_padding))
+        return _add_bias(self, y)
 
 
 class BatchNorm(nn.Module):
