@@ -1,6 +1,7 @@
 """Tests of the procedural ``synthetic`` face source (small images, a few seconds in all)."""
 from __future__ import annotations
 
+import hashlib
 import pickle
 
 import cv2
@@ -189,3 +190,43 @@ def test_lower_face_varies_across_identities() -> None:
     assert across > 2.0 * within, (across, within)      # identity, not just pose/lighting
     # Not flat within one image either: features (nostrils, lips) are drawn there.
     assert np.mean([x.std() for x in many]) > 5.0
+
+
+# sha256 (first 20 hex digits) of image bytes + landmark bytes of SyntheticFaces(seed=0,
+# images_per_identity=1) records, recorded before the renderer was split into modules. The
+# identities cover every hair style, beard style, glasses, moles; 160 px and up draw hair
+# strands. A change here means rendering changed (or OpenCV's rasteriser did: these were
+# taken with opencv-python 5.0.0).
+RENDER_DIGESTS = {
+    (160, 0): "be889c82364c293b1af2",
+    (160, 1): "8b4db1524c9762f08db9",
+    (160, 2): "78aac14b8cd4adfde7df",
+    (160, 3): "cc2bf7fa373b0438db44",
+    (160, 5): "27cdd2b510a354c0a6c1",
+    (160, 6): "28fd9d2000e7d3b15f12",
+    (160, 7): "0a68876c36fef3b7136a",
+    (160, 8): "abe7dff8ee0aba947bd0",
+    (160, 9): "18bee763e76fb24c19db",
+    (160, 10): "bf024c1a8b3c4b340fd5",
+    (160, 16): "36d65f017326dde7a220",
+    (160, 23): "260b73fa5d70bcc81b0a",
+    (512, 7): "b72bd5cfae41823f5329",
+    (512, 16): "412764090babd56192ae",
+    (64, 4): "6b799a35c3e058f4fba2",
+}
+TRAITS_DIGEST = "b290caa211a3f245e269"  # identity_traits(0, 0..39), sorted items' repr
+
+
+def test_rendering_is_pinned() -> None:
+    got = {}
+    for res, index in RENDER_DIGESTS:
+        rec = SyntheticFaces(seed=0, num_records=100, resolution=res,
+                             images_per_identity=1)[index]
+        h = hashlib.sha256(rec["image"].tobytes())
+        h.update(rec["landmarks"].tobytes())
+        got[(res, index)] = h.hexdigest()[:20]
+    assert got == RENDER_DIGESTS
+    h = hashlib.sha256()
+    for identity in range(40):
+        h.update(repr(sorted(identity_traits(0, identity).items())).encode())
+    assert h.hexdigest()[:20] == TRAITS_DIGEST
