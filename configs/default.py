@@ -99,14 +99,12 @@ def get_config() -> config_dict.ConfigDict:
     c.eval.id_backbone = "dlib"
     c.eval.id_weights = config_dict.placeholder(str)
 
-    # ---- distributed start-up (unmask_jax.parallel.DistributedConfig) ----
-    c.distributed = config_dict.ConfigDict()
-    c.distributed.mode = "off"            # off | auto | explicit
-    c.distributed.coordinator_address = config_dict.placeholder(str)
-    c.distributed.num_processes = config_dict.placeholder(int)
-    c.distributed.process_id = config_dict.placeholder(int)
-    c.distributed.initialization_timeout_s = 300
-    c.distributed.heartbeat_timeout_s = 100
+    # ---- distributed start-up ----
+    # Keys and defaults are those of unmask_jax.parallel.DistributedConfig (their one home):
+    # mode=auto (join a launcher / SLURM / Open MPI / TPU-pod run, else one process) | off |
+    # explicit; coordinator_address, num_processes, process_id (explicit); timeouts in s.
+    from unmask_jax.parallel import distributed_config_defaults
+    c.distributed = distributed_config_defaults()
     return c
 
 

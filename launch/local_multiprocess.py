@@ -10,13 +10,18 @@ join the run from its environment:
 
 * default: ``UNMASK_COORDINATOR=localhost:PORT`` (a free port),
   ``UNMASK_NUM_PROCESSES=N``, ``UNMASK_PROCESS_ID=i`` -- read by
-  ``distributed.mode=explicit`` (``unmask_jax.parallel``).
+  ``distributed.mode=auto`` (the default) and ``explicit`` (``unmask_jax.parallel``),
+  so ``python -m unmask_jax.main`` needs no extra flag to form one N-process run.
 * ``--fake-slurm``: instead ``SLURM_JOB_ID``, ``SLURM_NTASKS``, ``SLURM_PROCID``,
   ``SLURM_LOCALID``, ``SLURM_STEP_NODELIST=localhost``... as ``srun`` would set
-  them, so that ``distributed.mode=auto`` (argument-less
-  ``jax.distributed.initialize()``) detects the cluster. JAX derives the
+  them, so that ``distributed.mode=auto`` detects a SLURM step and calls the
+  argument-less ``jax.distributed.initialize()``. JAX derives the
   coordinator port from the job id (``61440 + SLURM_JOB_ID % 4096``); the
   launcher picks a job id whose port is free here.
+
+With ``--config.distributed.mode=off`` the children do not join: they are N
+independent trainings, and on one workdir all but the first stop at start-up
+(the workdir lock, ``unmask_jax.workdir_lock``); the launcher warns about it.
 
 Each child's stdout+stderr goes to ``LOG_DIR/process_<i>.log`` (process 0 is
 also echoed to stdout, prefixed ``[p0]``). If a child fails, the others get
@@ -356,8 +361,27 @@ def parse_args(argv: Sequence[str]) -> tuple[argparse.Namespace, list[str]]:
     return args, command
 
 
+def independent_mode_warning(command: Sequence[str]) -> str | None:
+    """A warning if ``command`` asks for ``distributed.mode=off`` (the children would not join)."""
+    for i, arg in enumerate(command):
+        value = None
+        if arg.startswith("--config.distributed.mode="):
+            value = arg.split("=", 1)[1]
+        elif arg == "--config.distributed.mode" and i + 1 < len(command):
+            value = command[i + 1]
+        if value is not None and value.strip("'\"") == "off":
+            return ("local_multiprocess: warning: --config.distributed.mode=off starts "
+                    "independent single-process runs that do not share gradients; on one "
+                    "--workdir all but one stop at start (workdir lock). Leave the mode at "
+                    "its default (auto) to run one multi-process training.")
+    return None
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args, command = parse_args(sys.argv[1:] if argv is None else argv)
+    warning = independent_mode_warning(command)
+    if warning and args.processes > 1:
+        print(warning, file=sys.stderr, flush=True)
     log_dir = args.log_dir or tempfile.mkdtemp(prefix="unmask_local_mp_")
     print(f"local_multiprocess: {args.processes} processes x {args.devices_per_process} "
           f"CPU devices, logs in {log_dir}", flush=True)

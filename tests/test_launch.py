@@ -85,6 +85,27 @@ def test_fake_slurm_env_is_detected_by_jax(monkeypatch):
         assert int(port) == 61440 + int(child["SLURM_JOB_ID"]) % 4096
 
 
+def test_default_child_env_is_joined_by_the_default_auto_mode():
+    """Issue 11 item 5: without a mode flag the children must form one run, not N."""
+    from unmask_jax import parallel
+
+    assert parallel.DistributedConfig().mode == "auto"
+    for i, child in enumerate(lm.child_environments(2, 2, base_env={})):
+        found, _ = parallel.detect_cluster(child, on_cloud_tpu_vm=False)
+        assert found is not None and found.kind == "unmask_launcher"
+        assert found.num_processes == 2
+    for child in lm.child_environments(2, 1, fake_slurm=True, base_env={}):
+        found, _ = parallel.detect_cluster(child, on_cloud_tpu_vm=False)
+        assert found is not None and found.kind == "slurm" and found.num_processes == 2
+
+
+def test_independent_mode_warning():
+    assert lm.independent_mode_warning(["python", "-m", "unmask_jax.main"]) is None
+    assert lm.independent_mode_warning(["--config.distributed.mode=auto"]) is None
+    assert "independent" in lm.independent_mode_warning(["--config.distributed.mode=off"])
+    assert "independent" in lm.independent_mode_warning(["--config.distributed.mode", "off"])
+
+
 def test_run_local_success_and_logs(tmp_path):
     code = """
         import os
@@ -156,6 +177,11 @@ def test_cli_exit_status_and_echo(tmp_path):
         capture_output=True, text=True, timeout=60)
     assert bad.returncode == 4, bad.stdout + bad.stderr
     assert "process 1 exit -9 (killed by launcher)" in bad.stdout
+    off = subprocess.run(
+        [sys.executable, script, "-n", "2", "--quiet", f"--log_dir={tmp_path / 'off'}", "--",
+         sys.executable, "-c", "pass", "--config.distributed.mode=off"],
+        capture_output=True, text=True, timeout=60)
+    assert off.returncode == 0 and "distributed.mode=off starts independent" in off.stderr
     missing = subprocess.run([sys.executable, script, "--processes=2", "echo"],
                              capture_output=True, text=True, timeout=60)
     assert missing.returncode != 0 and "missing '--'" in missing.stderr

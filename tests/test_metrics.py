@@ -68,6 +68,50 @@ def test_mask_box_grows_to_window():
     assert metrics.mask_box(np.zeros((32, 32))) == (0, 32, 0, 32)
 
 
+BORDER_CASES = {
+    # name: (rows, cols) of the mask in a 64 x 64 image
+    "top": (slice(0, 3), slice(30, 34)),
+    "bottom": (slice(60, 64), slice(30, 34)),  # issue 11 item 6: a box 8 px high
+    "left": (slice(30, 33), slice(0, 2)),
+    "right": (slice(30, 33), slice(62, 64)),
+    "top_left": (slice(0, 2), slice(0, 2)),
+    "top_right": (slice(0, 4), slice(61, 64)),
+    "bottom_left": (slice(63, 64), slice(0, 5)),
+    "bottom_right": (slice(59, 64), slice(60, 64)),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BORDER_CASES))
+@pytest.mark.parametrize("size", [64, 11, 12, 16])
+def test_mask_box_at_borders_and_corners(case, size):
+    rows, cols = BORDER_CASES[case]
+    full = np.zeros((64, 64, 1))
+    full[rows, cols] = 1
+    # Same relative position in a smaller image: keep the border the mask touches.
+    ys, xs = np.nonzero(full[..., 0])
+    ys = np.clip(np.where(ys >= 32, ys - (64 - size), ys), 0, size - 1)
+    xs = np.clip(np.where(xs >= 32, xs - (64 - size), xs), 0, size - 1)
+    m = np.zeros((size, size, 1))
+    m[ys, xs] = 1
+    y0, y1, x0, x1 = metrics.mask_box(m)
+    assert 0 <= y0 < y1 <= size and 0 <= x0 < x1 <= size
+    assert y1 - y0 >= 11 and x1 - x0 >= 11, (y0, y1, x0, x1)
+    assert y0 <= ys.min() and ys.max() < y1 and x0 <= xs.min() and xs.max() < x1
+    img = np.random.default_rng(0).integers(0, 256, (1, size, size, 3), dtype=np.uint8)
+    assert np.isfinite(metrics.ssim_in_mask_box(img, img[:, ::-1], m[None])).all()
+
+
+def test_mask_box_keeps_interior_boxes_and_large_masks():
+    m = np.zeros((64, 64))
+    m[20:40, 5:50] = 1
+    assert metrics.mask_box(m) == (20, 40, 5, 50)  # already >= 11: unchanged
+    m = np.zeros((64, 64))
+    m[60:64, 10:12] = 1
+    assert metrics.mask_box(m) == (53, 64, 5, 16)  # shifted inwards, not cut to 4 rows
+    tiny = np.ones((8, 8))
+    assert metrics.mask_box(tiny) == (0, 8, 0, 8)  # image smaller than the window: all of it
+
+
 def test_telea_fills_mask_and_keeps_rest():
     img = np.zeros((1, 32, 32, 3), np.uint8)
     img[..., 0] = np.arange(32, dtype=np.uint8)[None, :] * 8

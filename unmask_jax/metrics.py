@@ -66,20 +66,35 @@ def ssim(x: np.ndarray, y: np.ndarray) -> np.ndarray:
     return np.asarray([_ssim_one(a, b) for a, b in zip(x, y)])
 
 
+def _grow_span(lo: int, hi: int, size: int, min_size: int) -> tuple[int, int]:
+    """[lo, hi) grown about its centre to >= min(min_size, size), shifted to lie in [0, size)."""
+    want = min(max(hi - lo, min_size), size)
+    grow = want - (hi - lo)
+    lo -= (grow + 1) // 2
+    hi += grow // 2
+    if lo < 0:  # at the top/left border: shift the whole window inwards
+        hi, lo = hi - lo, 0
+    if hi > size:  # at the bottom/right border
+        lo, hi = lo - (hi - size), size
+    return max(lo, 0), hi
+
+
 def mask_box(mask: np.ndarray, min_size: int = SSIM_WINDOW) -> tuple[int, int, int, int]:
-    """(y0, y1, x0, x1) bounding box of a (H, W[, 1]) mask, grown to >= min_size per side."""
+    """(y0, y1, x0, x1) bounding box of a (H, W[, 1]) mask, grown to >= min_size per side.
+
+    The box contains the mask, lies inside the image and, where the image side is at least
+    ``min_size``, measures at least ``min_size`` on that side even at a border or corner (it
+    grows about the mask's centre and is shifted inwards where it would leave the image).
+    An empty mask gives the whole image.
+    """
     m = np.asarray(mask).reshape(mask.shape[0], mask.shape[1]) > 0
     h, w = m.shape
     if not m.any():
         return 0, h, 0, w
     ys, xs = np.nonzero(m)
-    box = []
-    for lo, hi, size in ((ys.min(), ys.max() + 1, h), (xs.min(), xs.max() + 1, w)):
-        grow = max(0, min_size - (hi - lo))
-        lo = max(0, lo - grow // 2 - grow % 2)
-        hi = min(size, max(hi + grow // 2, lo + min_size))
-        box += [int(lo), int(hi)]
-    return box[0], box[1], box[2], box[3]
+    y0, y1 = _grow_span(int(ys.min()), int(ys.max()) + 1, h, min_size)
+    x0, x1 = _grow_span(int(xs.min()), int(xs.max()) + 1, w, min_size)
+    return y0, y1, x0, x1
 
 
 def ssim_in_mask_box(x: np.ndarray, y: np.ndarray, mask: np.ndarray) -> np.ndarray:

@@ -6,9 +6,13 @@ several GPUs or a multi-host TPU pod:
 * :func:`initialize_distributed` starts the JAX distributed runtime (once, before
   any device access) in one of three modes:
 
-  - ``off``: single process, nothing is started.
-  - ``auto``: argument-less ``jax.distributed.initialize()``; JAX detects Cloud
-    TPU pods, SLURM (``srun``) and Open MPI (``mpirun``) by itself.
+  - ``auto`` (the default): :func:`detect_cluster` looks for a multi-process
+    environment -- the ``UNMASK_*`` variables of ``launch/local_multiprocess.py``,
+    a SLURM step with more than one task, an Open MPI job with more than one
+    rank, a Cloud TPU VM -- and joins it; where there is none (a laptop, a CI
+    machine, one GPU box) it runs as one process without starting anything and
+    logs that it did so.
+  - ``off``: single process, nothing is started, nothing is detected.
   - ``explicit``: coordinator address, process count and process id come from
     the config or, where a field is ``None``, from the environment variables
     ``UNMASK_COORDINATOR`` (``host:port`` of process 0),
@@ -18,12 +22,17 @@ several GPUs or a multi-host TPU pod:
   Both timeouts (initialisation, heartbeat) are passed through to JAX: a process
   that dies makes the others abort after ``heartbeat_timeout_s`` instead of
   hanging in a collective.
+
+  The defaults of these settings live in one place, :class:`DistributedConfig`;
+  ``configs/default.py`` builds ``config.distributed`` from it with
+  :func:`distributed_config_defaults`.
 * :func:`make_data_mesh`: one ``"data"`` axis over every device of every process.
 * :func:`global_batch`: per-process local batches -> global ``jax.Array`` built
   with ``jax.make_array_from_process_local_data`` (global batch = per-process
   batch x process count).
-* :func:`fetch_to_host`, :func:`sync_global`, :func:`is_main_process`: helpers
-  for process-0-only output and collective barriers.
+* :func:`fetch_to_host`, :func:`sync_global`, :func:`is_main_process`,
+  :func:`all_processes_max`, :func:`broadcast_from_main`: helpers for
+  process-0-only output, collective barriers and agreeing on a value.
 * :class:`PreemptionMonitor`: SIGTERM -> every process learns the same step at
   which to save a checkpoint and stop.
 """
@@ -55,9 +64,14 @@ ENV_PROCESS_ID = "UNMASK_PROCESS_ID"
 class DistributedConfig:
     """How this process joins a multi-process run.
 
+    This dataclass is the one home of the defaults of ``config.distributed``:
+    ``configs/default.py`` builds that section with
+    :func:`distributed_config_defaults`, so a default is stated only here.
+
     Attributes:
-      mode: ``off`` (single process), ``auto`` (TPU pod / SLURM / Open MPI
-        auto-detection) or ``explicit`` (the three fields below, or the
+      mode: ``auto`` (default: join the multi-process environment that
+        :func:`detect_cluster` finds, else run as one process), ``off`` (one
+        process, no detection) or ``explicit`` (the three fields below, or the
         ``UNMASK_COORDINATOR`` / ``UNMASK_NUM_PROCESSES`` /
         ``UNMASK_PROCESS_ID`` environment variables where a field is ``None``).
       coordinator_address: ``host:port`` of process 0 (explicit mode).
@@ -68,7 +82,7 @@ class DistributedConfig:
         declared dead and every other process aborts (non-zero exit).
     """
 
-    mode: str = "off"
+    mode: str = "auto"
     coordinator_address: str | None = None
     num_processes: int | None = None
     process_id: int | None = None
@@ -101,6 +115,120 @@ class DistributedConfig:
         return cls(**values)
 
 
+# Value type of each optional DistributedConfig field (a ConfigDict placeholder needs it).
+_OPTIONAL_FIELD_TYPES = {"coordinator_address": str, "num_processes": int, "process_id": int}
+
+
+def distributed_config_defaults():
+    """``config.distributed`` for ``configs/default.py``, built from :class:`DistributedConfig`.
+
+    Fields whose default is ``None`` become typed placeholders, so that
+    ``--config.distributed.num_processes=2`` still parses on the command line.
+    """
+    from ml_collections import config_dict  # only configs need it
+
+    section = config_dict.ConfigDict()
+    for field in dataclasses.fields(DistributedConfig):
+        value = field.default
+        if value is None:
+            value = config_dict.placeholder(_OPTIONAL_FIELD_TYPES[field.name])
+        setattr(section, field.name, value)
+    return section
+
+
+@dataclasses.dataclass(frozen=True)
+class ClusterEnvironment:
+    """A multi-process environment found by :func:`detect_cluster`.
+
+    Attributes:
+      kind: ``unmask_launcher``, ``slurm``, ``openmpi`` or ``cloud_tpu``.
+      description: for the log, e.g. ``"SLURM step with 8 tasks"``.
+      num_processes: the process count when the environment states it (``None``
+        for a Cloud TPU VM, whose worker count JAX reads from the VM metadata).
+    """
+
+    kind: str
+    description: str
+    num_processes: int | None = None
+
+
+def _running_on_cloud_tpu_vm() -> bool:
+    """What JAX decided at import time (TPU chips on the PCI bus and libtpu present)."""
+    try:
+        from jax._src import cloud_tpu_init  # private, hence the guard
+    except ImportError:  # pragma: no cover - depends on the JAX version
+        return False
+    return bool(getattr(cloud_tpu_init, "running_in_cloud_tpu_vm", False))
+
+
+def detect_cluster(environ: Mapping[str, str] | None = None, *,
+                   on_cloud_tpu_vm: bool | None = None
+                   ) -> tuple[ClusterEnvironment | None, str]:
+    """Looks for a multi-process environment; does not touch the network or devices.
+
+    Checked in this order:
+
+    1. ``UNMASK_COORDINATOR`` / ``UNMASK_NUM_PROCESSES`` / ``UNMASK_PROCESS_ID``
+       (``launch/local_multiprocess.py``): joined as in ``explicit`` mode, even
+       with one process. Any one of them set counts (the others are then required).
+    2. SLURM: ``SLURM_JOB_ID`` with more than one task in this step
+       (``SLURM_STEP_NUM_TASKS``, else ``SLURM_NTASKS``). A step of one task
+       runs as one process.
+    3. Open MPI: ``OMPI_COMM_WORLD_SIZE`` > 1 (``mpirun -n N``).
+    4. A Cloud TPU VM (TPU chips and libtpu, as JAX detected at import): JAX reads
+       the worker list from the VM metadata. ``TPU_WORKER_HOSTNAMES`` naming one
+       host means a single-host VM: one process.
+
+    Args:
+      environ: the environment to inspect (default ``os.environ``).
+      on_cloud_tpu_vm: override the TPU VM check (tests).
+
+    Returns:
+      (environment or ``None``, a sentence for the log saying what was found).
+    """
+    env = os.environ if environ is None else environ
+
+    unmask = [name for name in (ENV_COORDINATOR, ENV_NUM_PROCESSES, ENV_PROCESS_ID)
+              if env.get(name)]
+    if unmask:
+        count = env.get(ENV_NUM_PROCESSES)
+        count_int = int(count) if count and count.isdigit() else None
+        return (ClusterEnvironment("unmask_launcher",
+                                   f"launch/local_multiprocess.py variables ({', '.join(unmask)})",
+                                   count_int), "found " + ", ".join(unmask))
+
+    notes = []
+    if env.get("SLURM_JOB_ID"):
+        raw = env.get("SLURM_STEP_NUM_TASKS") or env.get("SLURM_NTASKS") or "1"
+        tasks = int(raw) if raw.isdigit() else 1
+        if tasks > 1:
+            return (ClusterEnvironment("slurm", f"SLURM job {env['SLURM_JOB_ID']} step with "
+                                       f"{tasks} tasks", tasks), "found SLURM")
+        notes.append(f"SLURM job {env['SLURM_JOB_ID']} with one task in this step")
+
+    raw = env.get("OMPI_COMM_WORLD_SIZE", "")
+    if raw.isdigit() and int(raw) > 1:
+        return (ClusterEnvironment("openmpi", f"Open MPI job with {raw} ranks", int(raw)),
+                "found Open MPI")
+    if raw:
+        notes.append("Open MPI job with one rank")
+
+    tpu = _running_on_cloud_tpu_vm() if on_cloud_tpu_vm is None else on_cloud_tpu_vm
+    if tpu:
+        hosts = [h for h in env.get("TPU_WORKER_HOSTNAMES", "").split(",") if h.strip()]
+        if len(hosts) == 1:
+            notes.append("single-host Cloud TPU VM (TPU_WORKER_HOSTNAMES names one host)")
+        else:
+            count = len(hosts) if hosts else None
+            what = f"{count} hosts" if count else "worker list from the VM metadata"
+            return (ClusterEnvironment("cloud_tpu", f"Cloud TPU VM ({what})", count),
+                    "found a Cloud TPU VM")
+
+    if not notes:
+        notes.append("no launcher, SLURM, Open MPI or Cloud TPU pod variables")
+    return None, "; ".join(notes)
+
+
 def _env_int(name: str) -> int | None:
     raw = os.environ.get(name)
     if raw is None or raw == "":
@@ -112,7 +240,8 @@ def _env_int(name: str) -> int | None:
 
 
 def resolve_explicit(cfg: DistributedConfig) -> tuple[str, int, int]:
-    """(coordinator, process count, process id) for explicit mode.
+    """(coordinator, process count, process id) for explicit mode (and for auto
+    mode when the ``UNMASK_*`` variables are present).
 
     Config fields win; ``None`` fields are read from ``UNMASK_*`` env variables.
     """
@@ -126,7 +255,7 @@ def resolve_explicit(cfg: DistributedConfig) -> tuple[str, int, int]:
         (f"process_id / {ENV_PROCESS_ID}", process_id)) if value is None]
     if missing:
         raise ValueError(
-            "distributed.mode='explicit' needs " + ", ".join(missing)
+            f"distributed.mode={cfg.mode!r} needs " + ", ".join(missing)
             + " (set the config fields or the environment variables)")
     assert coordinator is not None and num_processes is not None and process_id is not None
     if ":" not in coordinator:
@@ -143,8 +272,10 @@ def initialize_distributed(cfg: DistributedConfig) -> None:
     """Starts the JAX distributed runtime; call before any device access.
 
     Idempotent: a second call after a successful start only logs. In ``off``
-    mode nothing is started. Raises ``RuntimeError`` (from JAX) if devices were
-    already touched, and ``ValueError`` with a hint if ``auto`` finds no cluster.
+    mode nothing is started. In ``auto`` mode with no multi-process environment
+    (see :func:`detect_cluster`) nothing is started either, and a log line says
+    so. Raises ``RuntimeError`` (from JAX) if devices were already touched, and
+    ``ValueError`` with a hint if an environment was found but JAX cannot join it.
     """
     if cfg.mode == "off":
         logger.info("distributed: mode=off (single process)")
@@ -156,13 +287,26 @@ def initialize_distributed(cfg: DistributedConfig) -> None:
     timeouts = dict(initialization_timeout=int(cfg.initialization_timeout_s),
                     heartbeat_timeout_seconds=int(cfg.heartbeat_timeout_s))
     if cfg.mode == "auto":
-        try:
-            jax.distributed.initialize(**timeouts)
-        except ValueError as err:
-            raise ValueError(
-                "distributed.mode='auto' found no cluster environment (Cloud TPU "
-                "pod, SLURM srun, Open MPI mpirun); use mode='off' for a single "
-                f"process or mode='explicit' with a coordinator. JAX said: {err}") from err
+        cluster, note = detect_cluster()
+        if cluster is None:
+            logger.info("distributed: mode=auto found no multi-process environment (%s): "
+                        "running as a single process, jax.distributed not started", note)
+            return
+        logger.info("distributed: mode=auto found %s", cluster.description)
+        if cluster.kind == "unmask_launcher":
+            coordinator, num_processes, process_id = resolve_explicit(cfg)
+            jax.distributed.initialize(
+                coordinator_address=coordinator, num_processes=num_processes,
+                process_id=process_id, **timeouts)
+        else:
+            try:
+                jax.distributed.initialize(**timeouts)
+            except ValueError as err:
+                raise ValueError(
+                    f"distributed.mode='auto' found a {cluster.description} but JAX could "
+                    "not join it; start the processes with srun / mpirun / on every TPU "
+                    "worker, or use mode='explicit' with a coordinator (or mode='off' for "
+                    f"one process). JAX said: {err}") from err
     else:
         coordinator, num_processes, process_id = resolve_explicit(cfg)
         jax.distributed.initialize(
@@ -262,6 +406,21 @@ def sync_global(name: str) -> None:
     """Barrier over all processes (no-op with one process)."""
     if jax.process_count() > 1:
         multihost_utils.sync_global_devices(name)
+
+
+def all_processes_max(value: int) -> int:
+    """The largest of every process' ``value`` (a collective; the value itself with one process)."""
+    if jax.process_count() == 1:
+        return int(value)
+    gathered = multihost_utils.process_allgather(np.asarray(value, np.int32))
+    return int(np.max(gathered))
+
+
+def broadcast_from_main(value: int) -> int:
+    """Process 0's ``value`` on every process (a collective; identity with one process)."""
+    if jax.process_count() == 1:
+        return int(value)
+    return int(multihost_utils.broadcast_one_to_all(np.asarray(value, np.int32)))
 
 
 def _to_host(x: Any) -> Any:
