@@ -155,6 +155,8 @@ def test_detect_cluster():
     found, _ = detect(env)
     assert found.kind == "unmask_launcher" and found.num_processes == 2
     assert detect({"UNMASK_PROCESS_ID": "0"})[0].kind == "unmask_launcher"  # partial: joins
+    found, note = detect({**env, "UNMASK_NUM_PROCESSES": "1", "UNMASK_PROCESS_ID": "0"})
+    assert found is None and "for one process" in note  # run_local(1, ...): nothing to join
     slurm = {"SLURM_JOB_ID": "7", "SLURM_NTASKS": "4", "SLURM_PROCID": "0",
              "SLURM_LOCALID": "0", "SLURM_STEP_NODELIST": "n1"}
     found, _ = detect(slurm)

@@ -169,8 +169,9 @@ def detect_cluster(environ: Mapping[str, str] | None = None, *,
     Checked in this order:
 
     1. ``UNMASK_COORDINATOR`` / ``UNMASK_NUM_PROCESSES`` / ``UNMASK_PROCESS_ID``
-       (``launch/local_multiprocess.py``): joined as in ``explicit`` mode, even
-       with one process. Any one of them set counts (the others are then required).
+       (``launch/local_multiprocess.py``): joined as in ``explicit`` mode. Any one
+       of them set counts (the others are then required), except
+       ``UNMASK_NUM_PROCESSES=1``: one process, nothing to join.
     2. SLURM: ``SLURM_JOB_ID`` with more than one task in this step
        (``SLURM_STEP_NUM_TASKS``, else ``SLURM_NTASKS``). A step of one task
        runs as one process.
@@ -190,14 +191,17 @@ def detect_cluster(environ: Mapping[str, str] | None = None, *,
 
     unmask = [name for name in (ENV_COORDINATOR, ENV_NUM_PROCESSES, ENV_PROCESS_ID)
               if env.get(name)]
+    notes = []
     if unmask:
         count = env.get(ENV_NUM_PROCESSES)
         count_int = int(count) if count and count.isdigit() else None
-        return (ClusterEnvironment("unmask_launcher",
-                                   f"launch/local_multiprocess.py variables ({', '.join(unmask)})",
-                                   count_int), "found " + ", ".join(unmask))
+        if count_int == 1:
+            notes.append("launch/local_multiprocess.py variables for one process")
+        else:
+            return (ClusterEnvironment(
+                "unmask_launcher", f"launch/local_multiprocess.py variables "
+                f"({', '.join(unmask)})", count_int), "found " + ", ".join(unmask))
 
-    notes = []
     if env.get("SLURM_JOB_ID"):
         raw = env.get("SLURM_STEP_NUM_TASKS") or env.get("SLURM_NTASKS") or "1"
         tasks = int(raw) if raw.isdigit() else 1
