@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from unmask_jax.models import MODELS, count_params, create_model
+from unmask_jax.models import layers
 from unmask_jax.models.layers import (
     BatchNorm,
     Conv,
@@ -17,11 +18,14 @@ from unmask_jax.models.layers import (
     batch_chunked,
     conv2d,
     conv2d_gemm,
+    conv2d_xla,
     conv_transpose_gemm,
     weight_matmul,
     conv_transpose_subpixel,
     conv_transpose_xla,
+    use_platform,
 )
+from unmask_jax.models.layers import dispatch
 
 
 def _abstract_variables(name: str, channels: int, size: int, **kwargs):
@@ -161,9 +165,11 @@ def test_subpixel_conv_transpose_gradients_match_lax():
     for stride, pad in [(2, 1), (1, "SAME")]:
         co = cc if stride == 2 else jnp.tile(cc, (1, 2, 2, 1))
         grads = [jax.jit(jax.grad(lambda x, k, f=f: jnp.sum(f(x, k, stride, pad) * co),
-                                  argnums=(0, 1)))(xc, kc) for f in (conv2d, conv2d_gemm)]
-        for a, b in zip(*grads):
-            np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4)
+                                  argnums=(0, 1)))(xc, kc)
+                 for f in (conv2d, conv2d_gemm, conv2d_xla)]
+        for other in grads[1:]:
+            for a, b in zip(grads[0], other):
+                np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4)
 
 
 def test_weight_matmul_values_and_gradients():
@@ -201,7 +207,7 @@ def test_conv_transpose_module_matches_torch_module(impl):
     np.testing.assert_allclose(layer.apply(variables, jnp.asarray(x)), ref, rtol=1e-5, atol=1e-6)
 
 
-@pytest.mark.parametrize("impl", ["conv", "gemm"])
+@pytest.mark.parametrize("impl", ["conv", "gemm", "xla"])
 @pytest.mark.parametrize("stride,padding", [(2, 1), (1, 1), (2, "SAME")])
 def test_conv_matches_torch(stride, padding, impl):
     rng = np.random.default_rng(2)
@@ -332,3 +338,100 @@ def test_registry_errors():
     with pytest.raises(ValueError, match="norm"):
         create_model("pix2pix_unet", norm="group").init(
             jax.random.key(0), jnp.zeros((1, 32, 32, 3)), False)
+
+
+def _eqns(jaxpr):
+    """All equations of ``jaxpr``, nested jaxprs (jit, custom_vjp, ...) included."""
+    for eqn in jaxpr.eqns:
+        yield eqn
+        for value in eqn.params.values():
+            for sub in value if isinstance(value, (tuple, list)) else (value,):
+                sub = getattr(sub, "jaxpr", sub)          # ClosedJaxpr -> Jaxpr
+                if hasattr(sub, "eqns"):
+                    yield from _eqns(sub)
+
+
+def _traced(fn, *args) -> list:
+    return list(_eqns(jax.make_jaxpr(fn)(*args).jaxpr))
+
+
+def _primitives(fn, *args) -> set[str]:
+    return {eqn.primitive.name for eqn in _traced(fn, *args)}
+
+
+def test_auto_impl_follows_the_platform():
+    """'auto' runs the CPU-measured GEMM forms on 'cpu' only; elsewhere XLA's convolutions
+    with the padding built in, on the whole batch. Explicit impls are kept everywhere."""
+    x = jnp.zeros((3, 8, 8, 4))          # small: the GEMM forms on CPU
+    conv, up = Conv(6, 4, 2, 1), ConvTranspose(6, 4, 2, 1)
+    cv, uv = conv.init(jax.random.key(0), x), up.init(jax.random.key(0), x)
+    with use_platform("cpu"):
+        assert dispatch.platform() == "cpu"
+        assert "dot_general" in _primitives(conv.apply, cv, x)
+        assert "dot_general" in _primitives(up.apply, uv, x)
+        assert "conv_general_dilated" not in _primitives(conv.apply, cv, x)
+    for name in ("gpu", "tpu"):
+        with use_platform(name):
+            assert dispatch.platform() == name
+            for module, variables in ((conv, cv), (up, uv)):
+                convs = [e for e in _traced(module.apply, variables, x)
+                         if e.primitive.name == "conv_general_dilated"]
+                assert len(convs) == 1 and "dot_general" not in _primitives(
+                    module.apply, variables, x)
+                assert convs[0].invars[0].aval.shape[0] == 3           # whole batch
+                assert any(lo or hi for lo, hi in convs[0].params["padding"])  # built in
+            explicit = Conv(6, 4, 2, 1, impl="gemm")
+            assert "dot_general" in _primitives(explicit.apply, cv, x)
+    big = jnp.zeros((3, 40, 40, 4))      # large: chunked per image on CPU only
+    bv = conv.init(jax.random.key(0), big)
+    with use_platform("cpu"):
+        assert [e.invars[0].aval.shape[0] for e in _traced(conv.apply, bv, big)
+                if e.primitive.name == "conv_general_dilated"] == [1, 1, 1]
+    assert dispatch.platform() == jax.default_backend()   # restored after the blocks
+
+
+def test_non_cpu_path_matches_cpu_path(small_unet):
+    """The U-Net traced for a non-CPU platform (forced here, run on this machine) gives
+    the CPU path's outputs, batch statistics and gradients up to float32 rounding."""
+    model, x, variables = small_unet
+
+    def loss(params, x):
+        y, upd = model.apply({**variables, "params": params}, x, True,
+                             rngs={"dropout": jax.random.key(7)}, mutable=["batch_stats"])
+        return jnp.mean(jnp.square(y - 0.5)), (y, upd)
+
+    results = {}
+    for name in ("cpu", "gpu"):
+        with use_platform(name):
+            fn = jax.jit(jax.value_and_grad(loss, argnums=(0, 1), has_aux=True))
+            results[name] = fn(variables["params"], x)
+            eval_y = jax.jit(lambda v, x: model.apply(v, x, False))(variables, x)
+            results[name] += (eval_y,)
+    for a, b in zip(jax.tree.leaves(results["cpu"]), jax.tree.leaves(results["gpu"])):
+        a, b = np.asarray(a), np.asarray(b)
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5 * max(1.0, np.abs(a).max()))
+
+
+def test_platform_choice_is_logged_once(monkeypatch, caplog):
+    x = jnp.zeros((1, 8, 8, 4))
+    conv = Conv(6, 4, 2, 1)
+    v = conv.init(jax.random.key(0), x)
+    monkeypatch.setattr(dispatch, "_announced", set())
+    with caplog.at_level("INFO", logger=dispatch.__name__):
+        for name in ("gpu", "gpu", "cpu", "cpu"):
+            with use_platform(name):
+                conv.apply(v, x)
+    messages = [r.getMessage() for r in caplog.records if r.name == dispatch.__name__]
+    assert len(messages) == 2, messages
+    assert "platform gpu" in messages[0] and "lax.conv_general_dilated" in messages[0]
+    assert "platform cpu" in messages[1] and "GEMM" in messages[1]
+
+
+def test_public_names_kept():
+    """Every name the repository uses from ``unmask_jax.models.layers`` (models, tests,
+    benchmarks) is still importable from the package."""
+    for name in ("BatchNorm", "Conv", "ConvTranspose", "InstanceNorm", "apply_norm",
+                 "batch_chunked", "check_norm", "conv2d", "conv2d_gemm",
+                 "conv_transpose_gemm", "conv_transpose_subpixel", "conv_transpose_xla",
+                 "leaky_relu", "normal_init", "torch_padding", "weight_matmul"):
+        assert callable(getattr(layers, name)), name

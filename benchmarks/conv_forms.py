@@ -1,0 +1,122 @@
+"""The XLA CPU measurements behind the convolution forms that ``unmask_jax.models.layers``
+picks on the CPU platform (``impl='auto'``, ``split_batch=None``). One case per claim:
+
+- ``padding``: kernel gradient of a convolution with the padding built in
+  (``conv2d_xla``) vs the same on an explicitly pre-padded input (``conv2d``), for the
+  2x2 stride-1 convolution inside a 64x64x128 sub-pixel transposed convolution.
+- ``weight_layout``: the GEMM form of an 8x8x1024 -> 512 k4 s2 transposed convolution
+  (``conv_transpose_gemm``, 32 MB kernel), forward and forward + backward, with its GEMM
+  left to autodiff (plain ``jnp.dot``, which may copy the weight into another layout) vs
+  ``weight_matmul`` (the weight read in its stored layout only).
+- ``batch``: forward + backward of a 128x128x64 -> 128 k4 s2 p1 convolution at batch 1 and
+  4, whole batch vs per-image chunks (``batch_chunked``), against PyTorch.
+
+    python benchmarks/conv_forms.py [--cases padding,weight_layout,batch] [--threads 2]
+
+Median wall times over ``--iters`` calls after a warm-up (see compare_torch.py). The
+per-layer comparison of every form with PyTorch is ``compare_torch.py --breakdown``.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import compare_torch  # noqa: E402  (timing helpers)
+
+CASES = ("padding", "weight_layout", "batch")
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--cases", default=",".join(CASES))
+    p.add_argument("--threads", type=int, default=0)
+    p.add_argument("--iters", type=int, default=3)
+    p.add_argument("--rounds", type=int, default=2)
+    args = p.parse_args(argv)
+    threads = compare_torch.limit_threads(args.threads)
+
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+
+    from unmask_jax.models import layers
+
+    rng = np.random.default_rng(0)
+    ms = lambda t: f"{t[0] * 1e3:8.1f} ms"  # noqa: E731
+
+    def timed(*fns):
+        return compare_torch.interleaved_times(list(fns), args.iters, args.rounds)
+
+    print(f"{jax.default_backend()}, {threads} threads, jax {jax.__version__}, load "
+          f"{os.getloadavg()[0]:.1f}")
+    cases = [c for c in args.cases.split(",") if c]
+    for case in cases:
+        if case not in CASES:
+            raise SystemExit(f"unknown case {case!r}; choose from {CASES}")
+    if "padding" in cases:
+        x = jnp.asarray(rng.standard_normal((1, 64, 64, 128)), jnp.float32)
+        k = jnp.asarray(0.02 * rng.standard_normal((2, 2, 128, 256)), jnp.float32)
+        grads = {name: jax.jit(jax.grad(
+            lambda k, f=f: jnp.sum(jnp.square(f(x, k, 1, 1)))))
+            for name, f in (("built-in padding", layers.conv2d_xla),
+                            ("pre-padded", layers.conv2d))}
+        times = timed(*[lambda g=g: jax.block_until_ready(g(k)) for g in grads.values()])
+        for name, t in zip(grads, times):
+            print(f"padding: 2x2 conv 64x64x128 -> 256 kernel gradient, {name:>16}: {ms(t)}")
+    if "weight_layout" in cases:
+        from unmask_jax.models.layers import conv_transpose as convt_module
+
+        def plain_matmul(a, w, w_transposed=False):
+            return jnp.dot(a, w.T) if w_transposed else jnp.dot(a, w)
+
+        x = jnp.asarray(rng.standard_normal((1, 8, 8, 1024)), jnp.float32)
+        k = jnp.asarray(0.02 * rng.standard_normal((4, 4, 512, 1024)), jnp.float32)
+        fns = {}
+        for name, matmul in (("plain jnp.dot", plain_matmul),
+                             ("weight_matmul", layers.weight_matmul)):
+            convt_module.weight_matmul = matmul          # read at trace time, below
+            try:
+                fwd = jax.jit(lambda x, k: layers.conv_transpose_gemm(x, k, 2, 1))
+                fb = jax.jit(jax.grad(lambda x, k: jnp.sum(jnp.square(
+                    layers.conv_transpose_gemm(x, k, 2, 1))), argnums=(0, 1)))
+                jax.block_until_ready((fwd(x, k), fb(x, k)))   # trace while patched
+            finally:
+                convt_module.weight_matmul = layers.weight_matmul
+            fns[f"{name}, forward"] = lambda f=fwd: jax.block_until_ready(f(x, k))
+            fns[f"{name}, f+b"] = lambda f=fb: jax.block_until_ready(f(x, k))
+        for name, t in zip(fns, timed(*fns.values())):
+            print(f"weight_layout: 8x8x1024 -> 512 convT (GEMM form) {name:>24}: {ms(t)}")
+    if "batch" in cases:
+        import torch
+
+        torch.set_num_threads(threads)
+        k = (0.02 * rng.standard_normal((4, 4, 64, 128))).astype(np.float32)
+        for b in (1, 4):
+            x = rng.standard_normal((b, 128, 128, 64)).astype(np.float32)
+            xj, kj = jnp.asarray(x), jnp.asarray(k)
+
+            def loss(x, k, chunked):
+                fn = ((lambda x, k: layers.batch_chunked(layers.conv2d, x, k, 2, 1))
+                      if chunked else (lambda x, k: layers.conv2d(x, k, 2, 1)))
+                return jnp.sum(jnp.square(fn(x, k)))
+
+            whole = jax.jit(jax.grad(lambda x, k: loss(x, k, False), argnums=(0, 1)))
+            chunks = jax.jit(jax.grad(lambda x, k: loss(x, k, True), argnums=(0, 1)))
+            xt = torch.from_numpy(x.transpose(0, 3, 1, 2).copy()).requires_grad_()
+            wt = torch.from_numpy(k.transpose(3, 2, 0, 1).copy()).requires_grad_()
+
+            def tstep():
+                torch.nn.functional.conv2d(xt, wt, stride=2, padding=1).square().sum(
+                ).backward()
+
+            times = timed(lambda: jax.block_until_ready(whole(xj, kj)),
+                          lambda: jax.block_until_ready(chunks(xj, kj)), tstep)
+            for name, t in zip(("JAX whole batch", "JAX per image", "PyTorch"), times):
+                print(f"batch: 128x128x64 -> 128 k4 s2 f+b, batch {b}, {name:>15}: {ms(t)}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

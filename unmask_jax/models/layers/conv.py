@@ -1,0 +1,146 @@
+"""``torch.nn.Conv2d`` in NHWC: three implementations of the product and the
+:class:`Conv` module that picks one.
+
+Kernel layout (kH, kW, in, out); torch weight = ``kernel.transpose(3, 2, 0, 1)``.
+
+- :func:`conv2d_xla`: ``lax.conv_general_dilated`` with the padding built in (what
+  ``impl='auto'`` runs off the CPU platform);
+- :func:`conv2d`: a VALID convolution on an explicitly zero-padded input;
+- :func:`conv2d_gemm`: im2col + one GEMM.
+
+The last two are the CPU-measured forms (see :mod:`~unmask_jax.models.layers.dispatch`).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Sequence
+
+import flax.linen as nn
+import jax.numpy as jnp
+from jax import lax
+
+from unmask_jax.models.layers import dispatch
+from unmask_jax.models.layers.common import (
+    DIMS, Array, Dtype, Initializer, PaddingLike, add_bias, normal_init, pair)
+from unmask_jax.models.layers.padding import out_size, pre_pad, resolved_padding
+from unmask_jax.models.layers.weight_matmul import weight_matmul
+
+
+def conv2d_xla(
+    x: Array,
+    kernel: Array,
+    strides: int | Sequence[int] = 1,
+    padding: PaddingLike = 0,
+    dilation: int | Sequence[int] = 1,
+) -> Array:
+    """NHWC convolution with torch-style ``padding``, kernel (kH, kW, in, out), as one
+    ``lax.conv_general_dilated`` with the padding built in."""
+    strides, dilation = pair(strides), pair(dilation)
+    pads = resolved_padding(padding, x.shape[1:3], kernel.shape[:2], strides, dilation)
+    return lax.conv_general_dilated(
+        x, kernel, window_strides=strides, padding=pads, rhs_dilation=dilation,
+        dimension_numbers=DIMS)
+
+
+def conv2d(
+    x: Array,
+    kernel: Array,
+    strides: int | Sequence[int] = 1,
+    padding: PaddingLike = 0,
+    dilation: int | Sequence[int] = 1,
+) -> Array:
+    """NHWC convolution with torch-style ``padding``, kernel (kH, kW, in, out).
+
+    The padding is applied with an explicit ``jnp.pad`` followed by a VALID convolution:
+    on XLA CPU the kernel gradient of a convolution with built-in padding can be many times
+    slower than the same computation on a pre-padded input (``benchmarks/README.md``).
+    """
+    strides, dilation = pair(strides), pair(dilation)
+    x = pre_pad(x, padding, kernel.shape[:2], strides, dilation)
+    return lax.conv_general_dilated(
+        x, kernel, window_strides=strides, padding="VALID", rhs_dilation=dilation,
+        dimension_numbers=DIMS)
+
+
+def conv2d_gemm(
+    x: Array,
+    kernel: Array,
+    strides: int | Sequence[int] = 1,
+    padding: PaddingLike = 0,
+    dilation: int | Sequence[int] = 1,
+) -> Array:
+    """:func:`conv2d` as im2col + one GEMM (kernel (kH, kW, in, out) viewed as
+    (kH*kW*in, out)). Faster on XLA CPU for spatially small inputs with many channels,
+    where the convolution's kernel gradient is slow; the patches cost kH*kW/stride^2 times
+    the input in memory."""
+    sh, sw = pair(strides)
+    dh, dw = pair(dilation)
+    kh, kw, cin, cout = kernel.shape
+    x = pre_pad(x, padding, (kh, kw), (sh, sw), (dh, dw))
+    b, h, w, _ = x.shape
+    ho = (h - (kh - 1) * dh - 1) // sh + 1
+    wo = (w - (kw - 1) * dw - 1) // sw + 1
+    patches = [
+        lax.slice(x, (0, i * dh, j * dw, 0),
+                  (b, i * dh + (ho - 1) * sh + 1, j * dw + (wo - 1) * sw + 1, cin),
+                  (1, sh, sw, 1))
+        for i in range(kh) for j in range(kw)
+    ]
+    cols = jnp.concatenate(patches, axis=-1)  # (b, ho, wo, kh*kw*cin), tap-major
+    return weight_matmul(cols.reshape(b * ho * wo, kh * kw * cin),
+                         kernel.reshape(kh * kw * cin, cout)).reshape(b, ho, wo, cout)
+
+
+class Conv(nn.Module):
+    """2-D convolution equivalent to ``torch.nn.Conv2d`` (NHWC, kernel (kH, kW, in, out)).
+
+    ``padding`` is torch-style: an int p means ((p, p), (p, p)); 'SAME'/'VALID' strings and
+    explicit ((top, bottom), (left, right)) pairs are also accepted.
+
+    ``impl``: 'xla' (:func:`conv2d_xla`), 'conv' (:func:`conv2d`), 'gemm'
+    (:func:`conv2d_gemm`) or 'auto' (default). 'auto' on the CPU platform: 'gemm' when the
+    output has at most ``auto_gemm_max_pixels`` pixels per image (the U-Net's small inner
+    blocks, where the im2col GEMM's gradients are faster on XLA CPU), else 'conv'; on other
+    platforms: 'xla' (see :mod:`~unmask_jax.models.layers.dispatch`). ``split_batch``: run
+    'conv' per image chunk (:func:`batch_chunked`); None (default) = on the CPU platform
+    only. Same numbers up to float rounding.
+    """
+
+    features: int
+    kernel_size: int | Sequence[int] = 4
+    strides: int | Sequence[int] = 2
+    padding: PaddingLike = 1
+    dilation: int | Sequence[int] = 1
+    use_bias: bool = True
+    impl: str = "auto"
+    auto_gemm_max_pixels: int = 256
+    split_batch: bool | None = None
+    dtype: Dtype = jnp.float32
+    param_dtype: Dtype = jnp.float32
+    kernel_init: Initializer = normal_init(0.02)
+    bias_init: Initializer = nn.initializers.zeros
+
+    @nn.compact
+    def __call__(self, x: Array) -> Array:
+        kh, kw = pair(self.kernel_size)
+        kernel = self.param(
+            "kernel", self.kernel_init, (kh, kw, x.shape[-1], self.features), self.param_dtype
+        )
+        impl = self.impl
+        if impl == dispatch.AUTO:
+            if dispatch.cpu_tuned():
+                out_pixels = math.prod(
+                    out_size(n, k, s, p, d) for n, k, s, p, d in zip(
+                        x.shape[1:3], (kh, kw), pair(self.strides),
+                        resolved_padding(self.padding, x.shape[1:3], (kh, kw),
+                                         pair(self.strides), pair(self.dilation)),
+                        pair(self.dilation)))
+                impl = "gemm" if out_pixels <= self.auto_gemm_max_pixels else "conv"
+            else:
+                impl = "xla"
+        fns = {"conv": conv2d, "gemm": conv2d_gemm, "xla": conv2d_xla}
+        y = dispatch.run_impl(self, fns, impl, "conv", x,
+                              (kernel.astype(self.dtype), self.strides, self.padding,
+                               self.dilation))
+        return add_bias(self, y)

@@ -1,0 +1,99 @@
+"""Which implementation a convolution layer runs, decided per backend platform.
+
+:class:`~unmask_jax.models.layers.Conv` and :class:`~unmask_jax.models.layers.ConvTranspose`
+take ``impl='auto'`` and ``split_batch=None`` by default. What those resolve to depends on
+the platform the layer is traced for:
+
+- ``'cpu'``: the forms measured fastest on XLA CPU (figures and the commands that measure
+  them: ``benchmarks/README.md``): im2col + one GEMM for spatially small outputs
+  (``Conv``) / one GEMM + col2im for spatially small inputs (``ConvTranspose``), otherwise
+  a convolution on an explicitly pre-padded input (``Conv``) / the sub-pixel convolution
+  (``ConvTranspose``), run per batch chunk.
+- any other platform (``'gpu'``, ``'tpu'``, ...): XLA's own ops,
+  ``lax.conv_general_dilated`` and ``lax.conv_transpose``, on the whole batch. The CPU
+  tuning was never measured there.
+
+An explicit ``impl`` or ``split_batch`` is honoured on every platform. All forms give the
+same numbers up to float rounding.
+
+The platform is read at trace time: the one set with :func:`set_platform` /
+:func:`use_platform`, else ``jax.default_backend()``. A jitted function keeps the
+implementation it was traced with (the jit cache does not key on this setting), so set it
+before the first trace. The choice is logged once per platform (logger
+``unmask_jax.models.layers.dispatch``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from typing import Any, Callable, Iterator
+
+import flax.linen as nn
+import jax
+
+from unmask_jax.models.layers.chunking import batch_chunked
+from unmask_jax.models.layers.common import Array
+
+log = logging.getLogger(__name__)
+
+AUTO = "auto"
+_override: str | None = None
+_announced: set[str] = set()
+
+
+def set_platform(platform: str | None) -> None:
+    """Trace layers for ``platform`` ('cpu', 'gpu', 'tpu', ...); 'auto' or None (default):
+    ``jax.default_backend()``."""
+    global _override
+    _override = None if platform in (None, AUTO) else str(platform).lower()
+
+
+@contextlib.contextmanager
+def use_platform(platform: str | None) -> Iterator[None]:
+    """:func:`set_platform` for the duration of a ``with`` block (restores the previous)."""
+    previous = _override
+    set_platform(platform)
+    try:
+        yield
+    finally:
+        set_platform(previous)
+
+
+def platform() -> str:
+    """The platform layers are traced for now (override, else ``jax.default_backend()``)."""
+    return _override if _override is not None else jax.default_backend()
+
+
+def cpu_tuned() -> bool:
+    """Whether the CPU-measured forms apply (the platform is 'cpu'); logs the choice once."""
+    p = platform()
+    if p not in _announced:
+        _announced.add(p)
+        if p == "cpu":
+            log.info("conv layers (platform cpu): impl='auto' runs im2col/col2im GEMMs for "
+                     "spatially small layers and pre-padded / sub-pixel convolutions per "
+                     "batch chunk otherwise (CPU-measured forms)")
+        else:
+            log.info("conv layers (platform %s): impl='auto' runs lax.conv_general_dilated / "
+                     "lax.conv_transpose on the whole batch (the GEMM forms and batch "
+                     "chunking are CPU-only tuning)", p)
+    return p == "cpu"
+
+
+def split_batch(setting: bool | None) -> bool:
+    """A module's ``split_batch``: None = on the CPU platform only."""
+    return cpu_tuned() if setting is None else bool(setting)
+
+
+def run_impl(module: nn.Module, fns: dict[str, Callable[..., Array]], impl: str,
+             chunked_impl: str, x: Array, args: tuple[Any, ...]) -> Array:
+    """``fns[impl](x, *args)`` in the module's compute dtype; ``chunked_impl`` runs per batch
+    chunk when the module's ``split_batch`` says so (see :func:`batch_chunked`)."""
+    if impl not in fns:
+        raise ValueError(f"unknown {type(module).__name__} impl {module.impl!r}; choose from "
+                         f"{sorted(fns) + [AUTO]}")
+    x = x.astype(module.dtype)
+    if impl == chunked_impl and split_batch(module.split_batch):
+        return batch_chunked(fns[impl], x, *args)
+    return fns[impl](x, *args)
