@@ -12,7 +12,9 @@ Both frameworks start from the same weights (Flax init exported with
 ``unmask_jax.export``); the eval outputs are compared as a sanity check.
 
 Optional ``--breakdown``: generator and discriminator forward+backward alone, and single
-layers (k4 s2 conv; k4 s2 transposed conv in sub-pixel and ``lax.conv_transpose`` form).
+layers in every implementation of ``unmask_jax.models.layers`` (k4 s2 conv: pre-padded,
+im2col GEMM, ``lax.conv_general_dilated`` with built-in padding; k4 s2 transposed conv:
+sub-pixel, GEMM + col2im, ``lax.conv_transpose``).
 
 Usage (CPU): ``python benchmarks/compare_torch.py --threads 2 --size 256``
 Timings are medians over ``--iters`` runs after one warm-up (compilation) run. On a
@@ -52,15 +54,22 @@ def add_allocator_flag(p: argparse.ArgumentParser) -> None:
     p.add_argument("--host-allocator", choices=("reuse", "system"), default="reuse",
                    help="glibc settings for both frameworks (unmask_jax.host_allocator): "
                         "'reuse' keeps freed step buffers mapped (what unmask_jax.main "
-                        "uses), 'system' leaves glibc's defaults")
+                        "uses on the CPU backend), 'system' leaves glibc's defaults")
 
 
 def configure_allocator(mode: str) -> str:
-    """Same allocator settings for JAX and PyTorch: call before either starts."""
+    """Same allocator settings for JAX and PyTorch. Applied before either starts when the
+    platform is known then (``host_allocator.platform_before_start``), else for
+    ``jax.default_backend()`` (they apply on 'cpu' only). Call before PyTorch starts."""
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     from unmask_jax import host_allocator
 
-    return host_allocator.configure(mode)
+    platform = host_allocator.platform_before_start()
+    if platform is None:
+        import jax
+
+        platform = jax.default_backend()
+    return host_allocator.configure(platform, mode)
 
 
 def limit_threads(threads: int) -> int:
@@ -406,7 +415,8 @@ def _layer_breakdown(args, jax, jnp, np, torch, table):
         def tconv():
             torch.nn.functional.conv2d(xt, wt, stride=2, padding=1).square().sum().backward()
 
-        for label, fn in [("conv", layers.conv2d), ("gemm", layers.conv2d_gemm)]:
+        for label, fn in [("conv", layers.conv2d), ("gemm", layers.conv2d_gemm),
+                          ("xla", layers.conv2d_xla)]:
             g = jax.jit(jax.grad(lambda x, k, fn=fn: jnp.sum(jnp.square(fn(x, k, 2, 1))),
                                  argnums=(0, 1)))
             table.add("layer", f"conv {label} {h}^2 {cin}->{cout} f+b", 1, "ms",
