@@ -3,12 +3,12 @@
 import numpy as np
 import pytest
 
-jax = pytest.importorskip("jax")
-torch = pytest.importorskip("torch")
-import jax.numpy as jnp  # noqa: E402
+import jax
+import jax.numpy as jnp
+import torch
 
-from unmask_jax.features import arcface, weights  # noqa: E402
-from unmask_jax.features import torch_reference as tr  # noqa: E402
+from unmask_jax.features import arcface, weights
+from unmask_jax.features import torch_reference as tr
 
 SMALL_IRSE_UNITS = ((64, 64, 2), (64, 128, 2), (128, 128, 1), (128, 256, 2), (256, 512, 2))
 

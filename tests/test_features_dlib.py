@@ -1,13 +1,12 @@
 """dlib serialisation reader and the Flax dlib face-recognition ResNet (parity with dlib)."""
 
+import dlib
+import jax
 import numpy as np
 import pytest
 
 from unmask_jax.features import dlib_serialize as ds
 from unmask_jax.features import weights
-
-jax = pytest.importorskip("jax")
-dlib = pytest.importorskip("dlib")
 
 
 def test_integer_float_string_round_trip():

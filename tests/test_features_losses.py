@@ -5,11 +5,11 @@ import json
 import numpy as np
 import pytest
 
-jax = pytest.importorskip("jax")
-import jax.numpy as jnp  # noqa: E402
-import flax.linen as nn  # noqa: E402
+import jax
+import jax.numpy as jnp
+import flax.linen as nn
 
-from unmask_jax.features import identity, perceptual, vgg, weights  # noqa: E402
+from unmask_jax.features import identity, perceptual, vgg, weights
 
 
 random_variables = weights.random_variables
@@ -45,7 +45,7 @@ def test_input_normalisations():
 
 
 def test_vgg19_converter_round_trip():
-    torch = pytest.importorskip("torch")
+    import torch
     from unmask_jax.features import torch_reference as tr
 
     twin = tr.randomize_(tr.TorchVGG("vgg19"), seed=3)
@@ -105,7 +105,7 @@ def test_perceptual_loss_value_and_gradient():
 
 
 def test_adaptive_pool_matches_torch():
-    torch = pytest.importorskip("torch")
+    import torch
     x = np.random.default_rng(0).normal(size=(1, 188, 188, 2)).astype(np.float32)
     ours = np.asarray(identity.resize_images(jnp.asarray(x), (112, 112), "area"))
     ref = torch.nn.AdaptiveAvgPool2d((112, 112))(torch.from_numpy(x.transpose(0, 3, 1, 2)))

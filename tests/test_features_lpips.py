@@ -5,11 +5,11 @@ import hashlib
 import numpy as np
 import pytest
 
-jax = pytest.importorskip("jax")
-import jax.numpy as jnp  # noqa: E402
+import jax
+import jax.numpy as jnp
 
-from unmask_jax.features import lpips as lpips_lib  # noqa: E402
-from unmask_jax.features import weights  # noqa: E402
+from unmask_jax.features import lpips as lpips_lib
+from unmask_jax.features import weights
 
 # sha256 (first 16 hex digits) of the float32 bytes of lin0..lin4 in the reference PyPI
 # ``lpips`` 0.1.4 wheel, lpips/weights/v0.1/{alex,vgg}.pth, key linK.model.1.weight.
@@ -52,7 +52,7 @@ def test_value_on_fixed_pair(net):
 
 
 def test_alex_matches_torch_twin_batched_and_jitted():
-    torch = pytest.importorskip("torch")
+    import torch
     from unmask_jax.features import torch_reference as tr
 
     variables = lpips_lib.load_lpips("alex")

@@ -232,7 +232,7 @@ def test_export_checkpoint_to_pytorch_and_back(tmp_path, full_run):
     """--mode=export of a run: safetensors + manifest in the canonical pix2pix layout; the
     generator loads strict into the PyTorch module and matches the JAX generator (eval mode);
     model.generator_init / discriminator_init bring the same weights back bit-exactly."""
-    torch = pytest.importorskip("torch")
+    import torch
     from unmask_jax import export
     from unmask_jax.export import checkpoint as export_checkpoint
     config = tiny_config()
