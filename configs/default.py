@@ -12,25 +12,13 @@ def get_config() -> config_dict.ConfigDict:
     c.name = "default"
     c.seed = 0
 
-    # ---- data (data_pipelines.pipeline.DataConfig) ----
-    c.data = config_dict.ConfigDict()
-    c.data.source = "synthetic"          # synthetic | lfw | celeba | folder | paired
-    c.data.data_dir = config_dict.placeholder(str)
-    c.data.source_options = config_dict.ConfigDict()  # e.g. landmarks="dlib", num_records=...
-    c.data.train_split = "train"
-    c.data.eval_split = "test"
-    c.data.resolution = 256
-    c.data.framing = "landmarks"          # landmarks | center
-    c.data.face_scale = 1.7
-    c.data.jitter_scale = 286 / 256       # pix2pix: resize 286 -> random crop 256
-    c.data.flip = True
-    c.data.mask = config_dict.ConfigDict()  # data_pipelines.masks.MaskSynthesisConfig fields
-    c.data.identity_image = False
-    c.data.num_workers = 0
-    c.data.worker_buffer_size = 2
-    c.data.read_threads = 2
-    c.data.shuffle = True
-    c.data.seed = 0
+    # ---- data: data_pipelines.config.DataConfig, whose defaults are the only copy ----
+    # Keys: source (synthetic | lfw | celeba | folder | paired), data_dir, source_options.*
+    # (every option of every source, None = unset; see data_pipelines/sources), train_split,
+    # eval_split, resolution, framing, face_scale, jitter_scale, flip, mask.* (masks.
+    # MaskSynthesisConfig fields), identity_image, num_workers, worker_buffer_size,
+    # read_threads, shuffle, seed. `--mode=summary` prints the resolved values.
+    c.data = data_section()
 
     # ---- networks (unmask_jax.models registry) ----
     c.model = config_dict.ConfigDict()
@@ -108,6 +96,29 @@ def get_config() -> config_dict.ConfigDict:
     return c
 
 
+def data_section() -> config_dict.ConfigDict:
+    """``config.data`` built from ``DataConfig.defaults()``: one home for the data defaults
+    (DataConfig, which the data tools use without this file). Fields whose default is None
+    and every source option become typed placeholders, so any of them can be set from the
+    command line (``--config.data.source_options.landmarks=dlib``); unset (None) source
+    options are not passed to the source."""
+    from data_pipelines.config import OPTIONAL_FIELD_TYPES, DataConfig
+    from data_pipelines.sources import OPTION_TYPES
+
+    d = config_dict.ConfigDict()
+    for key, value in DataConfig.defaults().items():
+        if key == "source_options":
+            d[key] = config_dict.ConfigDict(
+                {k: config_dict.placeholder(t) for k, t in OPTION_TYPES.items()})
+        elif key == "mask":
+            d[key] = config_dict.ConfigDict()
+        elif value is None:
+            d[key] = config_dict.placeholder(OPTIONAL_FIELD_TYPES[key])
+        else:
+            d[key] = value
+    return d
+
+
 def constant_schedule_for_steps(c: config_dict.ConfigDict, num_steps: int
                                 ) -> config_dict.ConfigDict:
     """Trains for ``num_steps`` steps at a constant learning rate (papers that give
@@ -126,6 +137,8 @@ def quick(c: config_dict.ConfigDict) -> config_dict.ConfigDict:
     Keeps the system's losses, inputs and layer types; shrinks resolution, widths, steps.
     """
     c.data.resolution = 64
+    # Every source takes num_records: synthetic renders 2000 faces, file sources keep at most
+    # 2000 records per split, spread over identities (data_pipelines.sources).
     c.data.source_options.num_records = 2000
     c.model.generator_kwargs.num_downs = 6
     c.model.generator_kwargs.ngf = 32

@@ -14,6 +14,13 @@ converts to the model's convention. A batch is a dict of numpy arrays:
                         another image of the same person, never the target itself
 ``index``, ``identity_id``  int64 (N,) record index in the source and identity label
 
+Entry points for the trainer: ``DataConfig.from_dict(config.data)`` (defaults and checks in
+``data_pipelines/config.py``), ``build_sources(cfg) -> (train_source, eval_source)`` at
+start-up (fails at once when a split is missing), then ``train_dataset(cfg, batch_size=...,
+source=train_source)`` and ``eval_dataset(cfg, batch_size=..., num_images=...,
+source=eval_source)``; the latter's ``num_records`` / ``num_identities`` describe the fixed
+eval set (spread over identities, ``data_pipelines.subsets``).
+
 Everything is deterministic from ``seed``: Grain seeds each example's RNG from the seed and the
 example's position in the (repeated) stream, so the same seed gives identical batches and a new
 epoch gives new masks, crops and flips for the same faces. The worker count does not change
@@ -23,7 +30,6 @@ the batches. Bad records never stop an epoch: they are dropped, counted by reaso
 from __future__ import annotations
 
 import collections
-import dataclasses
 import logging
 from typing import Any, Mapping
 
@@ -31,63 +37,14 @@ import cv2
 import grain
 import numpy as np
 
-from data_pipelines import align, masks
-from data_pipelines.sources import make_source
+from data_pipelines import align, masks, subsets
+from data_pipelines.config import FRAMINGS, DataConfig  # noqa: F401  (re-exported)
+from data_pipelines.sources import EmptySplitError, make_source
 
 log = logging.getLogger(__name__)
 
-FRAMINGS = ("landmarks", "center")
 #: Stream position carried from the record to the skip accounting (dropped from batches).
 POSITION_KEY = "_pos"
-
-
-@dataclasses.dataclass(frozen=True)
-class DataConfig:
-    """Everything the pipeline needs; built from ``config.data`` with unknown keys rejected."""
-
-    source: str = "synthetic"
-    data_dir: str | None = None
-    source_options: Mapping[str, Any] = dataclasses.field(default_factory=dict)
-    train_split: str = "train"
-    eval_split: str = "test"
-    resolution: int = 256
-    # "landmarks": square box around the face (face_box); "center": centre square of the image.
-    framing: str = "landmarks"
-    face_scale: float = 1.7
-    # Random-jitter augmentation of pix2pix: frame at resolution * jitter_scale (286/256), then
-    # random crop back to resolution. 1.0 disables it.
-    jitter_scale: float = 286 / 256
-    flip: bool = True
-    mask: Mapping[str, Any] = dataclasses.field(default_factory=dict)
-    identity_image: bool = False
-    num_workers: int = 0
-    worker_buffer_size: int = 2
-    read_threads: int = 2
-    shuffle: bool = True
-    seed: int = 0
-
-    @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> "DataConfig":
-        d = dict(d)
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise ValueError(f"config.data: unknown key(s) {unknown}; known keys: {sorted(known)}")
-        for key in ("source_options", "mask"):
-            if key in d and d[key] is not None and not isinstance(d[key], dict):
-                d[key] = dict(d[key])
-        cfg = cls(**d)
-        cfg.validate()
-        return cfg
-
-    def validate(self) -> None:
-        if not 64 <= self.resolution <= 512:
-            raise ValueError(f"config.data.resolution={self.resolution}: must be in 64..512")
-        if self.framing not in FRAMINGS:
-            raise ValueError(f"config.data.framing={self.framing!r}: choose one of {FRAMINGS}")
-        if self.jitter_scale < 1.0:
-            raise ValueError("config.data.jitter_scale must be >= 1.0 (1.0 = no jitter)")
-        masks.MaskSynthesisConfig.from_dict(dict(self.mask))  # fails early on bad mask keys
 
 
 # --------------------------------------------------------------------------------------------
@@ -333,8 +290,102 @@ def to_model_batch(examples: list[dict[str, Any]]) -> dict[str, np.ndarray]:
 
 
 def build_source(cfg: DataConfig, split: str):
+    """The source of ``split`` (None-valued source options are not passed on)."""
     return make_source(cfg.source, data_dir=cfg.data_dir, split=split, seed=cfg.seed,
-                       resolution=cfg.resolution, **dict(cfg.source_options))
+                       resolution=cfg.resolution, **cfg.options())
+
+
+def _split_error(cfg: DataConfig, key: str, err: EmptySplitError) -> ValueError:
+    """A start-up error for an empty split that says which config key to change and how."""
+    split = getattr(cfg, key)
+    fixes = []
+    if err.split_option:
+        fixes.append(f"set --config.data.source_options.{err.split_option} (a value in "
+                     "(0, 1) holds out that fraction as the 'test' split, e.g. 0.05)")
+    others = [a for a in err.available if a != split]
+    if "validation" in others:
+        fixes.append(f"use --config.data.{key}=validation")
+    elif others:
+        fixes.append(f"set --config.data.{key} to a split that has records: "
+                     f"{', '.join(others)}")
+    if key == "eval_split" and cfg.train_split in others and "validation" in others:
+        fixes.append(f"--config.data.eval_split={cfg.train_split} (evaluates on training "
+                     "images)")
+    elif key == "eval_split" and cfg.train_split in others:
+        fixes[-1] += " (the training split: evaluation would score training images)"
+    return ValueError(f"config.data.{key}={split!r}: {err}. To fix: {'; or '.join(fixes)}.")
+
+
+def build_sources(cfg: DataConfig) -> tuple[Any, Any]:
+    """(train source, eval source), both built and checked now, so that a run without an
+    evaluation split stops at start-up and not at its first evaluation.
+
+    An empty or missing split raises ``ValueError`` naming ``config.data.train_split`` or
+    ``config.data.eval_split`` and the fix: the source option that makes a held-out split
+    (``test_fraction`` for lfw, folder and paired) or the splits that do have records
+    (CelebA copies with only partitions 0 and 1: ``eval_split=validation``). A missing
+    data folder raises ``DatasetNotFoundError`` as ``build_source`` does. When both keys
+    name the same split, the same source object is returned twice (with a warning: the
+    evaluation then scores training images). When both sources carry identity labels and
+    share people, a warning says how many. Pass them on with ``train_dataset(...,
+    source=train)`` and ``eval_dataset(..., source=eval)``.
+    """
+    sources = {}
+    for key in ("train_split", "eval_split"):
+        split = getattr(cfg, key)
+        if key == "eval_split" and split == cfg.train_split:
+            log.warning("config.data.eval_split=%r is the training split: evaluation scores "
+                        "images the model is trained on", split)
+            sources[key] = sources["train_split"]
+            continue
+        try:
+            sources[key] = build_source(cfg, split)
+        except EmptySplitError as err:
+            raise _split_error(cfg, key, err) from err
+    train, evaluation = sources["train_split"], sources["eval_split"]
+    if train is not evaluation:
+        shared = np.intersect1d(_known(record_identities(train)),
+                                _known(record_identities(evaluation)))
+        if shared.size:
+            log.warning("data %s: %d identities are in both config.data.train_split=%r and "
+                        "eval_split=%r", cfg.source, shared.size, cfg.train_split,
+                        cfg.eval_split)
+    return train, evaluation
+
+
+def _known(identities: np.ndarray) -> np.ndarray:
+    return np.unique(identities[identities >= 0])
+
+
+def record_identities(source) -> np.ndarray:
+    """int64 (len(source),) identity label of every record without reading any (-1 =
+    unknown): the ``identities`` array of file sources, else rebuilt from
+    ``identity_indices`` over ``num_identities`` (synthetic)."""
+    n = len(source)
+    ids = getattr(source, "identities", None)
+    if ids is not None and len(ids) == n:
+        return np.asarray(ids, dtype=np.int64)
+    out = np.full((n,), -1, dtype=np.int64)
+    count = getattr(source, "num_identities", None)
+    if getattr(source, "has_identities", False) and count is not None:
+        for identity in range(int(count)):
+            out[source.identity_indices(identity)] = identity
+    return out
+
+
+class _Subset:
+    """Records ``indices`` of ``source`` (picklable; record fields unchanged, so ``index``
+    stays the index in the full source)."""
+
+    def __init__(self, source, indices: np.ndarray):
+        self.source = source
+        self.indices = np.asarray(indices, dtype=np.int64)
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, i: int):
+        return self.source[int(self.indices[i])]
 
 
 #: Arrays below this size are pickled between Grain worker and main process (see _finish).
@@ -408,19 +459,32 @@ def train_dataset(cfg: DataConfig, *, batch_size: int, process_index: int = 0,
 
 def eval_dataset(cfg: DataConfig, *, batch_size: int, num_images: int, process_index: int = 0,
                  process_count: int = 1, source=None) -> grain.IterDataset:
-    """The fixed evaluation set: the first ``num_images`` records of the eval split, one pass,
-    fixed masks (seeded independently of the training seed, by record, whatever the process
-    count), no augmentation. Process p takes records p::process_count. The last batch may be
-    smaller than ``batch_size``."""
+    """The fixed evaluation set: ``num_images`` records of the eval split spread over its
+    identities (``subsets.spread_order``: one image of every person, in a fixed hashed
+    order, before anybody's second; the same records for any seed, process count or
+    ``num_images`` prefix), one pass, fixed masks (seeded independently of the training
+    seed, by position in the set, whatever the process count), no augmentation. Process p
+    takes positions p::process_count. The last batch may be smaller than ``batch_size``.
+
+    The returned dataset carries ``num_records`` (records in the set; skipped ones
+    included) and ``num_identities`` (distinct people among them; None when the source has
+    no identity labels), for the evaluation report.
+    """
     source = build_source(cfg, cfg.eval_split) if source is None else source
     n = min(num_images, len(source))
     if n < num_images:
         log.warning("eval split %r of %s has %d records; evaluating on %d, not %d",
                     cfg.eval_split, cfg.source, len(source), n, num_images)
-    ds = grain.MapDataset.source(source)[:n]
+    identities = record_identities(source)
+    chosen = subsets.spread_order(identities, n)
+    ds = grain.MapDataset.source(_Subset(source, chosen))
     ds = ds.seed(cfg.seed + 1_000_003).map_with_index(_tag_position)
     ds = ds.random_map(PrepareExample(source, cfg, train=False))
     ds = ds[process_index::process_count]
-    return _finish(ds, cfg, batch_size, n, getattr(source, "name", cfg.source),
-                   drop_remainder=False, process_index=process_index,
-                   process_count=process_count)
+    out = _finish(ds, cfg, batch_size, n, getattr(source, "name", cfg.source),
+                  drop_remainder=False, process_index=process_index,
+                  process_count=process_count)
+    out.num_records = int(n)
+    out.num_identities = (subsets.count_groups(identities[chosen])
+                          if np.any(identities >= 0) else None)
+    return out

@@ -6,8 +6,9 @@
 
 Every example is one strip of tiles: masked | mask map | target [| identity image]; the
 strips are laid out ``--cols`` to a row (default: about square). The examples come from
-``pipeline.eval_dataset`` on ``--split``: the first ``--num`` records of the split, framed
-as in training but without random crop or flip, masks seeded by ``--seed``. The same
+``pipeline.eval_dataset`` on ``--split``: ``--num`` records of the split spread over its
+identities (one image per person first, as the evaluation set), framed as in training but
+without random crop or flip, masks seeded by ``--seed``. The same
 arguments therefore give a byte-identical PNG. Records the pipeline skips (bad files, no
 landmarks, no second image of the person) are left out and counted in the log.
 
@@ -30,6 +31,7 @@ import numpy as np
 from PIL import Image
 
 from data_pipelines import masks, pipeline
+from data_pipelines.sources import DatasetNotFoundError
 
 log = logging.getLogger(__name__)
 
@@ -119,7 +121,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--resolution", type=int, default=256)
     parser.add_argument("--num", type=int, default=16, help="number of examples")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--split", default="train", help="split to read (train, test, all)")
+    parser.add_argument("--split", default="train",
+                        help="split to read: train, test, all (celeba: also validation)")
     parser.add_argument("--source_option", action="append", default=[], metavar="K=V",
                         help="source option, repeatable (e.g. landmarks=template)")
     parser.add_argument("--identity", action="store_true",
@@ -136,8 +139,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
-    cfg = build_config(args)
-    grid = preview_grid(cfg, args.num, args.cols)
+    try:
+        cfg = build_config(args)
+        grid = preview_grid(cfg, args.num, args.cols)
+    except (DatasetNotFoundError, ValueError) as err:  # bad data path, split or option
+        print(f"preview: error: {err}", file=sys.stderr)
+        return 2
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     Image.fromarray(grid).save(out, format="PNG")

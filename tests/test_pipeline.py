@@ -12,7 +12,7 @@ import orbax.checkpoint as ocp
 import pytest
 from PIL import Image
 
-from data_pipelines import align, masks, pipeline, preview
+from data_pipelines import align, masks, pipeline, preview, subsets
 from data_pipelines.sources import make_source
 from data_pipelines.sources.base import DatasetNotFoundError
 from tests import fixtures
@@ -310,7 +310,11 @@ def test_eval_dataset_deterministic_unaugmented_with_partial_last_batch():
     b = take(pipeline.eval_dataset(cfg, batch_size=2, num_images=5, source=source))
     assert [len(x["index"]) for x in a] == [2, 2, 1]
     assert_batches_equal(a, b)
-    assert np.concatenate([x["index"] for x in a]).tolist() == [0, 1, 2, 3, 4]
+    # Spread over the two identities (records 0-3 and 4-7), not the first five records.
+    chosen = np.concatenate([x["index"] for x in a]).tolist()
+    assert chosen == subsets.spread_order(np.arange(8) // 4, 5).tolist()
+    ids = np.concatenate([x["identity_id"] for x in a])
+    assert sorted(np.bincount(ids).tolist()) == [2, 3]
     for batch in a:  # no crop, no flip: exactly the framed record
         for k, i in enumerate(batch["index"]):
             expected, _ = eval_frame(source[int(i)], cfg)
@@ -456,3 +460,15 @@ def test_preview_option_parsing():
         "face_box", (0.2, 0.3, 0.8, 0.9))
     with pytest.raises(ValueError, match="key=value"):
         preview.parse_option("landmarks")
+
+
+def test_preview_reports_data_errors_without_a_traceback(tmp_path, capsys):
+    fixtures.write_celeba(tmp_path / "celeba", identities=2, per_identity=1)  # no test split
+    code = preview.main(["--source=celeba", f"--data_dir={tmp_path / 'celeba'}", "--num=2",
+                         "--split=test", f"--out={tmp_path / 'x.png'}"])
+    err = capsys.readouterr().err
+    assert code == 2 and "split 'test'" in err and "validation" in err
+    assert not (tmp_path / "x.png").exists()
+    assert preview.main(["--source=celeba", f"--data_dir={tmp_path / 'celeba'}", "--num=1",
+                         "--split=validation", "--resolution=64",
+                         f"--out={tmp_path / 'v.png'}"]) == 0

@@ -6,19 +6,30 @@ the PyPI package ``face-recognition-models`` (file
 (the ``landmarks`` extra); they are imported only when a detection is first requested, and a
 missing one raises ``LandmarkDetectorUnavailable`` naming the extra to install.
 
-Model cache: the detector and predictor are loaded once per process, on first use, by
-``load_models`` (an ``functools.lru_cache``); loading the 68-point predictor takes about a
-second and ~100 MB. Grain/multiprocessing workers each load their own copy. Nothing is
-downloaded: the weights come from the installed package.
+Threads: dlib's detector and shape predictor keep scratch buffers inside the objects and
+release the GIL while they run, so one pair called from several threads at once crashes the
+process (Grain's read threads did: segmentation fault). ``detect_landmarks`` therefore takes a
+(detector, predictor) pair from a small per-process pool for the duration of one call and
+puts it back afterwards: never two threads on one pair, no lock held while detecting, and
+detections on different threads run in parallel. The pool grows to the largest number of
+concurrent callers seen (``pool_size()``; usually ``data.read_threads``), at most the CPU
+count (``set_max_pool_size``; callers beyond wait for a pair); the pairs are kept for later
+calls and later iterators, so a new thread pool does not reload the weights.
+Loading the 68-point predictor takes about a second and ~100 MB per pair. Grain/
+multiprocessing worker processes each have their own pool (a forked child starts with the
+parent's idle pairs and a fresh lock). Nothing is downloaded: the weights come from the
+installed package.
 
 ``face_recognition_models`` itself cannot be imported on recent setuptools (it needs
 ``pkg_resources``), so its data files are located through ``importlib.util.find_spec``.
 """
 from __future__ import annotations
 
-import functools
+import contextlib
 import importlib.util
 import os
+import threading
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
@@ -65,12 +76,111 @@ def check_available() -> None:
             f"dlib landmark detection needs the 'dlib' package: {INSTALL_HINT}")
 
 
-@functools.lru_cache(maxsize=1)
 def load_models() -> tuple[Any, Any]:
-    """(face detector, 68-point shape predictor), loaded once per process."""
+    """A new (face detector, 68-point shape predictor) pair. Not shared: one pair must never
+    be used by two threads at once; ``detect_landmarks`` takes pairs from the pool."""
     path = predictor_path()
     dlib = _import_dlib()
     return dlib.get_frontal_face_detector(), dlib.shape_predictor(path)
+
+
+#: Most pairs one process loads (more threads than cores gain nothing; each pair is ~100 MB).
+#: Callers beyond it wait for a pair to come back. ``set_max_pool_size`` changes it.
+_max_pool_size = max(1, os.cpu_count() or 1)
+_POOL = threading.Condition(threading.Lock())
+_IDLE: list[tuple[Any, Any]] = []  # pairs not in use right now
+_CREATED = 0                       # pairs created (or being created) by this process
+
+
+def _after_fork_in_child() -> None:
+    """A forked child keeps the idle pairs; pairs that other threads were using at the fork
+    are gone with those threads. The lock may have been held at the fork: replace it."""
+    global _POOL, _CREATED  # pylint: disable=global-statement
+    _POOL = threading.Condition(threading.Lock())
+    _CREATED = len(_IDLE)
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
+def set_max_pool_size(size: int) -> None:
+    """At most ``size`` (>= 1) pairs per process (default: the CPU count)."""
+    global _max_pool_size  # pylint: disable=global-statement
+    if int(size) < 1:
+        raise ValueError(f"max pool size must be >= 1, got {size}")
+    with _POOL:
+        _max_pool_size = int(size)
+        _POOL.notify_all()
+
+
+def _take() -> tuple[Any, Any]:
+    global _CREATED  # pylint: disable=global-statement
+    with _POOL:
+        while not _IDLE and _CREATED >= _max_pool_size:
+            _POOL.wait()
+        if _IDLE:
+            return _IDLE.pop()
+        _CREATED += 1  # reserve the slot, load outside the lock
+    try:
+        return load_models()  # other threads keep detecting meanwhile
+    except BaseException:
+        with _POOL:
+            _CREATED -= 1
+            _POOL.notify()
+        raise
+
+
+def _give_back(pair: tuple[Any, Any]) -> None:
+    with _POOL:
+        _IDLE.append(pair)
+        _POOL.notify()
+
+
+@contextlib.contextmanager
+def pooled_models() -> Iterator[tuple[Any, Any]]:
+    """(detector, predictor) for the exclusive use of the calling thread inside the
+    ``with`` block: an idle pair, else a newly loaded one (up to the pool's maximum), else
+    the next pair another thread gives back."""
+    pair = _take()
+    try:
+        yield pair
+    finally:
+        _give_back(pair)
+
+
+def preload(count: int) -> int:
+    """Loads pairs until the pool holds at least ``count`` (capped by the maximum), e.g.
+    ``data.read_threads`` before timing a pipeline, so that no read thread waits for a
+    load; returns the pool size."""
+    pairs = []
+    while pool_size() < min(count, _max_pool_size):
+        pairs.append(_take_new())
+    for pair in pairs:
+        _give_back(pair)
+    return pool_size()
+
+
+def _take_new() -> tuple[Any, Any]:
+    global _CREATED  # pylint: disable=global-statement
+    pair = load_models()
+    with _POOL:
+        _CREATED += 1
+    return pair
+
+
+def pool_size() -> int:
+    """How many (detector, predictor) pairs this process has loaded."""
+    with _POOL:
+        return _CREATED
+
+
+def clear_pool() -> None:
+    """Drops the idle pairs (their memory is freed; the next call loads a new pair)."""
+    global _CREATED  # pylint: disable=global-statement
+    with _POOL:
+        _CREATED -= len(_IDLE)
+        _IDLE.clear()
 
 
 def _largest(rects: Any) -> Any | None:
@@ -89,18 +199,19 @@ def detect_landmarks(image: np.ndarray, upsample_retry: bool = True) -> np.ndarr
     ``image`` is uint8 RGB (H, W, 3) (grayscale (H, W) also accepted). The detector runs at
     the original scale first and, if it finds nothing and ``upsample_retry``, once more on a
     2x upsampled image (finds faces smaller than ~80 px; about 4x slower).
+    Safe to call from any number of threads at once (see the module docstring).
     """
     arr = np.asarray(image)
     if arr.dtype != np.uint8 or arr.ndim not in (2, 3) or (arr.ndim == 3 and arr.shape[2] != 3):
         raise ValueError(f"image must be uint8 (H, W, 3) or (H, W), got {arr.dtype} {arr.shape}")
     arr = np.ascontiguousarray(arr)
-    detector, predictor = load_models()
-    rect = _largest(detector(arr, 0))
-    if rect is None and upsample_retry:
-        rect = _largest(detector(arr, 1))
-    if rect is None:
-        return None
-    shape = predictor(arr, rect)
+    with pooled_models() as (detector, predictor):
+        rect = _largest(detector(arr, 0))
+        if rect is None and upsample_retry:
+            rect = _largest(detector(arr, 1))
+        if rect is None:
+            return None
+        shape = predictor(arr, rect)
     points = np.array([(p.x, p.y) for p in shape.parts()], dtype=np.float32)
     if points.shape != (68, 2):  # pragma: no cover - guards against a wrong weights file
         raise RuntimeError(f"shape predictor returned {points.shape[0]} points, expected 68")

@@ -1,22 +1,35 @@
 """Face sources and their registry.
 
 ``make_source(name, data_dir=..., split=..., seed=..., resolution=..., **options)`` builds
-one of ``SOURCES``:
+one of ``SOURCES``. Options per source (``source_options(name)`` lists them; all are
+``config.data.source_options.<option>`` keys):
 
 * ``synthetic`` -- procedurally rendered faces (``SyntheticFaces``); no ``data_dir``.
   ``split`` picks a disjoint seed stream: seed + ``SYNTHETIC_SPLIT_SEED_OFFSET[split]``
   (train/all +0, validation +2**30, test +2**31; keep ``seed`` < 2**30). Options:
-  ``num_records``, ``images_per_identity``.
-* ``lfw`` -- LFW folder layout; identity-disjoint hash split (``lfw.py``).
-* ``celeba`` -- CelebA aligned files or TFDS (``celeba.py``; ``landmarks=`` must be chosen
-  when the landmark file is absent).
-* ``folder`` -- any folder of images (``folder.py``).
-* ``paired`` -- masked/unmasked pairs with a stored mask map (``paired.py``).
+  ``num_records`` (records per split, default 10000), ``images_per_identity`` (8).
+* ``lfw`` -- LFW folder layout; identity-disjoint hash split (``lfw.py``). Options:
+  ``landmarks``, ``test_fraction``, ``min_size``, ``cache_dir``, ``face_box``,
+  ``num_records``.
+* ``celeba`` -- CelebA aligned files or TFDS (``celeba.py``). Options: ``landmarks``,
+  ``backend``, ``min_size``, ``cache_dir``, ``num_records``.
+* ``folder`` -- any folder of images (``folder.py``). Options: ``landmarks``,
+  ``identity_from``, ``test_fraction``, ``split_by``, ``min_size``, ``cache_dir``,
+  ``face_box``, ``num_records``.
+* ``paired`` -- masked/unmasked pairs with a stored mask map (``paired.py``). Options:
+  ``landmarks``, ``masked_dir``, ``unmasked_dir``, ``diff_threshold``, ``strip_tokens``,
+  ``test_fraction``, ``min_size``, ``cache_dir``, ``mask_cache_dir``, ``num_records``.
+
+``num_records`` is accepted by every source, so the ``:quick`` config variants work with
+any of them: for ``synthetic`` it is the number of records rendered; for the file sources a
+cap -- at most that many records of the split, chosen deterministically and spread over
+identities (``data_pipelines.subsets``), not the first N file names.
 
 ``seed`` and ``resolution`` only concern ``synthetic``: file sources split by hashing
 names and return images at their native size (the pipeline crops and resizes).
 Unknown names and options raise ``ValueError`` naming the choices; a missing or empty data
-path raises ``DatasetNotFoundError`` saying what was expected where.
+path raises ``DatasetNotFoundError`` saying what was expected where, an empty split its
+subclass ``EmptySplitError``.
 """
 from __future__ import annotations
 
@@ -25,10 +38,12 @@ import os
 from collections.abc import Callable
 from typing import Any
 
-from data_pipelines.sources.base import DatasetNotFoundError, FaceSource, Record, error_record
+from data_pipelines.sources.base import (DatasetNotFoundError, EmptySplitError, FaceSource,
+                                         Record, error_record)
 
-__all__ = ["SOURCES", "make_source", "source_options", "DatasetNotFoundError", "FaceSource",
-           "Record", "error_record", "SYNTHETIC_SPLIT_SEED_OFFSET"]
+__all__ = ["SOURCES", "OPTION_TYPES", "make_source", "source_options", "DatasetNotFoundError",
+           "EmptySplitError", "FaceSource", "Record", "error_record",
+           "SYNTHETIC_SPLIT_SEED_OFFSET"]
 
 PathLike = str | os.PathLike[str] | None
 
@@ -84,6 +99,17 @@ SOURCES: dict[str, Callable[..., FaceSource]] = {
     "celeba": _celeba,
     "folder": _folder,
     "paired": _paired,
+}
+
+
+#: Every option that some source accepts, with its value type: ``configs/default.py``
+#: declares each as a ``config.data.source_options`` placeholder (None = unset, not passed).
+#: tests/test_sources.py checks that this is exactly the union of ``source_options(name)``.
+OPTION_TYPES: dict[str, type] = {
+    "num_records": int, "images_per_identity": int, "landmarks": str, "test_fraction": float,
+    "min_size": int, "cache_dir": str, "face_box": tuple, "identity_from": str,
+    "split_by": str, "backend": str, "masked_dir": str, "unmasked_dir": str,
+    "diff_threshold": int, "strip_tokens": tuple, "mask_cache_dir": str,
 }
 
 

@@ -54,3 +54,32 @@ def error_record(index: int, key: str, reason: str) -> Record:
 
 class DatasetNotFoundError(FileNotFoundError):
     """A dataset path is missing or holds nothing the source can read."""
+
+
+class EmptySplitError(DatasetNotFoundError):
+    """The dataset is there but the requested split has no records.
+
+    ``available`` names the splits that do have records (when the source knows them) and
+    ``split_option`` the source option that makes a held-out split ("" when the split comes
+    from the dataset's own files), so that callers can say what to change.
+    """
+
+    def __init__(self, message: str, *, split: str, available: tuple[str, ...] = (),
+                 split_option: str = "") -> None:
+        super().__init__(message)
+        self.split = split
+        self.available = tuple(available)
+        self.split_option = split_option
+
+    def __reduce__(self):  # keep the keyword fields through pickling (worker processes)
+        return (_rebuild_empty_split, (str(self), self.split, self.available,
+                                       self.split_option))
+
+    def __str__(self) -> str:
+        return str(self.args[0]) if self.args else ""
+
+
+def _rebuild_empty_split(message: str, split: str, available: tuple[str, ...],
+                         split_option: str) -> EmptySplitError:
+    return EmptySplitError(message, split=split, available=available,
+                           split_option=split_option)

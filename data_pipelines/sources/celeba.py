@@ -15,12 +15,14 @@ containing ``celeba/`` / ``CelebA/``:
 
 Rows whose image file is missing are skipped (partial copies are fine).
 
-``landmarks=`` must be chosen explicitly when the landmark file is absent:
+``landmarks=``:
 
 * ``"dataset"`` -- the file's five points fitted to 68 (``fit_68_from_5``),
   ``landmark_source="dataset5"``; fails if the file is missing;
-* ``"auto"`` (default) -- same as "dataset"; when the file is missing it fails with a
-  message naming the options (no silent fallback);
+* ``"auto"`` (default) -- same as "dataset" when the landmark file is present; without it,
+  "template" (below), with a warning once per process saying so and naming the other
+  choices. In the aligned crops the five points barely move (a few pixels), so the template
+  frames and masks the faces well; pass "dlib" for per-image points;
 * ``"template"`` -- CelebA's near-fixed aligned five points (``CELEBA_ALIGNED_5``) fitted
   to 68, ``landmark_source="template"``;
 * ``"dlib"`` -- the landmark cache / dlib on the fly (see images.DlibLandmarks);
@@ -29,6 +31,14 @@ Rows whose image file is missing are skipped (partial copies are fine).
 Dataset points are given for the 178x218 originals; if an image has another size they
 are scaled with it.
 
+Splits: "train" (partition 0), "validation" (1; also "valid", "val"), "test" (2), "all".
+Copies that lack a partition (some subsets ship only 0 and 1) raise ``EmptySplitError``
+naming the splits that have images.
+
+``num_records`` (default None = all): keep at most that many records of the split, spread
+over identities (``subsets.spread_order``; without the identity file, a fixed hashed
+sample).
+
 TFDS backend (``backend="tfds"``): ``tfds.data_source("celeb_a", data_dir=...)`` of an
 already prepared ``celeb_a`` (nothing is downloaded). TFDS's celeb_a has no identities;
 its landmarks are the same five points ("dataset"/"auto" -> "dataset5"). Needs the
@@ -36,6 +46,7 @@ its landmarks are the same five points ("dataset"/"auto" -> "dataset5"). Needs t
 """
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
 from typing import Any
@@ -43,10 +54,14 @@ from typing import Any
 import numpy as np
 
 from data_pipelines.landmarks import template as lm_template
-from data_pipelines.sources.base import DatasetNotFoundError, Record, error_record
+from data_pipelines.sources.base import (DatasetNotFoundError, EmptySplitError, Record,
+                                         error_record)
 from data_pipelines.sources.images import (DEFAULT_MIN_SIZE, ImageFileSource, LandmarkResult,
                                            is_image_file, make_landmark_strategy,
                                            require_dir)
+from data_pipelines.subsets import limit_records
+
+logger = logging.getLogger(__name__)
 
 IMAGE_DIR = "img_align_celeba"
 PARTITION_FILE = "list_eval_partition.txt"
@@ -57,6 +72,8 @@ LANDMARK_MODES: tuple[str, ...] = ("auto", "dataset", "template", "dlib", "none"
 #: split name -> partition code in list_eval_partition.txt (None = every row).
 SPLITS: dict[str, int | None] = {
     "train": 0, "validation": 1, "valid": 1, "val": 1, "test": 2, "all": None}
+_SPLIT_NAMES: dict[int, str] = {0: "train", 1: "validation", 2: "test"}
+_WARNED_TEMPLATE: set[str] = set()  # roots warned about the "auto" -> "template" fallback
 _LANDMARK_COLUMNS: tuple[str, ...] = (
     "lefteye_x", "lefteye_y", "righteye_x", "righteye_y", "nose_x", "nose_y",
     "leftmouth_x", "leftmouth_y", "rightmouth_x", "rightmouth_y")
@@ -152,8 +169,8 @@ def _landmark_mode_error(root: Any, mode: str) -> DatasetNotFoundError:
         f"celeba: landmarks={mode!r} needs {root}/{LANDMARK_FILE}, which is missing. "
         "Choose explicitly: landmarks='template' (CelebA's fixed aligned five points, "
         "fitted to 68), 'dlib' (detected; precompute with python -m data_pipelines.landmarks "
-        f"--source=celeba --data_dir={root}), or 'none' (leave it to the pipeline); "
-        "'dataset'/'auto' need the landmark file")
+        f"--source=celeba --data_dir={root}), 'none' (leave it to the pipeline), or "
+        "'auto' (the file when present, else 'template'); 'dataset' needs the file")
 
 
 class CelebASource(ImageFileSource):
@@ -163,7 +180,7 @@ class CelebASource(ImageFileSource):
 
     def __init__(self, data_dir: str | os.PathLike[str] | None, split: str = "train",
                  landmarks: str = "auto", min_size: int = DEFAULT_MIN_SIZE,
-                 cache_dir: str | None = None) -> None:
+                 cache_dir: str | None = None, num_records: int | None = None) -> None:
         if split not in SPLITS:
             raise ValueError(f"celeba: unknown split {split!r}; choose one of {tuple(SPLITS)}")
         if landmarks not in LANDMARK_MODES:
@@ -188,26 +205,48 @@ class CelebASource(ImageFileSource):
                 f"celeba: split {split!r} needs {partition_path}, which is missing "
                 "(or use split='all')")
         if not files:
-            raise DatasetNotFoundError(
+            codes = sorted({p for f, p in partition.items() if f in present})
+            available = tuple(_SPLIT_NAMES.get(c, str(c)) for c in codes)
+            hint = (" (use split='validation' for held-out images)"
+                    if "validation" in available and split != "validation" else "")
+            raise EmptySplitError(
                 f"celeba: split {split!r} has no images present in {image_dir} "
-                f"(partition code {code} in {partition_path})")
+                f"(partition code {code} in {partition_path}); the splits with images "
+                f"here are {available}{hint}", split=split, available=available)
         identity_path = root / IDENTITY_FILE
         if identity_path.is_file():
             table = read_two_column_file(identity_path)
             identities = np.asarray([table.get(f, -1) for f in files], dtype=np.int64)
         else:
             identities = None
+        kept = limit_records(np.full(len(files), -1) if identities is None else identities,
+                             num_records, "celeba")
+        if kept is not None:
+            files = [files[i] for i in kept]
+            identities = None if identities is None else identities[kept]
         rel_dir = image_dir.relative_to(root).as_posix()
         keys = [f"{rel_dir}/{f}" for f in files]
         landmark_path = root / LANDMARK_FILE
         strategy: Any
-        if landmarks in ("dataset", "auto"):
+        if landmarks == "auto" and not landmark_path.is_file():
+            if str(root) not in _WARNED_TEMPLATE:
+                _WARNED_TEMPLATE.add(str(root))
+                logger.warning(
+                    "celeba: %s is missing; landmarks='auto' uses CelebA's fixed aligned "
+                    "five points fitted to 68 ('template'). Set landmarks='dlib' for "
+                    "detected points (precompute: python -m data_pipelines.landmarks "
+                    "--source=celeba --data_dir=%s) or 'template' to silence this.",
+                    landmark_path, root)
+            landmarks_used = "template"
+        else:
+            landmarks_used = landmarks
+        if landmarks_used in ("dataset", "auto"):
             if not landmark_path.is_file():
                 raise _landmark_mode_error(root, landmarks)
             table5 = read_landmark_file(landmark_path)
             missing = np.full((5, 2), np.nan, dtype=np.float32)
             strategy = DatasetFiveLandmarks(np.stack([table5.get(f, missing) for f in files]))
-        elif landmarks == "template":
+        elif landmarks_used == "template":
             strategy = CelebATemplateLandmarks()
         else:
             strategy = make_landmark_strategy(landmarks, source_name=self.name, root=root,
@@ -250,7 +289,7 @@ class CelebATFDSSource:
 
     def __init__(self, data_dir: str | os.PathLike[str] | None, split: str = "train",
                  landmarks: str = "auto", min_size: int = DEFAULT_MIN_SIZE,
-                 cache_dir: str | None = None) -> None:
+                 cache_dir: str | None = None, num_records: int | None = None) -> None:
         if split not in TFDS_SPLITS:
             raise ValueError(f"celeba: unknown split {split!r}; choose one of "
                              f"{tuple(TFDS_SPLITS)}")
@@ -263,7 +302,11 @@ class CelebATFDSSource:
         self.landmarks_mode = landmarks
         self.min_size = int(min_size)
         self._ds: Any = None
-        self._len = len(self._source())
+        total = len(self._source())
+        # num_records: a fixed hashed sample (TFDS's celeb_a has no identities).
+        kept = limit_records(np.full(total, -1), num_records, "celeba")
+        self._indices = None if kept is None else kept.astype(np.int64)
+        self._len = total if kept is None else len(kept)
 
     def _source(self) -> Any:
         if self._ds is None:
@@ -292,9 +335,10 @@ class CelebATFDSSource:
         i = int(index)
         if not 0 <= i < self._len:
             raise IndexError(f"celeba (tfds): index {index} out of range for {self._len}")
-        key = f"tfds/celeb_a/{self.split}/{i}"
+        j = i if self._indices is None else int(self._indices[i])  # index in the split
+        key = f"tfds/celeb_a/{self.split}/{j}"
         try:
-            example = self._source()[i]
+            example = self._source()[j]
             image, converted = _tfds_image(example["image"])
         except Exception:  # pylint: disable=broad-except
             return error_record(i, key, "corrupt")
@@ -329,13 +373,14 @@ def _tfds_image(image: Any) -> tuple[np.ndarray, bool]:
 
 def make_celeba(data_dir: str | os.PathLike[str] | None, split: str = "train",
                 landmarks: str = "auto", min_size: int = DEFAULT_MIN_SIZE,
-                cache_dir: str | None = None, backend: str = "files"
-                ) -> CelebASource | CelebATFDSSource:
+                cache_dir: str | None = None, backend: str = "files",
+                num_records: int | None = None) -> CelebASource | CelebATFDSSource:
     """CelebA from the official files (``backend="files"``) or TFDS (``"tfds"``)."""
     if backend == "files":
         return CelebASource(data_dir, split=split, landmarks=landmarks, min_size=min_size,
-                            cache_dir=cache_dir)
+                            cache_dir=cache_dir, num_records=num_records)
     if backend == "tfds":
         return CelebATFDSSource(data_dir, split=split, landmarks=landmarks,
-                                min_size=min_size, cache_dir=cache_dir)
+                                min_size=min_size, cache_dir=cache_dir,
+                                num_records=num_records)
     raise ValueError(f"celeba: unknown backend={backend!r}; choose 'files' or 'tfds'")

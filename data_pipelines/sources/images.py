@@ -22,6 +22,7 @@ import dataclasses
 import hashlib
 import logging
 import os
+import threading
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -30,7 +31,8 @@ import numpy as np
 from PIL import Image, ImageOps
 
 from data_pipelines.landmarks import template as lm_template
-from data_pipelines.sources.base import DatasetNotFoundError, Record, error_record
+from data_pipelines.sources.base import (DatasetNotFoundError, EmptySplitError, Record,
+                                         error_record)
 
 logger = logging.getLogger(__name__)
 
@@ -167,6 +169,17 @@ def split_hint(test_fraction: float) -> str:
     return ""
 
 
+def empty_split_error(source: str, split: str, test_fraction: float, where: str
+                      ) -> EmptySplitError:
+    """The error of a hash split that came out empty (``EmptySplitError``; its
+    ``split_option`` is "test_fraction")."""
+    available = ("test", "all") if split == "train" else ("train", "all")
+    return EmptySplitError(
+        f"{source}: split {split!r} (test_fraction={test_fraction}) is empty {where}"
+        f"{split_hint(test_fraction)}", split=split, available=available,
+        split_option="test_fraction")
+
+
 def keep_for_split(name: str, split: str, test_fraction: float) -> bool:
     return split == "all" or in_test_split(name, test_fraction) == (split == "test")
 
@@ -211,12 +224,15 @@ class TemplateLandmarks:
 
 # Per-process "already warned" flags for DlibLandmarks (keyed by source name and root).
 _WARNED_SLOW: set[tuple[str, str]] = set()
+# Serialises the lazy opening of landmark caches (not the lookups or the detection).
+_CACHE_OPEN_LOCK = threading.Lock()
 
 
 class DlibLandmarks:
     """``landmarks="dlib"``: the precomputed landmark cache of this dataset
     (``landmark_source="cache"``), else dlib detection on the fly (``"dlib"``, tens of ms
-    per image; warned about once per process). No face -> error "no_face".
+    per image; warned about once per process). No face -> error "no_face". Thread-safe:
+    Grain's read threads call it concurrently (detection uses ``detect``'s model pool).
 
     Picklable: the cache is opened lazily in each process and not pickled.
     """
@@ -240,11 +256,14 @@ class DlibLandmarks:
 
     def _get_cache(self) -> Any:
         if not self._cache_loaded:
-            from data_pipelines.landmarks import cache as lm_cache
-            if lm_cache.LandmarkCache.exists(self.source_name, self.root, self.cache_dir):
-                self._cache = lm_cache.LandmarkCache.open(
-                    self.source_name, self.root, self.cache_dir)
-            self._cache_loaded = True
+            with _CACHE_OPEN_LOCK:  # Grain read threads: open the file once, not per thread
+                if not self._cache_loaded:
+                    from data_pipelines.landmarks import cache as lm_cache
+                    if lm_cache.LandmarkCache.exists(self.source_name, self.root,
+                                                     self.cache_dir):
+                        self._cache = lm_cache.LandmarkCache.open(
+                            self.source_name, self.root, self.cache_dir)
+                    self._cache_loaded = True
         return self._cache
 
     def _warn_once(self, partial: bool) -> None:

@@ -14,6 +14,11 @@ sha256(person folder name), read as an unsigned integer and divided by 2**64, ar
 (``images.in_test_split``). The assignment of
 a person never depends on which other people are present.
 
+``num_records`` (default None = all): keep at most that many records of the split, spread
+over the people (``subsets.spread_order``: one image of every person in a fixed hashed order
+before anybody's second image), not the first N in alphabetical order. Deterministic; the
+identity ids stay the global ones.
+
 Landmarks: LFW has none. ``landmarks="auto"``/``"dlib"`` use the precomputed cache
 (``python -m data_pipelines.landmarks --source=lfw --data_dir=...``) or detect on the fly;
 ``"template"`` places the fixed template (only sensible for funneled crops); ``"none"``
@@ -28,9 +33,9 @@ import numpy as np
 
 from data_pipelines.sources.base import DatasetNotFoundError
 from data_pipelines.sources.images import (DEFAULT_MIN_SIZE, ImageFileSource, check_split,
-                                           is_image_file, keep_for_split,
-                                           make_landmark_strategy, require_dir,
-                                           split_hint)
+                                           empty_split_error, is_image_file, keep_for_split,
+                                           make_landmark_strategy, require_dir)
+from data_pipelines.subsets import limit_records
 
 LFW_SUBDIRS: tuple[str, ...] = ("lfw", "lfw-deepfunneled", "lfw_funneled", "lfw-funneled")
 LANDMARK_MODES: tuple[str, ...] = ("auto", "dlib", "template", "none")
@@ -70,7 +75,8 @@ class LFWSource(ImageFileSource):
     def __init__(self, data_dir: str | os.PathLike[str] | None, split: str = "train",
                  test_fraction: float = 0.05, landmarks: str = "auto",
                  min_size: int = DEFAULT_MIN_SIZE, cache_dir: str | None = None,
-                 face_box: tuple[float, float, float, float] | None = None) -> None:
+                 face_box: tuple[float, float, float, float] | None = None,
+                 num_records: int | None = None) -> None:
         check_split("lfw", split, test_fraction)
         root = find_lfw_root(require_dir("lfw", data_dir, EXPECTED))
         people = sorted(d.name for d in os.scandir(root)
@@ -91,9 +97,12 @@ class LFWSource(ImageFileSource):
             raise DatasetNotFoundError(
                 f"lfw: no person folders with images found under {root}; expected {EXPECTED}")
         if not keys:
-            raise DatasetNotFoundError(
-                f"lfw: split {split!r} (test_fraction={test_fraction}) is empty among the "
-                f"{num_people} people under {root}{split_hint(test_fraction)}")
+            raise empty_split_error("lfw", split, test_fraction,
+                                    f"among the {num_people} people under {root}")
+        kept = limit_records(identities, num_records, "lfw")
+        if kept is not None:
+            keys = [keys[i] for i in kept]
+            identities = [identities[i] for i in kept]
         self.split = split
         self.test_fraction = float(test_fraction)
         self.landmarks_mode = landmarks

@@ -26,7 +26,15 @@ The map is computed once and stored as a 0/255 PNG at
 else under ``~/.cache/unmask_jax/mask_maps/<hash of root>/t<threshold>/`` (or
 ``<mask_cache_dir>/<hash>/t<threshold>/`` when given). Writes are atomic.
 
-Split: ``test_fraction`` (default 0) holds out a hash split of the target file names.
+Split: ``test_fraction`` (default 0: there is no "test" split, everything is "train"/"all")
+holds out a hash split of the unmasked (target) file names, so every masked variant of one
+face stays on the side of its target. The pairs carry no identity labels (identity -1): if
+one person has several target images, they can land on both sides.
+
+``num_records`` (default None = all): keep at most that many pairs of the split, spread over
+the target images (``subsets.spread_order``: one masked variant of every target before a
+second one).
+
 Landmarks default to ``"none"`` (the mask is known; dlib often fails on masked faces);
 ``"dlib"``/``"auto"`` detect on the unmasked target.
 """
@@ -44,9 +52,9 @@ from scipy import ndimage
 from data_pipelines.landmarks.cache import data_dir_hash, default_cache_root
 from data_pipelines.sources.base import DatasetNotFoundError, Record, error_record
 from data_pipelines.sources.images import (DEFAULT_MIN_SIZE, ImageFileSource, check_split,
-                                           decode_image, keep_for_split, list_images,
-                                           make_landmark_strategy, require_dir,
-                                           split_hint)
+                                           decode_image, empty_split_error, keep_for_split,
+                                           list_images, make_landmark_strategy, require_dir)
+from data_pipelines.subsets import limit_records
 
 logger = logging.getLogger(__name__)
 
@@ -161,7 +169,8 @@ class PairedSource(ImageFileSource):
                  diff_threshold: int = DEFAULT_DIFF_THRESHOLD, test_fraction: float = 0.0,
                  strip_tokens: tuple[str, ...] = COMMON_NAME_TOKENS,
                  landmarks: str = "none", min_size: int = DEFAULT_MIN_SIZE,
-                 cache_dir: str | None = None, mask_cache_dir: str | None = None) -> None:
+                 cache_dir: str | None = None, mask_cache_dir: str | None = None,
+                 num_records: int | None = None) -> None:
         check_split("paired", split, test_fraction)
         expected = (f"<root>/{masked_dir}/NAME.png and <root>/{unmasked_dir}/NAME.png "
                     "(pairs matched by file name)")
@@ -187,9 +196,11 @@ class PairedSource(ImageFileSource):
                            self.num_unmatched, len(masked), masked_root)
         pairs = [p for p in pairs if keep_for_split(p[1], split, test_fraction)]
         if not pairs:
-            raise DatasetNotFoundError(
-                f"paired: split {split!r} (test_fraction={test_fraction}) is empty under "
-                f"{root}{split_hint(test_fraction)}")
+            raise empty_split_error("paired", split, test_fraction, f"under {root}")
+        target_ids = {t: i for i, t in enumerate(sorted({t for _, t in pairs}))}
+        kept = limit_records([target_ids[t] for _, t in pairs], num_records, "paired")
+        if kept is not None:
+            pairs = [pairs[i] for i in kept]
         keys = [f"{masked_dir}/{m}" for m, _ in pairs]
         self.target_keys = [f"{unmasked_dir}/{u}" for _, u in pairs]
         self.split = split
