@@ -5,7 +5,7 @@ For each system (pix2pix: ``pix2pix_unet`` + ``patchgan``; tf_pix2pix: the TF-tu
 - training throughput (images/s) of one full GAN step: generator forward, discriminator
   update on (real, detached fake) with Adam, generator update (adversarial + 100 * L1)
   against the updated discriminator with Adam (lr 2e-4, betas (0.5, 0.999)).
-  JAX uses the trainer's own step, ``unmask_jax.train.train_step``, jitted with the state
+  JAX uses the trainer's own step, the pix2pix system's ``train_step``, jitted with the state
   donated; PyTorch runs the canonical pix2pix ``optimize_parameters`` sequence in eager mode
   (and with ``torch.compile`` when ``--torch-compile`` is given and it works).
 Both frameworks start from the same weights (Flax init exported with
@@ -174,7 +174,8 @@ def main(argv: list[str] | None = None) -> int:
     import optax
     import torch
 
-    from unmask_jax import gan, train
+    from configs import default
+    from unmask_jax import state as state_lib, systems
     from unmask_jax.export import build_torch_module, keymaps
     from unmask_jax.models import create_model
 
@@ -222,11 +223,16 @@ def main(argv: list[str] | None = None) -> int:
 
         # ---------------- training step -----------------
         tx = optax.adam(2e-4, b1=0.5, b2=0.999)
-        system = gan.GanSystem(generator=G, discriminator=D, generator_inputs=("masked",),
-                               composite_in_training=False, gan_kind="vanilla", gan_weight=1.0,
-                               d_scale=d_scale, reconstruction=(("l1", 100.0),))
-        step = jax.jit(functools.partial(train.train_step, system=system, g_tx=tx, d_tx=tx),
-                       donate_argnums=(0,))
+        cfg = default.get_config()
+        cfg.model.generator, cfg.model.generator_kwargs = g_name, g_kwargs
+        cfg.model.discriminator, cfg.model.discriminator_kwargs = d_name, {}
+        cfg.loss.d_scale = d_scale
+        # The PyTorch reference below runs pix2pix's sequential G/D order: so does JAX here.
+        cfg.loss.update_order = "sequential"
+        system = systems.build(cfg)
+        txs = {"generator": tx, "discriminator": tx}
+        frozen = system.load_frozen()
+        step = jax.jit(functools.partial(system.train_step, txs=txs), donate_argnums=(0,))
         compiled = None
         if args.torch_compile:
             cg, cd = _try_compile(torch, tg), _try_compile(torch, td)
@@ -237,16 +243,15 @@ def main(argv: list[str] | None = None) -> int:
             y = rng.uniform(-1, 1, (b, size, size, 3)).astype(np.float32)
             batch = {"masked": jnp.asarray(a), "target": jnp.asarray(y),
                      "mask": jnp.ones((b, size, size, 1))}
-            state = train.TrainState(
-                step=jnp.zeros((), jnp.int32), rng=jax.random.PRNGKey(0),
-                generator=train.NetState(g_vars["params"], g_vars["batch_stats"],
-                                         tx.init(g_vars["params"])),
-                discriminator=train.NetState(d_vars["params"], d_vars["batch_stats"],
-                                             tx.init(d_vars["params"])))
+            state = state_lib.TrainState(
+                step=jnp.zeros((), jnp.int32), rng=jax.random.PRNGKey(0), nets={
+                    name: state_lib.NetState(v["params"], {"batch_stats": v["batch_stats"]},
+                                             tx.init(v["params"]))
+                    for name, v in (("generator", g_vars), ("discriminator", d_vars))})
             holder = {"state": jax.tree.map(jnp.array, state)}  # private: the step donates it
 
             def jax_step():
-                holder["state"], metrics = step(holder["state"], batch)
+                holder["state"], metrics = step(holder["state"], batch, frozen)
                 jax.block_until_ready(metrics)
 
             t0 = time.perf_counter()
@@ -263,7 +268,7 @@ def main(argv: list[str] | None = None) -> int:
             if args.breakdown and b == 1:
                 # Diagnostic: the trainer's step without its non-finite guard (the finiteness
                 # reduction over all gradients and the conditional commit), to show its cost.
-                step_ng = jax.jit(functools.partial(_step_without_guard, train, system, tx),
+                step_ng = jax.jit(functools.partial(_step_without_guard, system, txs, frozen),
                                   donate_argnums=(0,))
                 holder_ng = {"state": jax.tree.map(jnp.array, state)}
 
@@ -310,17 +315,19 @@ def _guarded_times(fns, iters, rounds):
     return times[0], times[1], (times[2] if len(times) > 2 else None)
 
 
-def _step_without_guard(train_module, system, tx, state, batch):
-    """``train.train_step`` traced with its non-finite check replaced by a constant True
+def _step_without_guard(system, txs, frozen, state, batch):
+    """The system's step traced with its non-finite check replaced by a constant True
     (XLA then drops the check and the conditional). Benchmark diagnostic only."""
     import jax.numpy as jnp
 
-    original = train_module._all_finite
-    train_module._all_finite = lambda *trees: jnp.array(True)
+    from unmask_jax.systems import base
+
+    original = base.all_finite
+    base.all_finite = lambda *trees: jnp.array(True)
     try:
-        return train_module.train_step(state, batch, system=system, g_tx=tx, d_tx=tx)
+        return system.train_step(state, batch, frozen, txs)
     finally:
-        train_module._all_finite = original
+        base.all_finite = original
 
 
 def _target(target) -> dict[str, Any]:

@@ -42,7 +42,7 @@ def main(argv=None) -> int:
     import torch
 
     from configs import pix2pix
-    from unmask_jax import gan, optim, parallel, train
+    from unmask_jax import optim, parallel, state as state_lib, systems, train
     from unmask_jax.export import build_torch_module, keymaps
 
     torch.set_num_threads(threads)
@@ -54,23 +54,24 @@ def main(argv=None) -> int:
     for dtype in args.dtypes.split(","):
         config = pix2pix.get_config()
         config.train.compute_dtype = dtype
-        system = gan.build_system(config)
+        system = systems.build(config)
         tx = optim.adam(config.optim, 1000)
-        state0 = jax.jit(lambda: train.create_state(system, tx, tx, 0, 256),
+        txs = {"generator": tx, "discriminator": tx}
+        frozen = jax.device_put(system.load_frozen(), rep)
+        state0 = jax.jit(lambda: state_lib.create_state(system, txs, 0, 256),
                          out_shardings=rep)()
         if torch_modules is None:  # same initial weights for PyTorch
             mods = []
             for name, net in (("pix2pix_unet", state0.generator),
                               ("patchgan", state0.discriminator)):
-                variables = jax.device_get({"params": net.params,
-                                            "batch_stats": net.batch_stats})
+                variables = jax.device_get(net.variables)
                 kwargs = dict(config.model.generator_kwargs) if name == "pix2pix_unet" else {}
                 target = keymaps.torch_target(name, kwargs, variables)
                 module = build_torch_module(target.torch_class, target.constructor_args)
                 compare_torch._load(module, keymaps.flax_to_torch(name, kwargs, variables))
                 mods.append(module)
             torch_modules = tuple(mods)
-        step = train.make_train_step(system, tx, tx, mesh, rep)
+        step = train.make_train_step(system, txs, mesh, rep)
         for b in [int(v) for v in args.batches.split(",")]:
             rng = np.random.default_rng(b)
             a = rng.uniform(-1, 1, (b, 256, 256, 3)).astype(np.float32)
@@ -81,7 +82,7 @@ def main(argv=None) -> int:
             holder = {"state": jax.tree.map(lambda x: x.copy(), state0)}
 
             def jax_step():
-                holder["state"], m = step(holder["state"], batch)
+                holder["state"], m = step(holder["state"], batch, frozen)
                 jax.block_until_ready(m)
 
             at, yt = (torch.from_numpy(v.transpose(0, 3, 1, 2).copy()) for v in (a, y))

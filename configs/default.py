@@ -10,6 +10,7 @@ from ml_collections import config_dict
 def get_config() -> config_dict.ConfigDict:
     c = config_dict.ConfigDict()
     c.name = "default"
+    c.system = "pix2pix"                  # unmask_jax.systems registry
     c.seed = 0
 
     # ---- data: data_pipelines.config.DataConfig, whose defaults are the only copy ----
@@ -38,13 +39,21 @@ def get_config() -> config_dict.ConfigDict:
     c.model.generator_init = config_dict.placeholder(str)
     c.model.discriminator_init = config_dict.placeholder(str)
 
-    # ---- losses (unmask_jax.losses) ----
+    # ---- losses (unmask_jax.loss_terms registry; functions in unmask_jax.losses) ----
     c.loss = config_dict.ConfigDict()
-    c.loss.gan = "vanilla"                # vanilla (BCE with logits) | lsgan
-    c.loss.gan_weight = 1.0
+    # Generator terms: name -> {weight, [type], [pred], [target], options}; the type defaults
+    # to the name. Types: gan (kind vanilla | lsgan), l1, smooth_l1 (beta), mse, ssim, bce,
+    # dice, perceptual (backbone vgg16 | vgg19, layers, layer_weights, criterion, weights),
+    # lpips (net alex | vgg16), identity (backbone dlib | arcface_* | irse50, weights, crop).
+    # Each is logged as g_<name>. pix2pix: BCE-with-logits adversarial + 100 * L1.
+    c.loss.terms = config_dict.ConfigDict({
+        "gan": {"weight": 1.0, "kind": "vanilla"},
+        "l1": {"weight": 100.0},
+    })
     c.loss.d_scale = 0.5                  # D loss = d_scale * (real + fake)
-    # Reconstruction terms: name -> weight (l1, smooth_l1, mse, ssim).
-    c.loss.reconstruction = config_dict.ConfigDict(dict(l1=100.0))
+    # sequential: PyTorch pix2pix (D update, then G against the updated D);
+    # simultaneous: the TF tutorial (one tape, both against the pre-update D, real first).
+    c.loss.update_order = "sequential"
 
     # ---- optimisation (unmask_jax.optim) ----
     c.optim = config_dict.ConfigDict()
@@ -52,8 +61,10 @@ def get_config() -> config_dict.ConfigDict:
     c.optim.b1 = 0.5
     c.optim.b2 = 0.999
     c.optim.eps = 1e-8
-    # constant | linear_decay (constant, then linear to 0) | step (multiply by factor at
-    # boundaries). Durations in steps or epochs: exactly one of each pair is set.
+    # constant | linear_decay (pix2pix: constant, then linear towards 0) | step (multiply by
+    # factor at boundaries) | warmup_cosine_restarts (linear warm-up, then cosine annealing
+    # with warm restarts T_0 = restart_period, T_mult = restart_mult). Durations in steps or
+    # epochs: exactly one of each pair is set; epochs make the rate change once per epoch.
     c.optim.schedule = "linear_decay"
     c.optim.constant_epochs = 100
     c.optim.constant_steps = config_dict.placeholder(int)
@@ -61,6 +72,16 @@ def get_config() -> config_dict.ConfigDict:
     c.optim.decay_steps = config_dict.placeholder(int)
     c.optim.boundaries_steps = ()
     c.optim.decay_factor = 0.1
+    c.optim.warmup_epochs = config_dict.placeholder(float)
+    c.optim.warmup_steps = config_dict.placeholder(int)
+    c.optim.restart_period_epochs = config_dict.placeholder(float)
+    c.optim.restart_period_steps = config_dict.placeholder(int)
+    c.optim.restart_mult = 1.0
+    c.optim.min_lr = 0.0
+    # Per-network overrides of the keys above (None keeps the default), e.g.
+    # --config.optim.networks.discriminator.lr=1e-4.
+    c.optim.networks = config_dict.ConfigDict({
+        "generator": network_optim_overrides(), "discriminator": network_optim_overrides()})
 
     # ---- training loop (unmask_jax.train) ----
     c.train = config_dict.ConfigDict()
@@ -78,6 +99,11 @@ def get_config() -> config_dict.ConfigDict:
 
     # ---- evaluation (unmask_jax.evaluate) ----
     c.eval = config_dict.ConfigDict()
+    # How the generator runs at evaluation and prediction: per_image (the pix2pix family's
+    # reference: pix2pix test.py without --eval at batch 1, the TF tutorial's
+    # generator(x, training=True): BatchNorm on each image's own statistics, dropout on with a
+    # fixed per-image key) | running (model.eval(): running statistics, no dropout).
+    c.eval.bn_statistics = "per_image"
     c.eval.num_images = 100
     c.eval.batch_size = 8
     c.eval.checkpoint_step = config_dict.placeholder(int)  # evaluate mode: default latest
@@ -117,6 +143,15 @@ def data_section() -> config_dict.ConfigDict:
         else:
             d[key] = value
     return d
+
+
+def network_optim_overrides() -> config_dict.ConfigDict:
+    """``optim.networks.<name>``: every overridable optimiser key, unset (None)."""
+    from unmask_jax.optim import OVERRIDABLE
+    types = {"schedule": str, "boundaries_steps": tuple}
+    return config_dict.ConfigDict({
+        k: config_dict.placeholder(types.get(k, int if k.endswith("_steps") else float))
+        for k in OVERRIDABLE})
 
 
 def constant_schedule_for_steps(c: config_dict.ConfigDict, num_steps: int

@@ -22,7 +22,7 @@ def get_config(variant: str = "a"):
     if train not in ("a", "b") or (len(parts) > 1 and not quick):
         raise ValueError(f"configs/ye.py: unknown variant {variant!r}; choose a, b, a_quick, b_quick")
     c.name = f"ye_{train}"
-    c.loss.reconstruction = {"l1": 200.0}
+    c.loss.terms.l1.weight = 200.0
     c.loss.d_scale = 0.5
     c.train.batch_size = 10
     default.constant_schedule_for_steps(c, 50_000)  # 50k iterations, no decay given

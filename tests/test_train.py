@@ -6,11 +6,12 @@ import sys
 import textwrap
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
 from configs import default, masked_gan, pix2pix, ye
-from unmask_jax import gan, main, optim, train
+from unmask_jax import main, state as state_lib, systems, train
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -52,11 +53,11 @@ def random_batch(n=4, res=64, seed=0):
 
 
 def _setup(config):
-    system = gan.build_system(config)
-    g_tx = optim.adam(config.optim, 10)
-    d_tx = optim.adam(config.optim, 10)
-    state = jax.jit(lambda: train.create_state(system, g_tx, d_tx, 0, config.data.resolution))()
-    step = jax.jit(lambda s, b: train.train_step(s, b, system=system, g_tx=g_tx, d_tx=d_tx))
+    system = systems.build(config)
+    txs = system.optimizers(10)
+    frozen = system.load_frozen()
+    state = jax.jit(lambda: state_lib.create_state(system, txs, 0, config.data.resolution))()
+    step = jax.jit(lambda s, b: system.train_step(s, b, frozen, txs))
     return system, state, step
 
 
@@ -93,15 +94,34 @@ def test_short_training_lowers_losses(tiny_setup):
 
 
 def test_nonfinite_step_leaves_state_unchanged(tiny_setup):
+    """A NaN in the batch: both networks' parameters, both optimizer states and both
+    networks' BatchNorm statistics stay bit-identical; only the step counter moves. A good
+    step afterwards changes all of them (so the comparison can fail)."""
     _, state, step = tiny_setup
-    before = jax.device_get(state.generator.params)
+    state, _ = step(state, random_batch(seed=3))  # non-trivial optimizer state and BN stats
+    before = jax.device_get(state.nets)
     bad = random_batch()
     bad["target"][0, 0, 0, 0] = np.nan
     state, m = step(state, bad)
     assert float(m["nonfinite"]) == 1.0
-    after = jax.device_get(state.generator.params)
-    jax.tree.map(np.testing.assert_array_equal, before, after)
-    assert int(state.step) == 1
+    after = jax.device_get(state.nets)
+    assert set(after) == {"generator", "discriminator"}
+    for name in after:
+        for part in ("params", "collections", "opt_state"):
+            assert jax.tree.leaves(getattr(after[name], part)), (name, part)
+            jax.tree.map(np.testing.assert_array_equal, getattr(before[name], part),
+                         getattr(after[name], part))
+    assert "batch_stats" in after["discriminator"].collections
+    assert int(state.step) == 2
+    state, m = step(state, random_batch(seed=4))
+    assert float(m["nonfinite"]) == 0.0
+    good = jax.device_get(state.nets)
+    for name in good:
+        for part in ("params", "collections", "opt_state"):
+            changed = [not np.array_equal(a, b) for a, b in zip(
+                jax.tree.leaves(getattr(after[name], part)),
+                jax.tree.leaves(getattr(good[name], part)))]
+            assert any(changed), (name, part)
 
 
 def test_one_device_step_equals_eight_device_step():
@@ -110,11 +130,12 @@ def test_one_device_step_equals_eight_device_step():
     script = textwrap.dedent("""
         import jax, numpy as np
         from tests.test_train import tiny_config, random_batch
-        from unmask_jax import gan, parallel, train
+        from unmask_jax import parallel, state as state_lib, systems, train
         assert jax.device_count() == 8, jax.devices()
         import optax
         config = tiny_config(**{"model.generator_kwargs.num_downs": 5})
-        system = gan.build_system(config)
+        system = systems.build(config)
+        frozen = system.load_frozen()
         # SGD, not Adam: Adam's first update is lr * g / |g|, which turns float reduction-order
         # noise in near-zero gradients into lr-sized differences (an Adam property, not a
         # data-parallel one). The gradients, BN statistics and losses are what is compared.
@@ -123,11 +144,12 @@ def test_one_device_step_equals_eight_device_step():
         for devices in (jax.devices()[:1], jax.devices()):
             mesh = parallel.make_data_mesh(devices)
             rep = parallel.replicated_sharding(mesh)
-            state = jax.jit(lambda: train.create_state(system, tx, tx, 0, 64),
+            txs = {"generator": tx, "discriminator": tx}
+            state = jax.jit(lambda: state_lib.create_state(system, txs, 0, 64),
                             out_shardings=rep)()
-            step = train.make_train_step(system, tx, tx, mesh, rep)
-            state, m = step(state, parallel.global_batch(random_batch(8), mesh))
-            results.append(jax.device_get((state.generator, state.discriminator, m)))
+            step = train.make_train_step(system, txs, mesh, rep)
+            state, m = step(state, parallel.global_batch(random_batch(8), mesh), frozen)
+            results.append(jax.device_get((state.nets, m)))
         flat1, flat8 = (jax.tree.leaves(r) for r in results)
         assert len(flat1) == len(flat8) > 50
         # Per tensor: max|diff| / max|ref| (reduction order differs between meshes).
@@ -146,7 +168,7 @@ def test_one_device_step_equals_eight_device_step():
 
 def _final_params(workdir):
     config = tiny_config()
-    state, _, _ = train.load_state(config, str(workdir))
+    state, _, _ = state_lib.load_state(config, str(workdir))
     return int(state.step), jax.device_get(state.generator.params), jax.device_get(
         state.discriminator.params)
 
@@ -188,7 +210,10 @@ def test_resume_equals_uninterrupted_run(tmp_path, full_run):
 
 def test_bad_config_values_fail_validation():
     for key, value, match in [("train.compute_dtype", "fp16", "compute_dtype"),
-                              ("loss.gan", "hinge", "loss.gan"),
+                              ("loss.terms.gan.kind", "hinge", "loss.terms.gan"),
+                              ("loss.update_order", "random", "update_order"),
+                              ("eval.bn_statistics", "instance", "bn_statistics"),
+                              ("system", "nope", "config.system"),
                               ("data.resolution", 32, "resolution"),
                               ("model.generator_inputs", ("masked", "depth"), "generator_inputs")]:
         with pytest.raises(ValueError, match=match):
@@ -199,18 +224,30 @@ def test_bad_config_values_fail_validation():
         main.validate_config(c)
 
 
-def test_unknown_config_key_fails_at_startup(tmp_path):
-    proc = subprocess.run(
-        [sys.executable, "-m", "unmask_jax.main", "--config=configs/pix2pix.py:quick",
-         f"--workdir={tmp_path}", "--mode=summary", "--config.train.no_such_key=1"],
-        cwd=REPO, capture_output=True, text=True, timeout=300)
-    assert proc.returncode != 0
-    assert "no_such_key" in proc.stderr
+@pytest.mark.parametrize("args,needle", [
+    (["--config=configs/pix2pix.py:quick", "--mode=summary", "--config.train.no_such_key=1"],
+     "no_such_key"),
+    (["--config=configs/no_such_file.py", "--mode=summary"], "no_such_file.py"),
+    (["--config=configs/pix2pix.py:quick", "--mode=summary", "--config.train.batch_size=x"],
+     "batch_size"),
+    (["--config=configs/pix2pix.py:quick", "--mode=evaluate", "--workdir={tmp}"],
+     "no checkpoint"),
+    (["--config=configs/pix2pix.py:quick", "--mode=train", "--workdir={tmp}",
+      "--config.data.source=folder", "--config.data.data_dir={tmp}/nowhere"], "nowhere"),
+])
+def test_user_mistakes_give_one_message_and_no_traceback(tmp_path, args, needle):
+    """A user mistake ends with status 2, a message naming the problem, no traceback."""
+    args = [a.replace("{tmp}", str(tmp_path)) for a in args]
+    proc = subprocess.run([sys.executable, "-m", "unmask_jax.main", *args], cwd=REPO,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    assert "Traceback" not in proc.stderr + proc.stdout, proc.stderr[-3000:]
+    assert needle in proc.stderr
 
 
 def test_evaluate_without_checkpoint_names_the_workdir(tmp_path):
     with pytest.raises(FileNotFoundError, match=str(tmp_path)):
-        train.load_state(tiny_config(), str(tmp_path))
+        state_lib.load_state(tiny_config(), str(tmp_path))
 
 
 def test_unknown_variant_is_rejected():
@@ -242,12 +279,11 @@ def test_export_checkpoint_to_pytorch_and_back(tmp_path, full_run):
     assert set(manifest["networks"]) == {"generator", "discriminator"}
     assert entries["generator"]["torch_class"] == "UnetGenerator"
     assert entries["generator"]["step"] == 6
-    state, system, _ = train.load_state(config, str(full_run))
+    state, system, mesh = state_lib.load_state(config, str(full_run))
     module = export.load_torch_module(str(out), "generator").eval()
     batch = random_batch(2)
-    jax_out = np.asarray(system.generator.apply(
-        {"params": state.generator.params, "batch_stats": state.generator.batch_stats},
-        batch["masked"], train=False))
+    jax_out = np.asarray(system.G.apply(state.generator.variables, batch["masked"],
+                                        train=False))
     with torch.no_grad():
         ref = module(torch.from_numpy(batch["masked"].transpose(0, 3, 1, 2).copy()))
     ref = ref.numpy().transpose(0, 2, 3, 1)
@@ -255,12 +291,13 @@ def test_export_checkpoint_to_pytorch_and_back(tmp_path, full_run):
     # Import: the exported files as initial weights of a new run.
     config.model.generator_init = str(out / "generator.safetensors")
     config.model.discriminator_init = str(out / "discriminator.safetensors")
-    variables = {n: jax.device_get({"params": getattr(state, n).params,
-                                    "batch_stats": getattr(state, n).batch_stats})
-                 for n in ("generator", "discriminator")}
-    zeroed = jax.tree.map(np.zeros_like, variables)
-    loaded = export_checkpoint.init_from_torch(config, zeroed)
-    jax.tree.map(np.testing.assert_array_equal, loaded, variables)
+    from unmask_jax import parallel
+    rep = parallel.replicated_sharding(mesh)
+    zeroed = state.replace(nets=jax.tree.map(jnp.zeros_like, state.nets))
+    loaded = state_lib.init_from_torch(config, system, zeroed, rep)
+    for n in ("generator", "discriminator"):
+        jax.tree.map(np.testing.assert_array_equal, jax.device_get(loaded.nets[n].variables),
+                     jax.device_get(state.nets[n].variables))
 
 
 def test_export_without_checkpoint_names_the_workdir(tmp_path):

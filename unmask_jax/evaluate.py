@@ -1,14 +1,22 @@
-"""Evaluation on the fixed eval set: composited outputs vs ground truth, plus baselines.
+"""Evaluation on the fixed eval set: the system's outputs vs ground truth, plus baselines.
 
-Writes ``<workdir>/eval/step_<N>.json`` and ``<workdir>/eval/latest.json``:
-``{"step", "num_images", "psnr", "ssim", "psnr_mask", "ssim_mask", "lpips", "id_sim",
-   "id_backbone", "baselines": {"masked_input": {...}, "telea": {...}}}`` (means over images;
-pixel conventions in metrics.py). ``lpips`` is LPIPS v0.1 with the AlexNet backbone on the
-composited uint8 output mapped back to [-1, 1], no resizing; ``id_sim`` is the cosine of
+Writes ``<workdir>/eval/step_<N>.json`` and ``<workdir>/eval/latest.json``::
+
+    {"step", "num_images", "num_identities", "id_backbone", "bn_statistics",
+     "psnr", "ssim", "psnr_mask", "ssim_mask", "lpips", "id_sim",          # composited output
+     "raw_psnr", "raw_ssim", ..., "raw_id_sim",                            # raw G output
+     "baselines": {"masked_input": {...}, "telea": {...}}}
+
+(means over images; pixel conventions in metrics.py). The composited output keeps the input's
+known pixels outside the mask map, which flatters a system that is given the ground-truth map,
+so the raw generator output is scored too. ``lpips`` is LPIPS v0.1 (AlexNet by default) on
+the uint8 output mapped back to [-1, 1], no resizing; ``id_sim`` is the cosine of
 face-recognition embeddings of output and target with the backbone named in ``id_backbone``
-(default dlib's ResNet on the whole framed face resized to 150x150; real weights, offline).
-Every process evaluates its shard; sums are combined across processes and process 0 writes the
-files.
+(default dlib's ResNet on the framed face resized to 150x150; real weights, offline).
+
+Every process evaluates its shard of the eval set; it reads its own rows of the outputs from
+the arrays' shards (not from its process index), sums are combined across processes and
+process 0 writes the files. The jitted prediction is built once per :class:`Evaluator`.
 """
 from __future__ import annotations
 
@@ -22,11 +30,12 @@ import numpy as np
 from etils import epath
 
 from data_pipelines import pipeline
-from unmask_jax import gan, metrics, parallel, visualize
+from unmask_jax import metrics, parallel, visualize
 
 log = logging.getLogger(__name__)
 
 PIXEL_METRICS = ("psnr", "ssim", "psnr_mask", "ssim_mask")
+BASELINES = ("masked_input", "telea")
 
 
 class FeatureMetrics:
@@ -77,6 +86,30 @@ def _pad(batch: dict[str, np.ndarray], size: int) -> tuple[dict[str, np.ndarray]
     return out, n
 
 
+def empty_batch(data_cfg, identity_image: bool | None = None) -> dict[str, np.ndarray]:
+    """A batch of 0 examples with the pipeline's keys, shapes and dtypes (for a process whose
+    shard of the eval set is empty)."""
+    r = data_cfg.resolution
+    batch = {"masked": np.zeros((0, r, r, 3), np.float32),
+             "target": np.zeros((0, r, r, 3), np.float32),
+             "mask": np.zeros((0, r, r, 1), np.float32),
+             "index": np.zeros((0,), np.int64), "identity_id": np.zeros((0,), np.int64)}
+    if data_cfg.identity_image if identity_image is None else identity_image:
+        batch["identity"] = np.zeros((0, r, r, 3), np.float32)
+    return batch
+
+
+def local_rows(x: jax.Array) -> np.ndarray:
+    """This process's rows of a batch-sharded global array, in order: the rows it supplied
+    to ``parallel.global_batch`` (read from the addressable shards, whatever their devices'
+    place in the mesh)."""
+    by_start: dict[int, Any] = {}
+    for shard in x.addressable_shards:
+        start = shard.index[0].start or 0
+        by_start.setdefault(start, shard)  # replicated copies of a row block: keep one
+    return np.concatenate([np.asarray(by_start[s].data) for s in sorted(by_start)])
+
+
 class _Sums:
     def __init__(self):
         self.sums: dict[str, float] = {}
@@ -87,73 +120,103 @@ class _Sums:
             self.sums[prefix + k] = self.sums.get(prefix + k, 0.0) + float(np.sum(v))
 
 
-def evaluate(config, state, *, workdir: str, mesh, system: gan.GanSystem,
-             writer=None, features: FeatureMetrics | None = None) -> dict[str, Any]:
-    """Evaluates ``state``'s generator; returns the JSON dict (on every process)."""
-    features = FeatureMetrics.from_config(config) if features is None else features
-    data_cfg = pipeline.DataConfig.from_dict(config.data.to_dict())
-    pid, pcount = parallel.process_shard()
-    global_bs = int(config.eval.batch_size)
-    n_dev = jax.device_count()
-    if global_bs % n_dev:
-        global_bs = int(math.ceil(global_bs / n_dev) * n_dev)
-    local_bs = global_bs // pcount
-    data = pipeline.eval_dataset(data_cfg, batch_size=local_bs,
-                                 num_images=int(config.eval.num_images),
-                                 process_index=pid, process_count=pcount)
-    generate = jax.jit(lambda p, bs, b: gan.generate(system, p, bs, b),
-                       out_shardings=parallel.replicated_sharding(mesh))
-    num_images = int(config.eval.num_images)
-    # Same number of (collective) generator calls on every process.
-    per_process = max(len(range(i, num_images, pcount)) for i in range(pcount))
-    num_batches = max(1, math.ceil(per_process / local_bs))
-    it = iter(data)
-    sums = _Sums()
-    first = None
-    for _ in range(num_batches):
-        local = next(it, None)
-        if local is None:
-            local = {k: np.zeros((0,) + v.shape[1:], v.dtype) for k, v in first.items()}
-        if first is None:
-            first = local
-        padded, valid = _pad(local, local_bs)
-        out = generate(state.generator.params, state.generator.batch_stats,
-                       parallel.global_batch(padded, mesh))
-        rows = slice(pid * local_bs, pid * local_bs + valid)
-        if valid == 0:
-            continue
-        output = visualize.to_uint8(np.asarray(out["output"][rows]))
-        target = visualize.to_uint8(local["target"])
-        masked = visualize.to_uint8(local["masked"])
-        mask = local["mask"]
-        telea = metrics.telea_inpaint(masked, mask)
-        for prefix, image in (("", output), ("masked_input/", masked), ("telea/", telea)):
-            sums.add(prefix, metrics.image_metrics(image, target, mask))
-            sums.add(prefix, features(image, target))
-        sums.count += valid
-    keys = sorted(sums.sums)
-    local_vec = np.asarray([sums.sums.get(k, 0.0) for k in keys] + [sums.count], np.float64)
-    total = np.asarray(parallel.fetch_to_host(_allgather(local_vec)), np.float64)
-    total = total.reshape(-1, len(keys) + 1).sum(axis=0)
-    count = int(total[-1])
-    means = {k: float(total[i] / max(count, 1)) for i, k in enumerate(keys)}
-    metric_keys = PIXEL_METRICS + features.keys()
-    result = {"step": int(jax.device_get(state.step)), "num_images": count,
-              "id_backbone": features.id_backbone}
-    result.update({k: means[k] for k in metric_keys})
-    result["baselines"] = {b: {k: means[f"{b}/{k}"] for k in metric_keys}
-                           for b in ("masked_input", "telea")}
-    if parallel.is_main_process():
-        _write_json(workdir, result)
-        if writer is not None:
-            flat = {f"eval/{k}": result[k] for k in metric_keys}
-            flat.update({f"eval/{b}/{k}": v for b, d in result["baselines"].items()
-                         for k, v in d.items()})
-            writer.write_scalars(result["step"], flat)
-    log.info("eval step %d on %d images: %s | masked input PSNR %.2f | Telea PSNR %.2f",
-             result["step"], count, " ".join(f"{k}={result[k]:.4f}" for k in metric_keys),
-             result["baselines"]["masked_input"]["psnr"], result["baselines"]["telea"]["psnr"])
-    return result
+class Evaluator:
+    """Evaluates a system's state on the fixed eval set; built once per run (the eval source,
+    the feature metrics and the jitted prediction are reused by every evaluation)."""
+
+    def __init__(self, config, system, mesh, *, frozen=None, source=None,
+                 features: FeatureMetrics | None = None):
+        self.config = config
+        self.system = system
+        self.mesh = mesh
+        self.frozen = {} if frozen is None else frozen
+        self.data_cfg = pipeline.DataConfig.from_dict(config.data.to_dict())
+        self.source = (pipeline.build_source(self.data_cfg, self.data_cfg.eval_split)
+                       if source is None else source)
+        self.features = FeatureMetrics.from_config(config) if features is None else features
+        rep = parallel.replicated_sharding(mesh)
+        batch_sh = parallel.batch_sharding(mesh)
+
+        def predict(state, batch, frozen):
+            out = system.predict(state, batch, frozen)
+            return {**out, **{k: batch[k] for k in ("masked", "target", "mask")}}
+
+        self._predict_replicated = jax.jit(predict, out_shardings=rep)
+        self._predict_sharded = jax.jit(predict, out_shardings=batch_sh)
+
+    def predict(self, state, batch) -> dict[str, jax.Array]:
+        """Outputs with ``masked``/``target``/``mask``, replicated on every device (samples)."""
+        return self._predict_replicated(state, batch, self.frozen)
+
+    def __call__(self, state, *, workdir: str, writer=None) -> dict[str, Any]:
+        config = self.config
+        pid, pcount = parallel.process_shard()
+        global_bs = int(config.eval.batch_size)
+        n_dev = jax.device_count()
+        if global_bs % n_dev:
+            global_bs = int(math.ceil(global_bs / n_dev) * n_dev)
+        local_bs = global_bs // pcount
+        num_images = int(config.eval.num_images)
+        data = pipeline.eval_dataset(self.data_cfg, batch_size=local_bs,
+                                     num_images=num_images, process_index=pid,
+                                     process_count=pcount, source=self.source)
+        num_images = min(num_images, len(self.source))
+        # Same number of (collective) prediction calls on every process.
+        per_process = max(len(range(i, num_images, pcount)) for i in range(pcount))
+        num_batches = max(1, math.ceil(per_process / local_bs))
+        it = iter(data)
+        sums = _Sums()
+        empty = empty_batch(self.data_cfg)
+        for _ in range(num_batches):
+            local = next(it, None)
+            if local is None:
+                local = empty
+            padded, valid = _pad(local, local_bs)
+            out = self._predict_sharded(state, parallel.global_batch(padded, self.mesh),
+                                        self.frozen)
+            if valid == 0:
+                continue
+            target = visualize.to_uint8(local["target"])
+            masked = visualize.to_uint8(local["masked"])
+            mask = local["mask"]
+            images = {"": visualize.to_uint8(local_rows(out["output"])[:valid]),
+                      "raw_": visualize.to_uint8(local_rows(out["raw"])[:valid]),
+                      "masked_input/": masked,
+                      "telea/": metrics.telea_inpaint(masked, mask)}
+            for prefix, image in images.items():
+                sums.add(prefix, metrics.image_metrics(image, target, mask))
+                sums.add(prefix, self.features(image, target))
+            sums.count += valid
+        keys = sorted(sums.sums)
+        local_vec = np.asarray([sums.sums.get(k, 0.0) for k in keys] + [sums.count],
+                               np.float64)
+        total = np.asarray(parallel.fetch_to_host(_allgather(local_vec)), np.float64)
+        total = total.reshape(-1, len(keys) + 1).sum(axis=0)
+        count = int(total[-1])
+        means = {k: float(total[i] / max(count, 1)) for i, k in enumerate(keys)}
+        metric_keys = PIXEL_METRICS + self.features.keys()
+        result = {"step": int(jax.device_get(state.step)), "num_images": count,
+                  "num_identities": getattr(data, "num_identities", None),
+                  "id_backbone": self.features.id_backbone,
+                  "bn_statistics": config.eval.get("bn_statistics")}
+        result.update({k: means[k] for k in metric_keys})
+        result.update({f"raw_{k}": means[f"raw_{k}"] for k in metric_keys})
+        result["baselines"] = {b: {k: means[f"{b}/{k}"] for k in metric_keys}
+                               for b in BASELINES}
+        if parallel.is_main_process():
+            _write_json(workdir, result)
+            if writer is not None:
+                flat = {f"eval/{k}": result[k] for k in metric_keys}
+                flat.update({f"eval/raw_{k}": result[f"raw_{k}"] for k in metric_keys})
+                flat.update({f"eval/{b}/{k}": v for b, d in result["baselines"].items()
+                             for k, v in d.items()})
+                writer.write_scalars(result["step"], flat)
+        log.info("eval step %d on %d images (%s identities): %s | raw PSNR %.2f | masked "
+                 "input PSNR %.2f | Telea PSNR %.2f", result["step"], count,
+                 result["num_identities"], " ".join(f"{k}={result[k]:.4f}" for k in metric_keys),
+                 result["raw_psnr"], result["baselines"]["masked_input"]["psnr"],
+                 result["baselines"]["telea"]["psnr"])
+        return result
 
 
 def _allgather(x: np.ndarray) -> np.ndarray:
@@ -173,6 +236,7 @@ def _write_json(workdir: str, result: dict[str, Any]) -> None:
 
 def evaluate_checkpoint(config, workdir: str) -> dict[str, Any]:
     """``--mode=evaluate``: the latest (or ``config.eval.checkpoint_step``) checkpoint."""
-    from unmask_jax import train  # train imports this module
-    state, system, mesh = train.load_state(config, workdir, config.eval.checkpoint_step)
-    return evaluate(config, state, workdir=workdir, mesh=mesh, system=system)
+    from unmask_jax import state as state_lib
+    state, system, mesh = state_lib.load_state(config, workdir, config.eval.checkpoint_step)
+    frozen = jax.device_put(system.load_frozen(training=False), parallel.replicated_sharding(mesh))
+    return Evaluator(config, system, mesh, frozen=frozen)(state, workdir=workdir)

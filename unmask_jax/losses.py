@@ -9,7 +9,11 @@ reductions are means over every element (PyTorch's ``reduction='mean'``).
   0.5 in pix2pix, 1.0 in the TF tutorial.
 - ``generator_gan_loss(fake_logits, kind)``: the generator's adversarial term.
 - ``l1_loss``, ``mse_loss``, ``smooth_l1_loss`` (torch ``SmoothL1Loss(beta)``),
-  ``ssim_loss`` (1 - SSIM of images in [-1, 1] mapped to [0, 1]).
+  ``ssim_loss`` (1 - SSIM of images in [-1, 1] mapped to [0, 1], the metric's conventions).
+- ``bce_loss`` (torch ``BCELoss`` on probabilities, or ``BCEWithLogitsLoss``), ``dice_loss``
+  (1 - soft Dice over each image, mean over the batch) for mask maps in [0, 1].
+
+Named, weighted terms that configs select are assembled in :mod:`unmask_jax.loss_terms`.
 """
 
 from __future__ import annotations
@@ -83,3 +87,27 @@ def ssim(pred: Array, target: Array) -> Array:
 def ssim_loss(pred: Array, target: Array) -> Array:
     """``1 - mean SSIM`` of NHWC images in [-1, 1]."""
     return 1.0 - jnp.mean(ssim(pred, target))
+
+
+def bce_loss(pred: Array, target: Array, from_logits: bool = False) -> Array:
+    """Binary cross-entropy, mean over elements. ``pred`` are probabilities (torch
+    ``BCELoss``: log clamped at -100) or, with ``from_logits``, logits."""
+    pred, target = _f32(pred), _f32(target)
+    if from_logits:
+        return jnp.mean(optax.sigmoid_binary_cross_entropy(pred, target))
+    log_p = jnp.maximum(jnp.log(pred), -100.0)
+    log_1mp = jnp.maximum(jnp.log1p(-pred), -100.0)
+    return -jnp.mean(target * log_p + (1.0 - target) * log_1mp)
+
+
+def dice_coefficient(pred: Array, target: Array, smooth: float = 1.0) -> Array:
+    """Soft Dice per image, shape (B,): (2 sum(p t) + s) / (sum p + sum t + s)."""
+    p = _f32(pred).reshape(pred.shape[0], -1)
+    t = _f32(target).reshape(target.shape[0], -1)
+    return (2.0 * jnp.sum(p * t, axis=1) + smooth) / (
+        jnp.sum(p, axis=1) + jnp.sum(t, axis=1) + smooth)
+
+
+def dice_loss(pred: Array, target: Array, smooth: float = 1.0) -> Array:
+    """``1 - mean soft Dice`` of mask maps in [0, 1]."""
+    return 1.0 - jnp.mean(dice_coefficient(pred, target, smooth))

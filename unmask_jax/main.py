@@ -3,7 +3,10 @@
     python -m unmask_jax.main --config=configs/pix2pix.py:quick --workdir=DIR \
         [--mode=train|evaluate|summary|export] [--config.train.batch_size=4 ...]
 
-Unknown config keys (``--config.nope=1``) and bad values stop at start-up with a message.
+A user mistake (unknown config key, bad value, missing dataset or weights file, a workdir
+without a checkpoint or held by another run, a checkpoint this config cannot resume) prints
+one message naming what to change and exits with status 2; no traceback. A failed training
+(non-finite loss) exits with status 1 after saying where the last good checkpoint is.
 """
 from __future__ import annotations
 
@@ -17,6 +20,7 @@ from absl import app, flags
 from ml_collections import config_flags
 
 MODES = ("train", "evaluate", "summary", "export")
+USER_ERROR_STATUS = 2
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "Config file, e.g. configs/pix2pix.py:quick", lock_config=True)
@@ -30,15 +34,21 @@ flags.mark_flags_as_required(["config"])
 log = logging.getLogger("unmask_jax")
 
 
+class UserError(Exception):
+    """A mistake in the command, config or files, with a message saying what to change."""
+
+
 def validate_config(config) -> None:
     """Fails fast on values the trainer would only reject later (after compiling)."""
     from data_pipelines import pipeline
-    from unmask_jax import gan, optim
+    from unmask_jax import optim, systems
 
     pipeline.DataConfig.from_dict(config.data.to_dict())
-    gan.build_system(config)
+    system = systems.build(config)
     optim.resolve_steps(config.train, "num", steps_per_epoch=1)
-    optim.learning_rate_schedule(config.optim, steps_per_epoch=1)
+    for network in system.networks:
+        optim.learning_rate_schedule(optim.network_settings(config.optim, network),
+                                     steps_per_epoch=1)
     for key in ("log_every_steps", "sample_every_steps", "checkpoint_every_steps",
                 "eval_every_steps", "batch_size"):
         if int(config.train[key]) <= 0:
@@ -50,15 +60,16 @@ def summary(config, workdir: str | None) -> dict:
     import jax
     from etils import epath
 
-    from unmask_jax import gan, models
+    from unmask_jax import models, systems
 
-    system = gan.build_system(config)
+    system = systems.build(config)
     shapes = jax.eval_shape(
-        lambda: gan.init_variables(system, jax.random.PRNGKey(0), config.data.resolution))
-    result = {"networks": {name: {"params": models.count_params(v["params"])}
+        lambda: system.init_variables(jax.random.PRNGKey(0), config.data.resolution))
+    result = {"system": system.name,
+              "networks": {name: {"params": models.count_params(v["params"])}
                            for name, v in shapes.items()}}
     width = max(len(n) for n in result["networks"])
-    print(f"{config.name}: {system.input_channels()}-channel generator input, "
+    print(f"{config.name} (system {system.name}): {system.describe()}, "
           f"{config.data.resolution}x{config.data.resolution}")
     for name, info in result["networks"].items():
         print(f"  {name:<{width}}  {info['params']:>14,d} params")
@@ -69,28 +80,64 @@ def summary(config, workdir: str | None) -> dict:
     return result
 
 
+def _user_error_types() -> tuple[type[BaseException], ...]:
+    """Exceptions that mean the user has something to fix (message, no traceback)."""
+    from data_pipelines.landmarks.detect import LandmarkDetectorUnavailable
+    from unmask_jax import checkpoints, train, workdir_lock
+    from unmask_jax.features import MissingWeightsError
+    return (UserError, train.DataSetupError, checkpoints.CheckpointError,
+            workdir_lock.WorkdirLockedError,
+            MissingWeightsError, LandmarkDetectorUnavailable, FileNotFoundError,
+            NotADirectoryError, PermissionError)
+
+
+def _fail(message: str, status: int = USER_ERROR_STATUS) -> NoReturn:
+    log.error("%s", message)
+    print(f"error: {message}", file=sys.stderr)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    sys.exit(status)
+
+
 def main(argv) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     config = _CONFIG.value
+    try:  # ml_collections loads the file lazily: a missing or broken one fails here
+        config.to_dict()
+    except (OSError, AttributeError, ValueError, TypeError, SyntaxError, ImportError) as e:
+        _fail(f"--config={flags.FLAGS['config'].serialize().split('=', 1)[-1]}: "
+              f"{str(e).strip()}")
     mode = _MODE.value
     workdir = _WORKDIR.value
     if mode != "summary" and not workdir:
         raise app.UsageError(f"--workdir is required for --mode={mode}")
 
-    from unmask_jax import host_allocator, parallel  # before any device access
-    log.info(host_allocator.configure())
-    parallel.initialize_distributed(
-        parallel.DistributedConfig.from_dict(config.distributed.to_dict()))
+    import jax
+
+    from unmask_jax import host_allocator, parallel
+    try:
+        parallel.initialize_distributed(
+            parallel.DistributedConfig.from_dict(config.distributed.to_dict()))
+    except ValueError as e:
+        _fail(f"distributed start-up: {e}")
+    # glibc arenas are per thread and fixed at a thread's first allocation: the settings must
+    # come before the backend starts its threads (host_allocator.platform_before_start).
+    log.info(host_allocator.configure(host_allocator.platform_before_start()
+                                      or jax.default_backend()))
     try:
         validate_config(config)
     except (ValueError, TypeError, KeyError) as e:
-        raise app.UsageError(f"bad config {config.name!r}: {e}") from None
+        _fail(f"bad config {config.name!r}: {e}")
 
     try:
         _run_mode(config, mode, workdir)
+    except _user_error_types() as e:
+        if jax.process_count() > 1:
+            log.error("%s", e)
+            _exit_now(jax.process_index())
+        _fail(str(e))
     except Exception:  # pylint: disable=broad-except
-        import jax
         if jax.process_count() > 1:
             _exit_now(jax.process_index())
         raise
@@ -104,15 +151,17 @@ def _run_mode(config, mode: str, workdir: str | None) -> None:
         try:
             train.train_and_evaluate(config, workdir)
         except train.NonFiniteLossError as e:
-            log.error("training stopped: %s", e)
-            sys.exit(1)
+            _fail(f"training stopped: {e}", status=1)
     elif mode == "evaluate":
         from unmask_jax import evaluate
         evaluate.evaluate_checkpoint(config, workdir)
     elif mode == "export":
         from unmask_jax.export import checkpoint as export_checkpoint
-        export_checkpoint.export_checkpoint(config, workdir, _EXPORT_DIR.value,
-                                            write_pt=_EXPORT_PT.value)
+        try:
+            export_checkpoint.export_checkpoint(config, workdir, _EXPORT_DIR.value,
+                                                write_pt=_EXPORT_PT.value)
+        except ValueError as e:
+            raise UserError(str(e)) from None
 
 
 def _exit_now(process_index: int) -> NoReturn:
@@ -130,9 +179,25 @@ def _exit_now(process_index: int) -> NoReturn:
     os._exit(1)
 
 
+def _parse_flags(argv: list[str]) -> list[str]:
+    """absl's flag parsing, with a config mistake (a missing config file, an unknown key, a
+    value of the wrong type) ending in one message and status 2 instead of a traceback."""
+    try:
+        return flags.FLAGS(argv)
+    except flags.Error as e:
+        message = str(e)
+    except (AttributeError, KeyError, ValueError, TypeError, OSError, SyntaxError,
+            ImportError) as e:
+        message = f"{type(e).__name__}: {e}"
+    print(f"error: {message}\nUsage: python -m unmask_jax.main --config=configs/<system>.py"
+          "[:variant] --workdir=DIR [--mode=train|evaluate|summary|export] "
+          "[--config.<key>=<value> ...]", file=sys.stderr)
+    sys.exit(USER_ERROR_STATUS)
+
+
 def run() -> None:
     logging.getLogger().setLevel(logging.INFO)
-    app.run(main)
+    app.run(main, flags_parser=_parse_flags)
 
 
 if __name__ == "__main__":

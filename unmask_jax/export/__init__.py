@@ -18,6 +18,7 @@ import os
 from typing import Any, Mapping
 
 import numpy as np
+from etils import epath
 
 from unmask_jax.export import io, keymaps
 from unmask_jax.export.keymaps import KEYMAPS, ExportError, TorchTarget
@@ -67,15 +68,15 @@ def export_variables(network_name: str, model_name: str, model_kwargs: Mapping[s
     target = keymaps.torch_target(model_name, model_kwargs, variables)
     state_dict = keymaps.flax_to_torch(model_name, model_kwargs, variables,
                                        num_batches_tracked=int(step))
-    os.makedirs(out_dir, exist_ok=True)
+    epath.Path(out_dir).mkdir(parents=True, exist_ok=True)  # local or gs://
     files = {"safetensors": f"{network_name}.safetensors"}
-    save_path = os.path.join(out_dir, files["safetensors"])
+    save_path = os.fspath(epath.Path(out_dir) / files["safetensors"])
     io.save_safetensors(save_path, state_dict, metadata={
         "network": network_name, "model": model_name, "torch_class": target.torch_class,
         "step": int(step)})
     if write_pt:
         files["pt"] = f"{network_name}.pt"
-        io.save_pt(os.path.join(out_dir, files["pt"]), state_dict)
+        io.save_pt(os.fspath(epath.Path(out_dir) / files["pt"]), state_dict)
     entry = {
         "network": network_name,
         "flax_model": model_name,
@@ -135,7 +136,7 @@ def load_torch_module(out_dir: str, network_name: str, *, strict: bool = True):
     if entry is None:
         raise ExportError(f"no network {network_name!r} in {out_dir}/{io.MANIFEST_NAME}")
     module = build_torch_module(entry["torch_class"], entry["constructor_args"])
-    sd = io.load_state_dict(os.path.join(out_dir, entry["files"]["safetensors"]))
+    sd = io.load_state_dict(os.fspath(epath.Path(out_dir) / entry["files"]["safetensors"]))
     module.load_state_dict({k: torch.from_numpy(np.array(v)) for k, v in sd.items()},
                            strict=strict)
     return module.eval()

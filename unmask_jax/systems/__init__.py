@@ -1,0 +1,25 @@
+"""Systems by name: ``config.system`` -> the class that declares a paper's networks, inputs,
+optimisers, step and inference (see :mod:`unmask_jax.systems.base`).
+
+Adding a paper's system adds a module here and one entry in ``SYSTEMS``; the trainer does not
+change.
+"""
+from __future__ import annotations
+
+from unmask_jax.systems.base import System
+from unmask_jax.systems.pix2pix import Pix2PixSystem
+
+SYSTEMS: dict[str, type[System]] = {
+    "pix2pix": Pix2PixSystem,
+}
+
+
+def build(config) -> System:
+    """The system ``config.system`` names, built from the config (bad values fail here)."""
+    name = config.get("system", None)
+    if name not in SYSTEMS:
+        raise ValueError(f"config.system={name!r}: choose one of {sorted(SYSTEMS)}")
+    return SYSTEMS[name](config)
+
+
+__all__ = ["SYSTEMS", "System", "build"]
