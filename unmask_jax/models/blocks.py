@@ -7,6 +7,9 @@
   Module": channel attention (average- and max-pooled descriptors through one shared
   two-layer MLP, summed, sigmoid) followed by spatial attention (channel-wise mean and max
   maps concatenated in that order, one k x k convolution, sigmoid).
+- :class:`SNConv` / :func:`spectral_normalise`: a ``torch.nn.Conv2d`` wrapped in
+  ``torch.nn.utils.spectral_norm`` (Miyato et al. 2018); see :class:`SNConv` for the exact
+  semantics and its ``"spectral"`` collection.
 
 The fully connected layers are 1x1 :class:`~unmask_jax.models.layers.Conv` layers applied to
 the (N, 1, 1, C) pooled descriptor: numerically the same as ``nn.Linear`` and exported to
@@ -30,13 +33,18 @@ Outputs are in the compute ``dtype``; pooling and the sigmoid gates are computed
 
 from __future__ import annotations
 
-from typing import Any
+import math
+from typing import Any, Callable, Sequence
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+from jax import lax
 
-from unmask_jax.models.layers import Conv
+from unmask_jax.models.layers import Conv, conv2d, conv2d_gemm, conv2d_xla, normal_init
+from unmask_jax.models.layers import dispatch
+from unmask_jax.models.layers.common import Initializer, PaddingLike, add_bias, pair
+from unmask_jax.models.layers.padding import out_size, resolved_padding
 
 Array = jax.Array
 Dtype = Any
@@ -139,3 +147,122 @@ class CBAM(nn.Module):
         del train  # no batch statistics
         return cbam(x, reduction=self.reduction, spatial_kernel=self.spatial_kernel,
                     conv_impl=self.conv_impl, dtype=self.dtype, param_dtype=self.param_dtype)
+
+
+# ----------------------------------------------------------------------------------------
+# Spectral normalisation.
+# ----------------------------------------------------------------------------------------
+
+SPECTRAL = "spectral"  # the mutable collection holding the power-iteration vectors
+
+
+def _l2_normalise(x: Array, eps: float) -> Array:
+    """``torch.nn.functional.normalize(x, dim=0, eps=eps)``: x / max(||x||, eps)."""
+    return x / jnp.maximum(jnp.sqrt(jnp.sum(jnp.square(x))), eps)
+
+
+def _mv(a: Array, b: Array) -> Array:
+    return jnp.dot(a, b, precision=lax.Precision.HIGHEST)
+
+
+def spectral_normalise(w_mat: Array, u: Array, v: Array, *, power_iterations: int,
+                       eps: float) -> tuple[Array, Array, Array]:
+    """``torch.nn.utils.spectral_norm``'s ``compute_weight`` on a matrix ``w_mat`` (out, -1).
+
+    Runs ``power_iterations`` steps (v = normalize(W^T u), u = normalize(W v)) on the
+    stop-gradient of ``w_mat`` and returns ``(w_mat / sigma, u, v)`` with
+    ``sigma = u^T W v``: u and v are constants for the gradient, sigma is differentiated
+    through W (as in torch). ``power_iterations=0`` is torch's eval mode (stored u, v).
+    """
+    w_const = lax.stop_gradient(w_mat)
+    for _ in range(power_iterations):
+        v = _l2_normalise(_mv(w_const.T, u), eps)
+        u = _l2_normalise(_mv(w_const, v), eps)
+    u, v = lax.stop_gradient(u), lax.stop_gradient(v)
+    sigma = jnp.dot(u, _mv(w_mat, v))
+    return w_mat / sigma, u, v
+
+
+def _conv_impl(impl: str, x: Array, kernel_hw: tuple[int, int], strides: Any,
+               padding: PaddingLike, dilation: Any, auto_gemm_max_pixels: int) -> str:
+    """What :class:`~unmask_jax.models.layers.Conv` runs for ``impl`` (same 'auto' rule)."""
+    if impl != dispatch.AUTO:
+        return impl
+    if not dispatch.cpu_tuned():
+        return "xla"
+    pads = resolved_padding(padding, x.shape[1:3], kernel_hw, pair(strides), pair(dilation))
+    pixels = math.prod(out_size(n, k, s, p, d) for n, k, s, p, d in zip(
+        x.shape[1:3], kernel_hw, pair(strides), pads, pair(dilation)))
+    return "gemm" if pixels <= auto_gemm_max_pixels else "conv"
+
+
+class SNConv(nn.Module):
+    """``torch.nn.utils.spectral_norm(torch.nn.Conv2d(...))`` in NHWC.
+
+    The trained parameter is the raw kernel (params ``kernel`` (kH, kW, in, out), torch
+    ``weight_orig`` = ``kernel.transpose(3, 2, 0, 1)``) and ``bias``. The convolution uses
+    ``kernel / sigma``, sigma the largest singular value of the torch-layout weight reshaped
+    to (out, in * kH * kW), estimated by power iteration with the vectors held in the
+    mutable collection ``"spectral"`` (not ``batch_stats``): ``u`` (out,) and ``v``
+    (in * kH * kW,), torch's ``weight_u`` / ``weight_v``. Both start as normalised N(0, 1)
+    draws (from the 'params' rng at init), like torch.
+
+    - ``train=True``: ``power_iterations`` steps (torch default 1) from the stored u, then
+      sigma = u^T W v; the new u, v are stored when ``"spectral"`` is mutable (pass
+      ``mutable=["batch_stats", "spectral"]``); if it is not, the forward still uses the
+      iterated vectors but nothing is stored. ``init`` never iterates, so the initial
+      vectors are the random draws.
+    - ``train=False``: torch's eval mode: no iteration, sigma = u^T W v from the stored u, v.
+
+    ``eps`` 1e-12 (torch's). Other fields as :class:`~unmask_jax.models.layers.Conv`
+    (torch-style ``padding``; ``impl`` 'auto' | 'xla' | 'conv' | 'gemm').
+    """
+
+    features: int
+    kernel_size: int | Sequence[int] = 4
+    strides: int | Sequence[int] = 2
+    padding: PaddingLike = 1
+    dilation: int | Sequence[int] = 1
+    use_bias: bool = True
+    power_iterations: int = 1
+    eps: float = 1e-12
+    impl: str = "auto"
+    auto_gemm_max_pixels: int = 256
+    split_batch: bool | None = None
+    dtype: Dtype = jnp.float32
+    param_dtype: Dtype = jnp.float32
+    kernel_init: Initializer = normal_init(0.02)
+    bias_init: Initializer = nn.initializers.zeros
+
+    @nn.compact
+    def __call__(self, x: Array, train: bool = False) -> Array:
+        kh, kw = pair(self.kernel_size)
+        cin = x.shape[-1]
+        kernel = self.param("kernel", self.kernel_init, (kh, kw, cin, self.features),
+                            self.param_dtype)
+        width = cin * kh * kw
+
+        def init_vec(size: int) -> Callable[[], Array]:
+            def init() -> Array:
+                draw = jax.random.normal(self.make_rng("params"), (size,), jnp.float32)
+                return _l2_normalise(draw, self.eps)
+            return init
+
+        u_var = self.variable(SPECTRAL, "u", init_vec(self.features))
+        v_var = self.variable(SPECTRAL, "v", init_vec(width))
+        # torch layout (out, in, kH, kW) flattened to (out, in * kH * kW).
+        w_mat = kernel.astype(jnp.float32).transpose(3, 2, 0, 1).reshape(self.features, width)
+        iterate = train and not self.is_initializing()
+        w_mat, u, v = spectral_normalise(
+            w_mat, u_var.value, v_var.value,
+            power_iterations=self.power_iterations if iterate else 0, eps=self.eps)
+        if iterate and self.is_mutable_collection(SPECTRAL):
+            u_var.value, v_var.value = u, v
+        w = w_mat.reshape(self.features, cin, kh, kw).transpose(2, 3, 1, 0)
+        impl = _conv_impl(self.impl, x, (kh, kw), self.strides, self.padding, self.dilation,
+                          self.auto_gemm_max_pixels)
+        fns = {"conv": conv2d, "gemm": conv2d_gemm, "xla": conv2d_xla}
+        y = dispatch.run_impl(self, fns, impl, "conv", x,
+                              (w.astype(self.dtype), self.strides, self.padding,
+                               self.dilation))
+        return add_bias(self, y)
