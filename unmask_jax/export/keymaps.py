@@ -316,6 +316,7 @@ def flax_to_torch(model_name: str, model_kwargs: Mapping[str, Any],
             out[f"{prefix}.{suffix}"] = _to_torch_array(leaf, src[leaf])
         if "mean" in s:
             out[f"{prefix}.num_batches_tracked"] = np.asarray(num_batches_tracked, np.int64)
+    _spectral_to_torch(variables.get("spectral", {}), name_map, out)
     return out
 
 
@@ -335,6 +336,8 @@ def torch_to_flax(model_name: str, model_kwargs: Mapping[str, Any],
     an unexpected key or a shape mismatch.
     """
     name_map = get_keymap(model_name).name_map(model_kwargs, _modules(template))
+    state_dict, spectral = _spectral_from_torch(model_name, template.get("spectral", {}),
+                                                name_map, state_dict)
     params_t = template.get("params", {})
     stats_t = template.get("batch_stats", {})
     result: dict[str, dict[str, dict[str, np.ndarray]]] = {}
@@ -368,4 +371,176 @@ def torch_to_flax(model_name: str, model_kwargs: Mapping[str, Any],
     if unexpected:
         raise ExportError(f"{model_name}: unexpected key(s) in state dict: {unexpected[:10]}"
                           + (" ..." if len(unexpected) > 10 else ""))
+    if spectral:
+        result["spectral"] = spectral
     return result
+
+
+# ----------------------------------------------------------------------------------------
+# Ye Train C generator (``unmask_jax.models.ye_custom.YeUnetC`` -> torch_modules.YeUnetC).
+# ----------------------------------------------------------------------------------------
+
+
+def ye_unet_c_name_map(name: str) -> str:
+    """Flax ``YeUnetC`` names -> the project's torch ``YeUnetC`` prefixes."""
+    m = re.fullmatch(r"(down_conv|up_conv|dilated_conv)_(\d+)", name)
+    if m:
+        return f"{m.group(1)}.{m.group(2)}"
+    m = re.fullmatch(r"se_(\d+)_(fc_0|fc_1)", name)
+    if m:
+        return f"se.{m.group(1)}.{m.group(2)}"
+    raise ExportError(f"ye_unet_c: no torch key for Flax module {name!r}")
+
+
+def _ye_unet_c_target(params: Mapping[str, Any], kw: Mapping[str, Any]) -> TorchTarget:
+    _check_close("ye_unet_c", "in_epsilon", _kw(kw, "in_epsilon", 1e-5), 1e-5)
+    k_in = params["down_conv_0"]["kernel"].shape  # (4, 4, in, ngf)
+    n_dilated = _count(list(params), r"dilated_conv_\d+")
+    rates = [int(r) for r in _kw(kw, "dilation_rates", (2, 4, 8, 16))]
+    if len(rates) != n_dilated:
+        raise ExportError(f"ye_unet_c: model kwargs give {len(rates)} dilation rates but the "
+                          f"variables have {n_dilated} dilated convolutions")
+    args = {
+        "input_nc": int(k_in[2]),
+        "output_nc": int(params["up_conv_0"]["kernel"].shape[2]),
+        "ngf": int(k_in[3]),
+        "dilated_channels": (int(params["dilated_conv_0"]["kernel"].shape[3]) if n_dilated
+                             else int(_kw(kw, "dilated_channels", 256))),
+        "dilation_rates": rates,
+        "se_reduction": int(_kw(kw, "se_reduction", 16)),
+        "use_dropout": bool(_kw(kw, "use_dropout", False)),
+        "dropout_rate": float(_kw(kw, "dropout_rate", 0.5)),
+    }
+    return TorchTarget("YeUnetC", args, PROJECT_TORCH_MODULES)
+
+
+KEYMAPS["ye_unet_c"] = KeyMap(lambda kw, names: ye_unet_c_name_map, _ye_unet_c_target,
+                              _PIX2PIX_INPUT)
+
+
+# ----------------------------------------------------------------------------------------
+# Spectral normalisation (``unmask_jax.models.blocks.SNConv`` <->
+# ``torch.nn.utils.spectral_norm(nn.Conv2d)``): a Flax module with variables in the
+# ``"spectral"`` collection (``u``, ``v``) is a spectral-normalised conv; its params
+# ``kernel`` -> ``weight_orig`` (same transpose), ``spectral/u`` -> ``weight_u``,
+# ``spectral/v`` -> ``weight_v`` (both already in torch's layout), ``bias`` -> ``bias``.
+# ----------------------------------------------------------------------------------------
+
+
+def _spectral_to_torch(spectral: Mapping[str, Any], name_map: NameMap,
+                       out: dict[str, np.ndarray]) -> None:
+    """Rewrites ``out`` (from :func:`flax_to_torch`) in place for spectral-normalised convs."""
+    for name in sorted(spectral):
+        vecs = spectral[name]
+        if set(vecs) != {"u", "v"}:
+            raise ExportError(f"Flax module {name!r} has spectral variables {sorted(vecs)}; "
+                              f"expected u and v")
+        prefix = name_map(name)
+        if f"{prefix}.weight" not in out:
+            raise ExportError(f"Flax module {name!r} has spectral vectors but no kernel")
+        out[f"{prefix}.weight_orig"] = out.pop(f"{prefix}.weight")
+        out[f"{prefix}.weight_u"] = _to_f32(vecs["u"])
+        out[f"{prefix}.weight_v"] = _to_f32(vecs["v"])
+
+
+def _spectral_from_torch(model_name: str, spectral_t: Mapping[str, Any], name_map: NameMap,
+                         state_dict: Mapping[str, Any]
+                         ) -> tuple[Mapping[str, Any], dict[str, dict[str, np.ndarray]]]:
+    """For :func:`torch_to_flax`: (state dict with ``weight_orig`` renamed ``weight`` and
+    the u / v vectors removed, Flax ``spectral`` collection shaped like ``spectral_t``)."""
+    if not spectral_t:
+        return state_dict, {}
+    sd = dict(state_dict)
+    result: dict[str, dict[str, np.ndarray]] = {}
+    for name in sorted(spectral_t):
+        prefix = name_map(name)
+        for suffix in ("weight_orig", "weight_u", "weight_v"):
+            if f"{prefix}.{suffix}" not in sd:
+                raise ExportError(f"{model_name}: state dict has no key {prefix}.{suffix!r} "
+                                  f"(needed for spectral-normalised Flax module {name!r})")
+        sd[f"{prefix}.weight"] = sd.pop(f"{prefix}.weight_orig")
+        for leaf in ("u", "v"):
+            arr = _as_numpy(sd.pop(f"{prefix}.weight_{leaf}")).astype(np.float32)
+            want = spectral_t[name][leaf]
+            if tuple(arr.shape) != tuple(want.shape):
+                raise ExportError(f"{model_name}: shape mismatch for {prefix}.weight_{leaf}: "
+                                  f"torch {tuple(arr.shape)} vs Flax {tuple(want.shape)}")
+            result.setdefault(name, {})[leaf] = np.ascontiguousarray(arr).astype(want.dtype)
+    return sd, result
+
+
+# ----------------------------------------------------------------------------------------
+# GANMasker (``unmask_jax.models.ganmasker`` -> torch_modules.GANMasker*).
+# ----------------------------------------------------------------------------------------
+
+
+def ganmasker_name_map(name: str) -> str:
+    """Flat Flax GANMasker names -> the project's torch prefixes (all three networks):
+    ``enc_{i}_conv`` -> ``enc.{i}.conv``, ``enc_{i}_cbam_mlp_0`` -> ``enc.{i}.cbam.mlp_0``,
+    ``mid_{k}_norm`` -> ``mid.{k}.norm``, ``dec_{j}_conv`` -> ``dec.{j}.conv``,
+    ``conv_{k}`` -> ``convs.{k}``."""
+    m = re.fullmatch(r"(enc|mid|dec)_(\d+)_(cbam_)?([a-z]+(?:_\d+)?)", name)
+    if m:
+        return f"{m.group(1)}.{m.group(2)}." + ("cbam." if m.group(3) else "") + m.group(4)
+    m = re.fullmatch(r"conv_(\d+)", name)
+    if m:
+        return f"convs.{m.group(1)}"
+    raise ExportError(f"ganmasker: no torch key for Flax module {name!r}")
+
+
+def _ganmasker_mseg_target(params: Mapping[str, Any], kw: Mapping[str, Any]) -> TorchTarget:
+    k_in = params["enc_0_conv"]["kernel"].shape  # (3, 3, in, base_width)
+    args = {
+        "input_nc": int(k_in[2]),
+        "base_width": int(k_in[3]),
+        "cbam_reduction": int(_kw(kw, "cbam_reduction", 16)),
+        "cbam_kernel": int(params["enc_0_cbam_spatial"]["kernel"].shape[0]),
+        "upsample": str(_kw(kw, "upsample", "bilinear")),
+    }
+    return TorchTarget("GANMaskerMSeg", args, PROJECT_TORCH_MODULES)
+
+
+def _ganmasker_funet_target(params: Mapping[str, Any], kw: Mapping[str, Any]) -> TorchTarget:
+    k_in = params["enc_0_conv_0"]["kernel"].shape  # (3, 3, in, base_width)
+    rates = [int(r) for r in _kw(kw, "dilation_rates", (2, 4, 8, 16))]
+    n_mid = _count(list(params), r"mid_\d+_conv")
+    if len(rates) != n_mid:
+        raise ExportError(f"ganmasker_funet: model kwargs give {len(rates)} dilation rates but "
+                          f"the variables have {n_mid} dilated convolutions")
+    args = {
+        "input_nc": int(k_in[2]),
+        "base_width": int(k_in[3]),
+        "out_channels": int(params["dec_4_conv"]["kernel"].shape[3]),
+        "leaky_slope": float(_kw(kw, "leaky_slope", 0.2)),
+        "cbam_reduction": int(_kw(kw, "cbam_reduction", 16)),
+        "cbam_kernel": int(params["enc_0_cbam_spatial"]["kernel"].shape[0]),
+        "dilation_rates": rates,
+        "upsample": str(_kw(kw, "upsample", "bilinear")),
+        "final_norm": "dec_4_norm" in params,
+    }
+    return TorchTarget("GANMaskerFUNet", args, PROJECT_TORCH_MODULES)
+
+
+def _ganmasker_d_target(params: Mapping[str, Any], kw: Mapping[str, Any]) -> TorchTarget:
+    k = params["conv_0"]["kernel"].shape  # (4, 4, in, ndf)
+    n_layers = _count(list(params), r"conv_\d+") - 2
+    if "n_layers" in kw and int(kw["n_layers"]) != n_layers:
+        raise ExportError(f"ganmasker_discriminator: model kwargs say n_layers="
+                          f"{kw['n_layers']} but the variables have {n_layers + 2} convolutions")
+    args = {
+        "input_nc": int(k[2]),
+        "ndf": int(k[3]),
+        "n_layers": n_layers,
+        "leaky_slope": float(_kw(kw, "leaky_slope", 0.2)),
+        "power_iterations": int(_kw(kw, "power_iterations", 1)),
+    }
+    return TorchTarget("GANMaskerDiscriminator", args, PROJECT_TORCH_MODULES)
+
+
+_GANMASKER_MSEG_INPUT = "NCHW float32, RGB masked face scaled to [-1, 1] (pixel / 127.5 - 1)"
+KEYMAPS["ganmasker_mseg"] = KeyMap(lambda kw, names: ganmasker_name_map,
+                                   _ganmasker_mseg_target, _GANMASKER_MSEG_INPUT)
+KEYMAPS["ganmasker_funet"] = KeyMap(lambda kw, names: ganmasker_name_map,
+                                    _ganmasker_funet_target, _PIX2PIX_INPUT)
+KEYMAPS["ganmasker_discriminator"] = KeyMap(lambda kw, names: ganmasker_name_map,
+                                            _ganmasker_d_target, _D_INPUT)

@@ -251,3 +251,249 @@ class TFPatchGANDiscriminator(nn.Module):
         for down in self.down:
             x = down(x)
         return self.last(self.act(self.norm(self.conv(x))))
+
+
+# ----------------------------------------------------------------------------------------
+# Ye et al. Train C "customized GAN" generator (the project's own PyTorch port).
+# ----------------------------------------------------------------------------------------
+
+
+class _YeSqueezeExcitation(nn.Module):
+    """SE: avg pool -> 1x1 conv C -> max(1, C // r) -> ReLU -> 1x1 conv -> C -> sigmoid."""
+
+    def __init__(self, channels: int, reduction: int):
+        super().__init__()
+        hidden = max(1, channels // reduction)
+        self.fc_0 = nn.Conv2d(channels, hidden, kernel_size=1)
+        self.fc_1 = nn.Conv2d(hidden, channels, kernel_size=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        s = torch.mean(x, dim=(2, 3), keepdim=True)
+        return x * torch.sigmoid(self.fc_1(torch.relu(self.fc_0(s))))
+
+
+class YeUnetC(nn.Module):
+    """Ye Train C generator; mirrors ``unmask_jax.models.ye_custom.YeUnetC``.
+
+    Keys: ``down_conv.{d}.*`` (d = 0 .. 4), ``se.{d}.fc_0.*`` / ``se.{d}.fc_1.*`` (d = 0 .. 2),
+    ``dilated_conv.{i}.*``, ``up_conv.{d}.*`` (d = 0 .. 4; index = U-Net level). The
+    InstanceNorm2d layers (affine False) have no state.
+    """
+
+    def __init__(self, input_nc: int = 4, output_nc: int = 3, ngf: int = 64,
+                 dilated_channels: int = 256, dilation_rates=(2, 4, 8, 16),
+                 se_reduction: int = 16, use_dropout: bool = False,
+                 dropout_rate: float = 0.5):
+        super().__init__()
+        widths = [ngf * min(2**d, 8) for d in range(5)]
+        ins = [input_nc] + widths[:-1]
+        self.down_conv = nn.ModuleList(
+            nn.Conv2d(ci, co, kernel_size=4, stride=2, padding=1) for ci, co in zip(ins, widths))
+        self.down_norm = nn.ModuleList(nn.InstanceNorm2d(c) for c in widths)  # [0] unused
+        self.se = nn.ModuleList(_YeSqueezeExcitation(widths[d], se_reduction) for d in range(3))
+        rates = [int(r) for r in dilation_rates]
+        d_ins = [widths[-1]] + [dilated_channels] * (len(rates) - 1)
+        self.rates = rates
+        self.dilated_conv = nn.ModuleList(
+            nn.Conv2d(ci, dilated_channels, kernel_size=3, padding=r, dilation=r)
+            for ci, r in zip(d_ins, rates))
+        self.dilated_norm = nn.ModuleList(nn.InstanceNorm2d(dilated_channels) for _ in rates)
+        bottom = dilated_channels if rates else widths[-1]
+        up_ins = [widths[d] + (bottom if d == 4 else widths[d]) for d in range(5)]
+        up_outs = [output_nc] + widths[:-1]
+        self.up_conv = nn.ModuleList(
+            nn.ConvTranspose2d(ci, co, kernel_size=4, stride=2, padding=1)
+            for ci, co in zip(up_ins, up_outs))
+        self.up_norm = nn.ModuleList(nn.InstanceNorm2d(c) for c in up_outs)  # [0] unused
+        self.dropout = nn.Dropout(dropout_rate) if use_dropout else nn.Identity()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        skips = []
+        h = x
+        for d in range(5):
+            if d > 0:
+                h = nn.functional.leaky_relu(h, 0.2)
+            h = self.down_conv[d](h)
+            if d > 0:
+                h = self.down_norm[d](h)
+            if d < 3:
+                h = self.se[d](h)
+            skips.append(h)
+        u = h
+        for conv, norm in zip(self.dilated_conv, self.dilated_norm):
+            u = norm(conv(nn.functional.leaky_relu(u, 0.2)))
+        for d in range(4, -1, -1):
+            u = self.up_conv[d](torch.relu(torch.cat([skips[d], u], 1)))
+            if d > 0:
+                u = self.up_norm[d](u)
+                if d >= 2:
+                    u = self.dropout(u)
+        return torch.tanh(u)
+
+
+# ----------------------------------------------------------------------------------------
+# GANMasker (systems.md section 5): the project's PyTorch twins of
+# ``unmask_jax.models.ganmasker`` (no public code exists). Keys mirror the flat Flax names:
+# Flax ``enc_{i}_conv`` -> ``enc.{i}.conv``, ``enc_{i}_cbam_mlp_0`` -> ``enc.{i}.cbam.mlp_0``,
+# ``mid_{k}_*`` -> ``mid.{k}.*``, ``dec_{j}_*`` -> ``dec.{j}.*``; discriminator ``conv_{k}``
+# -> ``convs.{k}`` (spectral_norm: ``weight_orig``, ``weight_u``, ``weight_v``, ``bias``).
+# ----------------------------------------------------------------------------------------
+
+
+def _gm_upsample(x: torch.Tensor, mode: str) -> torch.Tensor:
+    if mode == "bilinear":
+        return nn.functional.interpolate(x, scale_factor=2, mode="bilinear", align_corners=False)
+    return nn.functional.interpolate(x, scale_factor=2, mode="nearest")
+
+
+class _GMCBAM(nn.Module):
+    """CBAM (Woo et al. 2018) as in ``unmask_jax.models.blocks.cbam``."""
+
+    def __init__(self, channels: int, reduction: int, kernel: int):
+        super().__init__()
+        hidden = max(channels // reduction, 1)
+        self.mlp_0 = nn.Conv2d(channels, hidden, 1)
+        self.mlp_1 = nn.Conv2d(hidden, channels, 1)
+        self.spatial = nn.Conv2d(2, 1, kernel, padding=kernel // 2, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        def mlp(d: torch.Tensor) -> torch.Tensor:
+            return self.mlp_1(torch.relu(self.mlp_0(d)))
+
+        x = x * torch.sigmoid(mlp(x.mean((2, 3), keepdim=True))
+                              + mlp(x.amax((2, 3), keepdim=True)))
+        s = torch.cat([x.mean(1, keepdim=True), x.amax(1, keepdim=True)], 1)
+        return x * torch.sigmoid(self.spatial(s))
+
+
+class _GMConvNorm(nn.Module):
+    def __init__(self, cin: int, cout: int, kernel: int, norm: bool = True):
+        super().__init__()
+        self.conv = nn.Conv2d(cin, cout, kernel, padding=kernel // 2, bias=not norm)
+        self.norm = nn.BatchNorm2d(cout) if norm else nn.Identity()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.norm(self.conv(x))
+
+
+class _GMSeBlock(nn.Module):
+    def __init__(self, cin: int, cout: int, reduction: int, kernel: int):
+        super().__init__()
+        self.conv = nn.Conv2d(cin, cout, 3, padding=1, bias=False)
+        self.norm = nn.BatchNorm2d(cout)
+        self.cbam = _GMCBAM(cout, reduction, kernel)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.cbam(torch.relu(self.norm(self.conv(x))))
+
+
+class GANMaskerMSeg(nn.Module):
+    """GANMasker stage 1 (mask segmentation); NCHW in [-1, 1] -> (N, 1, H, W) in [0, 1]."""
+
+    def __init__(self, input_nc: int = 3, base_width: int = 32, cbam_reduction: int = 16,
+                 cbam_kernel: int = 7, upsample: str = "bilinear"):
+        super().__init__()
+        widths = [base_width * 2**i for i in range(5)]
+        self.upsample = upsample
+        ins = [input_nc] + widths[:-1]
+        self.enc = nn.ModuleList(_GMSeBlock(ci, co, cbam_reduction, cbam_kernel)
+                                 for ci, co in zip(ins, widths))
+        dec = [_GMConvNorm(widths[4 - j] * 2, widths[3 - j], 3) for j in range(4)]
+        dec.append(_GMConvNorm(widths[0], 1, 1))
+        self.dec = nn.ModuleList(dec)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        skips = []
+        for block in self.enc:
+            x = block(x)
+            skips.append(x)
+            x = nn.functional.max_pool2d(x, 2)
+        for j in range(4):
+            x = torch.cat([_gm_upsample(x, self.upsample), skips[4 - j]], 1)
+            x = torch.relu(self.dec[j](x))
+        return torch.sigmoid(self.dec[4](_gm_upsample(x, self.upsample)))
+
+
+class _GMGeBlock(nn.Module):
+    def __init__(self, cin: int, cout: int, slope: float, reduction: int, kernel: int):
+        super().__init__()
+        self.slope = slope
+        self.conv_0 = nn.Conv2d(cin, cout, 3, padding=1, bias=False)
+        self.norm_0 = nn.BatchNorm2d(cout)
+        self.conv_1 = nn.Conv2d(cout, cout, 3, padding=1, bias=False)
+        self.norm_1 = nn.BatchNorm2d(cout)
+        self.cbam = _GMCBAM(cout, reduction, kernel)
+        self.proj = nn.Conv2d(cin, cout, 1, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        r = nn.functional.leaky_relu(self.norm_0(self.conv_0(x)), self.slope)
+        r = self.cbam(self.norm_1(self.conv_1(r)))
+        return nn.functional.leaky_relu(r + self.proj(x), self.slope)
+
+
+class _GMDilated(nn.Module):
+    def __init__(self, channels: int, rate: int):
+        super().__init__()
+        self.norm = nn.BatchNorm2d(channels)
+        self.conv = nn.Conv2d(channels, channels, 3, padding=rate, dilation=rate)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv(self.norm(x))
+
+
+class GANMaskerFUNet(nn.Module):
+    """GANMasker stage 2 generator (FU-Net, before MURF); NCHW -> (N, 3, H, W) in [-1, 1]."""
+
+    def __init__(self, input_nc: int = 4, base_width: int = 32, out_channels: int = 3,
+                 leaky_slope: float = 0.2, cbam_reduction: int = 16, cbam_kernel: int = 7,
+                 dilation_rates: tuple[int, ...] | list[int] = (2, 4, 8, 16),
+                 upsample: str = "bilinear", final_norm: bool = False):
+        super().__init__()
+        widths = [base_width * 2**i for i in range(5)]
+        self.slope, self.upsample = leaky_slope, upsample
+        ins = [input_nc] + widths[:-1]
+        self.enc = nn.ModuleList(_GMGeBlock(ci, co, leaky_slope, cbam_reduction, cbam_kernel)
+                                 for ci, co in zip(ins, widths))
+        self.mid = nn.ModuleList(_GMDilated(widths[4], r) for r in dilation_rates)
+        dec = [_GMConvNorm(widths[4 - j] * 2, widths[3 - j], 3) for j in range(4)]
+        dec.append(_GMConvNorm(widths[0] * 2, out_channels, 1, norm=final_norm))
+        self.dec = nn.ModuleList(dec)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        skips = []
+        for i, block in enumerate(self.enc):
+            x = block(x)
+            skips.append(x)
+            if i < 4:
+                x = nn.functional.max_pool2d(x, 2)
+        for block in self.mid:
+            x = nn.functional.leaky_relu(block(x), self.slope)
+        for j in range(4):
+            if j > 0:
+                x = _gm_upsample(x, self.upsample)
+            x = nn.functional.leaky_relu(self.dec[j](torch.cat([x, skips[4 - j]], 1)),
+                                         self.slope)
+        x = torch.cat([_gm_upsample(x, self.upsample), skips[0]], 1)
+        return torch.tanh(self.dec[4](x))
+
+
+class GANMaskerDiscriminator(nn.Module):
+    """GANMasker discriminator: spectral-normalised convs + LeakyReLU, raw logit map."""
+
+    def __init__(self, input_nc: int = 7, ndf: int = 64, n_layers: int = 3,
+                 leaky_slope: float = 0.2, power_iterations: int = 1):
+        super().__init__()
+        self.slope = leaky_slope
+        sn = functools.partial(nn.utils.spectral_norm, n_power_iterations=power_iterations)
+        widths = [ndf * min(2**k, 8) for k in range(n_layers + 1)] + [1]
+        ins = [input_nc] + widths[:-1]
+        strides = [2] * n_layers + [1, 1]
+        self.convs = nn.ModuleList(sn(nn.Conv2d(ci, co, 4, stride=s, padding=1))
+                                   for ci, co, s in zip(ins, widths, strides))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for k, conv in enumerate(self.convs):
+            x = conv(x)
+            if k < len(self.convs) - 1:
+                x = nn.functional.leaky_relu(x, self.slope)
+        return x

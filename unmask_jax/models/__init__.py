@@ -14,14 +14,20 @@ import flax.linen as nn
 import jax
 import numpy as np
 
+from unmask_jax.models.ganmasker import FUNet, MSeg, SNDiscriminator
 from unmask_jax.models.pix2pix import PatchGANDiscriminator, UnetGenerator
 from unmask_jax.models.tf_pix2pix import TFPatchGANDiscriminator, TFUnetGenerator
+from unmask_jax.models.ye_custom import YeUnetC
 
 MODELS: dict[str, Callable[..., nn.Module]] = {
     "pix2pix_unet": UnetGenerator,
     "patchgan": PatchGANDiscriminator,
     "tf_pix2pix_unet": TFUnetGenerator,
     "tf_patchgan": TFPatchGANDiscriminator,
+    "ganmasker_mseg": MSeg,
+    "ganmasker_funet": FUNet,
+    "ganmasker_discriminator": SNDiscriminator,
+    "ye_unet_c": YeUnetC,
 }
 
 
@@ -68,4 +74,8 @@ __all__ = [
     "PatchGANDiscriminator",
     "TFUnetGenerator",
     "TFPatchGANDiscriminator",
+    "MSeg",
+    "FUNet",
+    "SNDiscriminator",
+    "YeUnetC",
 ]
