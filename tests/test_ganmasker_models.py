@@ -67,14 +67,14 @@ def test_cbam_and_se_shapes():
     x = jax.random.normal(jax.random.key(0), (2, 8, 8, 32))
     for module, names in ((CBAM(), {"mlp_0", "mlp_1", "spatial"}),
                           (SqueezeExcitation(reduction=4), {"fc_0", "fc_1"})):
-        v = module.init(jax.random.key(1), x)
+        v = jax.jit(module.init)(jax.random.key(1), x)
         assert set(v["params"]) == names
-        y = module.apply(v, x)
+        y = jax.jit(module.apply)(v, x)
         assert y.shape == x.shape and y.dtype == x.dtype
-    v = CBAM(reduction=16).init(jax.random.key(1), x)
+    v = jax.eval_shape(CBAM(reduction=16).init, jax.random.key(1), x)
     assert v["params"]["mlp_0"]["kernel"].shape == (1, 1, 32, 2)
     assert v["params"]["spatial"]["kernel"].shape == (7, 7, 2, 1)
-    v = SqueezeExcitation(reduction=4).init(jax.random.key(1), x)
+    v = jax.eval_shape(SqueezeExcitation(reduction=4).init, jax.random.key(1), x)
     assert v["params"]["fc_0"]["kernel"].shape == (1, 1, 32, 8)
 
 
@@ -123,7 +123,8 @@ def test_spectral_train_step_matches_torch():
     tmodule.load_state_dict({k: torch.from_numpy(np.array(v)) for k, v in sd.items()},
                             strict=True)
     x = np.random.default_rng(5).uniform(-1, 1, (2, SIZE, SIZE, 7)).astype(np.float32)
-    ours, upd = model.apply(variables, jnp.asarray(x), True, mutable=["spectral"])
+    ours, upd = jax.jit(lambda v, x: model.apply(v, x, True, mutable=["spectral"]))(
+        variables, jnp.asarray(x))
     with torch.no_grad():
         ref = tmodule.train()(_nchw(x)).numpy().transpose(0, 2, 3, 1)
     assert _rel_diff(ours, ref) < REL_TOL
@@ -191,13 +192,15 @@ def test_export_parity_and_import(tmp_path, model_name, kwargs, channels, batch)
 def test_mseg_output_range_train_mode():
     model = create_model("ganmasker_mseg", base_width=4)
     x = jax.random.uniform(jax.random.key(0), (2, SIZE, SIZE, 3), minval=-1, maxval=1)
-    variables = model.init(jax.random.key(1), x, False)
-    y, upd = model.apply(variables, x, True, mutable=["batch_stats"])
+    variables = _random_variables(_template(model, 3), seed=6)
+    y, upd = jax.jit(lambda v, x: model.apply(v, x, True, mutable=["batch_stats"]))(
+        variables, x)
     assert y.shape == (2, SIZE, SIZE, 1)
     assert float(y.min()) >= 0.0 and float(y.max()) <= 1.0
     assert set(upd) == {"batch_stats"}
     with pytest.raises(ValueError, match="multiples of 32"):
-        model.init(jax.random.key(1), jnp.zeros((1, 48, 48, 3)), False)
+        jax.eval_shape(lambda x: model.init(jax.random.key(1), x, False),
+                       jnp.zeros((1, 48, 48, 3)))
 
 
 DEFAULT_COUNTS = {  # params at the default widths (256x256; counts do not depend on size)
