@@ -6,11 +6,17 @@ Variants:
   names Adam only, pix2pix values); batch 10; 50k iterations at a constant rate (the paper
   gives no schedule); 256x256 LFW faces masked MaskTheFace-style.
 - ``:b`` (Train B): as A with a 4-channel input (image + binary mask map); D sees 7 channels.
-- ``:a_quick`` / ``:b_quick``: the same systems at 64x64 for a ~3-minute CPU run.
+- ``:c`` (Train C, "customized GAN"): ``ye_unet_c``, a U-Net with 5 skip connections, a
+  dilated stack (3x3, rates 2, 4, 8, 16, 256 channels, at the lowest resolution: the
+  DeepFill-style reading; the paper gives no widths), squeeze-and-excitation (reduction 16)
+  after each of the first three encoders, InstanceNorm (PyTorch eps 1e-5, affine False)
+  instead of BatchNorm in G and D; SSIM loss weight 200 replacing L1; 4-channel input;
+  batch 4; 50k iterations (as A/B). Layer details: unmask_jax/models/ye_custom.py.
+- ``:a_quick`` / ``:b_quick`` / ``:c_quick``: the same systems at 64x64 for a few CPU
+  minutes.
 Data: the paper's data set is LFW; the default source here is the embedded synthetic one.
 Use LFW with --config.data.source=lfw --config.data.data_dir=PATH/lfw
 (--config.data.source_options.landmarks=dlib for detected landmarks).
-Train C (customised U-Net) lands with the next models issue.
 """
 from configs import default
 
@@ -19,16 +25,27 @@ def get_config(variant: str = "a"):
     c = default.get_config()
     parts = variant.split("_") if variant else ["a"]
     train, quick = parts[0], parts[1:] == ["quick"]
-    if train not in ("a", "b") or (len(parts) > 1 and not quick):
-        raise ValueError(f"configs/ye.py: unknown variant {variant!r}; choose a, b, a_quick, b_quick")
+    if train not in ("a", "b", "c") or (len(parts) > 1 and not quick):
+        raise ValueError(f"configs/ye.py: unknown variant {variant!r}; choose a, b, c, "
+                         "a_quick, b_quick, c_quick")
     c.name = f"ye_{train}"
     c.loss.terms.l1.weight = 200.0
     c.loss.d_scale = 0.5
     c.train.batch_size = 10
     default.constant_schedule_for_steps(c, 50_000)  # 50k iterations, no decay given
-    if train == "b":
+    if train in ("b", "c"):
         c.model.generator_inputs = ("masked", "mask")
+    if train == "c":
+        c.model.generator = "ye_unet_c"
+        c.model.generator_kwargs = {"ngf": 64, "dilated_channels": 256, "se_reduction": 16}
+        c.model.discriminator_kwargs.norm = "instance"
+        c.loss.terms.l1.weight = 0.0       # SSIM replaces L1
+        c.loss.terms.ssim = {"weight": 200.0}
+        c.train.batch_size = 4
+        c.eval.bn_statistics = "running"   # InstanceNorm: no batch statistics to choose
     if quick:
         c = default.quick(c)
         c.name += "_quick"
+        if train == "c":
+            c.model.generator_kwargs = {"ngf": 16, "dilated_channels": 64, "se_reduction": 4}
     return c

@@ -245,7 +245,9 @@ def test_bfloat16_variables_export_as_float32(tmp_path):
 
 
 def test_errors_name_the_problem(tmp_path):
-    assert exportable_models() == ["patchgan", "pix2pix_unet", "tf_patchgan", "tf_pix2pix_unet"]
+    assert exportable_models() == ["ganmasker_discriminator", "ganmasker_funet", "ganmasker_mseg",
+                                   "patchgan", "pix2pix_unet", "tf_patchgan", "tf_pix2pix_unet",
+                                   "ye_unet_c"]
     _, template = _template("patchgan", {"ndf": 8}, 6, 32)
     variables = _random_variables(template, seed=0)
     with pytest.raises(ExportError, match="no PyTorch export mapping.*exportable"):

@@ -511,3 +511,19 @@ def require_checkpoint(workdir: str | os.PathLike) -> ocp.CheckpointManager:
             f"no checkpoint in {os.fspath(path)}{note}: train first with --mode=train "
             f"--workdir={workdir}")
     return make_manager(workdir, read_only=True)
+
+
+def recorded_config(workdir: str | os.PathLike, step: int | None = None) -> dict[str, Any]:
+    """The config (JSON data) that checkpoint ``step`` (default: the latest) of ``workdir``
+    was written with, e.g. to rebuild an earlier stage's networks from its own run.
+
+    Raises NoCheckpointError when there is no checkpoint, CheckpointError when it records no
+    config (written by an older version).
+    """
+    manager = require_checkpoint(workdir)
+    step = manager.latest_step() if step is None else step
+    meta = manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
+    check_meta(meta, step, os.fspath(checkpoint_dir(workdir)))
+    if meta.get("config") is None:
+        raise CheckpointError(f"checkpoint step {step} in {workdir} records no config")
+    return meta["config"]

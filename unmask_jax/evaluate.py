@@ -20,6 +20,7 @@ process 0 writes the files. The jitted prediction is built once per :class:`Eval
 """
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import math
@@ -35,6 +36,7 @@ from unmask_jax import metrics, parallel, visualize
 log = logging.getLogger(__name__)
 
 PIXEL_METRICS = ("psnr", "ssim", "psnr_mask", "ssim_mask")
+MASK_METRICS = ("dice", "pixel_accuracy")
 BASELINES = ("masked_input", "telea")
 
 
@@ -136,16 +138,22 @@ class Evaluator:
         self.features = FeatureMetrics.from_config(config) if features is None else features
         rep = parallel.replicated_sharding(mesh)
         batch_sh = parallel.batch_sharding(mesh)
+        #: name -> predict keyword arguments; "" is the system's own inference (top-level
+        #: metrics), others (e.g. GANMasker's "gt_mask") become sub-dicts of the result.
+        self.variants = dict(system.eval_variants())
 
-        def predict(state, batch, frozen):
-            out = system.predict(state, batch, frozen)
-            return {**out, **{k: batch[k] for k in ("masked", "target", "mask")}}
+        def predict(state, batch, frozen, **kwargs):
+            out = system.predict(state, batch, frozen, **kwargs)
+            return {**out, **{f"input_{k}": batch[k] for k in ("masked", "target", "mask")}}
 
         self._predict_replicated = jax.jit(predict, out_shardings=rep)
-        self._predict_sharded = jax.jit(predict, out_shardings=batch_sh)
+        self._predict_sharded = {
+            name: jax.jit(functools.partial(predict, **kwargs), out_shardings=batch_sh)
+            for name, kwargs in self.variants.items()}
 
     def predict(self, state, batch) -> dict[str, jax.Array]:
-        """Outputs with ``masked``/``target``/``mask``, replicated on every device (samples)."""
+        """The system's outputs plus the batch's ``input_masked``/``input_target``/
+        ``input_mask``, replicated on every device (sample grids)."""
         return self._predict_replicated(state, batch, self.frozen)
 
     def __call__(self, state, *, workdir: str, writer=None) -> dict[str, Any]:
@@ -172,17 +180,26 @@ class Evaluator:
             if local is None:
                 local = empty
             padded, valid = _pad(local, local_bs)
-            out = self._predict_sharded(state, parallel.global_batch(padded, self.mesh),
-                                        self.frozen)
+            global_batch = parallel.global_batch(padded, self.mesh)
+            outs = {name: fn(state, global_batch, self.frozen)
+                    for name, fn in self._predict_sharded.items()}
             if valid == 0:
                 continue
             target = visualize.to_uint8(local["target"])
             masked = visualize.to_uint8(local["masked"])
             mask = local["mask"]
-            images = {"": visualize.to_uint8(local_rows(out["output"])[:valid]),
-                      "raw_": visualize.to_uint8(local_rows(out["raw"])[:valid]),
-                      "masked_input/": masked,
-                      "telea/": metrics.telea_inpaint(masked, mask)}
+            images = {}
+            for name, out in outs.items():
+                prefix = f"{name}:" if name else ""
+                if "output" in out:
+                    images[prefix] = visualize.to_uint8(local_rows(out["output"])[:valid])
+                    images[prefix + "raw_"] = visualize.to_uint8(
+                        local_rows(out["raw"])[:valid])
+                if "mask" in out:
+                    sums.add(prefix, metrics.mask_metrics(local_rows(out["mask"])[:valid], mask))
+            if images:
+                images.update({"masked_input/": masked,
+                               "telea/": metrics.telea_inpaint(masked, mask)})
             for prefix, image in images.items():
                 sums.add(prefix, metrics.image_metrics(image, target, mask))
                 sums.add(prefix, self.features(image, target))
@@ -194,29 +211,53 @@ class Evaluator:
         total = total.reshape(-1, len(keys) + 1).sum(axis=0)
         count = int(total[-1])
         means = {k: float(total[i] / max(count, 1)) for i, k in enumerate(keys)}
-        metric_keys = PIXEL_METRICS + self.features.keys()
+        image_keys = PIXEL_METRICS + self.features.keys()
         result = {"step": int(jax.device_get(state.step)), "num_images": count,
                   "num_identities": getattr(data, "num_identities", None),
                   "id_backbone": self.features.id_backbone,
-                  "bn_statistics": config.eval.get("bn_statistics")}
-        result.update({k: means[k] for k in metric_keys})
-        result.update({f"raw_{k}": means[f"raw_{k}"] for k in metric_keys})
-        result["baselines"] = {b: {k: means[f"{b}/{k}"] for k in metric_keys}
-                               for b in BASELINES}
+                  "bn_statistics": config.eval.get("bn_statistics"),
+                  **self.system.eval_info()}
+
+        def scores(prefix: str) -> dict[str, float]:
+            out = {k: means[prefix + k] for k in MASK_METRICS if prefix + k in means}
+            if prefix + "psnr" in means:
+                out.update({k: means[prefix + k] for k in image_keys})
+                out.update({f"raw_{k}": means[f"{prefix}raw_{k}"] for k in image_keys})
+            return out
+
+        result.update(scores(""))
+        for name in self.variants:
+            if name:
+                result[name] = scores(f"{name}:")
+        if "masked_input/psnr" in means:
+            result["baselines"] = {b: {k: means[f"{b}/{k}"] for k in image_keys}
+                                   for b in BASELINES}
         if parallel.is_main_process():
             _write_json(workdir, result)
             if writer is not None:
-                flat = {f"eval/{k}": result[k] for k in metric_keys}
-                flat.update({f"eval/raw_{k}": result[f"raw_{k}"] for k in metric_keys})
-                flat.update({f"eval/{b}/{k}": v for b, d in result["baselines"].items()
-                             for k, v in d.items()})
-                writer.write_scalars(result["step"], flat)
-        log.info("eval step %d on %d images (%s identities): %s | raw PSNR %.2f | masked "
-                 "input PSNR %.2f | Telea PSNR %.2f", result["step"], count,
-                 result["num_identities"], " ".join(f"{k}={result[k]:.4f}" for k in metric_keys),
-                 result["raw_psnr"], result["baselines"]["masked_input"]["psnr"],
-                 result["baselines"]["telea"]["psnr"])
+                writer.write_scalars(result["step"], {
+                    f"eval/{k}": v for k, v in _flat_numbers(result).items()
+                    if k not in ("step", "num_images", "num_identities")})
+        shown = " ".join(f"{k}={v:.4f}" for k, v in scores("").items()
+                         if not k.startswith("raw_"))
+        extra = ""
+        if "baselines" in result:
+            extra = (f" | raw PSNR {result['raw_psnr']:.2f} | masked input PSNR "
+                     f"{result['baselines']['masked_input']['psnr']:.2f} | Telea PSNR "
+                     f"{result['baselines']['telea']['psnr']:.2f}")
+        log.info("eval step %d on %d images (%s identities): %s%s", result["step"], count,
+                 result["num_identities"], shown, extra)
         return result
+
+
+def _flat_numbers(d: dict[str, Any], prefix: str = "") -> dict[str, float]:
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out.update(_flat_numbers(v, f"{prefix}{k}/"))
+        elif isinstance(v, (int, float)) and not isinstance(v, bool):
+            out[prefix + k] = float(v)
+    return out
 
 
 def _allgather(x: np.ndarray) -> np.ndarray:

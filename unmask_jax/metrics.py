@@ -123,3 +123,18 @@ def image_metrics(output: np.ndarray, target: np.ndarray, mask: np.ndarray
         "psnr_mask": psnr(output, target, mask),
         "ssim_mask": ssim_in_mask_box(output, target, mask),
     }
+
+
+def mask_metrics(pred: np.ndarray, truth: np.ndarray, threshold: float = 0.5
+                 ) -> dict[str, np.ndarray]:
+    """Segmentation metrics per image of a predicted mask map (probabilities or {0, 1},
+    (N, H, W[, 1])) against the true map: ``dice`` = 2|P & T| / (|P| + |T|) (1 when both are
+    empty) and ``pixel_accuracy`` = share of pixels where the thresholded prediction equals
+    the truth."""
+    n = pred.shape[0]
+    p = (np.asarray(pred).reshape(n, -1) >= threshold)
+    t = (np.asarray(truth).reshape(n, -1) >= 0.5)
+    inter = np.sum(p & t, axis=1).astype(np.float64)
+    total = (np.sum(p, axis=1) + np.sum(t, axis=1)).astype(np.float64)
+    dice = np.where(total > 0, 2.0 * inter / np.maximum(total, 1.0), 1.0)
+    return {"dice": dice, "pixel_accuracy": np.mean(p == t, axis=1)}

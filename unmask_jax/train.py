@@ -189,10 +189,16 @@ def _summarise(pending: list[dict[str, jax.Array]]) -> dict[str, float]:
 
 
 def _write_samples(writer, workdir, step, generated: dict[str, jax.Array], n: int) -> None:
-    """Sample grid (rows: masked | output | target) to TensorBoard and samples/*.png."""
+    """Sample grid (rows: masked | [predicted map | true map] | [output] | target) to
+    TensorBoard and samples/*.png."""
     if parallel.is_main_process():
-        g = {k: np.asarray(generated[k][:n]) for k in ("masked", "output", "target")}
-        grid = visualize.sample_grid(g["masked"], g["output"], g["target"])
+        g = {k: np.asarray(v[:n]) for k, v in generated.items()}
+        rows = [g["input_masked"]]
+        if "mask" in g:  # a predicted mask map: shown next to the true one
+            rows += [g["mask"] * 2.0 - 1.0, g["input_mask"] * 2.0 - 1.0]
+        if "output" in g:
+            rows.append(g["output"])
+        grid = visualize.sample_grid(*rows, g["input_target"])
         writer.write_images(step, {"samples": grid[None]})
         visualize.write_png(os.path.join(workdir, "samples", f"step_{step:08d}.png"), grid)
 

@@ -6,11 +6,16 @@ change.
 """
 from __future__ import annotations
 
+from typing import Callable
+
+from unmask_jax.systems import ganmasker
 from unmask_jax.systems.base import System
 from unmask_jax.systems.pix2pix import Pix2PixSystem
 
-SYSTEMS: dict[str, type[System]] = {
+#: config.system -> constructor (a class, or a function choosing among a family's classes).
+SYSTEMS: dict[str, Callable[..., System]] = {
     "pix2pix": Pix2PixSystem,
+    "ganmasker": ganmasker.build,
 }
 
 

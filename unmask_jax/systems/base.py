@@ -13,9 +13,11 @@ A *system* (one module per family in this package, registered by ``config.system
   the ``frozen`` argument;
 * ``train_step(state, batch, frozen) -> (state, metrics)``: pure, jitted by the trainer with
   the state donated;
-* ``predict(state, batch, frozen) -> {"output", "raw", ["mask"]}``: eval-mode output in
-  [-1, 1], composited (known pixels kept) and raw, and the mask map where it makes one;
-* ``eval_inputs``: what evaluation needs beyond the images.
+* ``predict(state, batch, frozen, **variant) -> {"output", "raw", ["mask"]}``: the
+  inference output in [-1, 1], composited (known pixels kept) and raw, and the mask map where
+  it makes one (a segmentation stage returns only ``mask``);
+* ``eval_variants()`` / ``eval_info()``: extra evaluation runs of ``predict`` (e.g. with the
+  ground-truth map) and facts for the evaluation JSON.
 
 The trainer (``unmask_jax.train``) owns the loop, mesh and shardings, donation,
 checkpoints, logging, evaluation scheduling and preemption; state creation and loading live
@@ -97,6 +99,15 @@ class System:
         """One line for the summary: what the networks see."""
         return ""
 
+    def eval_variants(self) -> dict[str, dict[str, Any]]:
+        """Evaluation runs of ``predict``: name -> keyword arguments. "" is the system's own
+        inference (the top-level metrics); others are reported as sub-dicts."""
+        return {"": {}}
+
+    def eval_info(self) -> dict[str, Any]:
+        """Facts about the run that the evaluation JSON records (e.g. which backbone ran)."""
+        return {}
+
     # -- the step and inference --------------------------------------------------------------
 
     def train_step(self, state: TrainState, batch: Batch, frozen: Any,
@@ -104,7 +115,8 @@ class System:
                    ) -> tuple[TrainState, dict[str, jax.Array]]:
         raise NotImplementedError
 
-    def predict(self, state: TrainState, batch: Batch, frozen: Any) -> dict[str, jax.Array]:
+    def predict(self, state: TrainState, batch: Batch, frozen: Any, **kwargs
+                ) -> dict[str, jax.Array]:
         raise NotImplementedError
 
 

@@ -1,0 +1,195 @@
+"""GANMasker (paper 004): stage 1 finds the mask, stage 2 unmasks with MURF.
+
+``config.model.stage`` picks what a run trains:
+
+* ``seg`` (stage 1, M-Seg): one network, ``segmenter``, masked face -> mask probabilities;
+  loss ``config.loss.seg_terms`` (BCE + Dice on the map); no discriminator. Evaluation reports
+  ``dice`` and ``pixel_accuracy`` of the thresholded map.
+* ``unmask`` (stage 2, FU-Net): ``generator`` on concat(masked face, mask map) (4 channels) and
+  a spectrally normalised ``discriminator``, trained on the ground-truth map with the
+  pix2pix-family sequential step (LSGAN; the MURF composite
+  ``G(x) * m + x * (1 - m)`` before every loss; ``config.loss.terms``). Evaluation and
+  prediction chain the two stages: stage 1, read from the run in
+  ``config.model.segmenter_workdir`` (its own recorded config rebuilds it), predicts the map,
+  thresholded at ``model.mask_threshold``; the top-level metrics are this two-stage result
+  and a ``gt_mask`` sub-dict holds the same metrics with the ground-truth map. Without a
+  segmenter run only the ``gt_mask`` result can be computed: evaluation then stops with a
+  message saying so.
+* ``one_stage`` (the paper's ablation): a 3-channel FU-Net with no map and no MURF; its
+  output is scored as it is (``output`` = ``raw``).
+
+Perceptual term: VGG19 features when a converted VGG19 weights file is found (the term's
+``weights`` or the weights dir), else the offline VGG16 (same layer names); the log and the
+evaluation JSON (``perceptual_backbone``) say which one ran.
+"""
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+
+from unmask_jax import loss_terms, models
+from unmask_jax.state import TrainState
+from unmask_jax.systems import base
+from unmask_jax.systems.pix2pix import Pix2PixSystem
+
+log = logging.getLogger(__name__)
+
+STAGES = ("seg", "unmask", "one_stage")
+
+
+def _resolve_perceptual(terms: dict[str, Any]) -> tuple[dict[str, Any], str | None]:
+    """VGG19 only where its converted weights exist; otherwise VGG16 (logged)."""
+    terms = {k: dict(v) for k, v in terms.items()}
+    for name, spec in terms.items():
+        if (spec.get("type") or name) != "perceptual" or spec.get("backbone") != "vgg19":
+            continue
+        from unmask_jax.features import weights as weights_lib
+        try:
+            weights_lib.resolve_converted("vgg19", spec.get("weights"))
+            return terms, "vgg19"
+        except weights_lib.MissingWeightsError as e:
+            if spec.get("weights"):
+                raise  # a file the user named and that is not there is an error
+            log.warning("perceptual loss: no converted VGG19 weights (%s); using the offline "
+                        "ImageNet VGG16 with the same layers instead", str(e).splitlines()[0])
+            spec["backbone"] = "vgg16"
+            return terms, "vgg16"
+    backbones = [v.get("backbone", "vgg16") for k, v in terms.items()
+                 if (v.get("type") or k) == "perceptual"]
+    return terms, (backbones[0] if backbones else None)
+
+
+class GANMaskerSegSystem(base.System):
+    """Stage 1: M-Seg, BCE + Dice, no discriminator."""
+
+    name = "ganmasker_seg"
+
+    def __init__(self, config):
+        super().__init__(config)
+        m = config.model
+        kwargs = dict(m.segmenter_kwargs)
+        self.objective = loss_terms.Objective.from_config(
+            config.loss.seg_terms, where="config.loss.seg_terms", prefix="seg_")
+        self.networks = {"segmenter": base.Network(
+            models.create_model(m.segmenter, dtype=base.compute_dtype(config), **kwargs),
+            lambda r: ((1, r, r, 3),), m.segmenter, kwargs)}
+        self.S = self.networks["segmenter"].module
+
+    def describe(self) -> str:
+        return "stage 1 (M-Seg): masked face -> mask map, " + " + ".join(
+            self.objective.names())
+
+    def load_frozen(self, training: bool = True) -> dict[str, Any]:
+        return {"loss": self.objective.load() if training else {}}
+
+    def train_step(self, state, batch, frozen, txs):
+        seg = state.nets["segmenter"]
+
+        def loss_fn(params):
+            pred, cols = base.apply_train(self.S, seg, batch["masked"], params=params)
+            total, terms = self.objective(frozen["loss"], {"mask_pred": pred,
+                                                            "mask": batch["mask"]})
+            return total, (cols, terms)
+
+        (loss, (cols, terms)), grads = jax.value_and_grad(loss_fn, has_aux=True)(seg.params)
+        finite = base.all_finite(loss, grads)
+        nets = base.commit_if_finite(finite, state.nets, txs=txs, grads={"segmenter": grads},
+                                     collections={"segmenter": cols})
+        metrics = {"seg_loss": loss, "nonfinite": 1.0 - finite.astype(jnp.float32), **terms}
+        return state.replace(step=state.step + 1, nets=nets), metrics
+
+    def predict(self, state, batch, frozen=None, **kwargs):
+        return {"mask": base.apply_eval(self.S, state.nets["segmenter"], batch["masked"])}
+
+
+class GANMaskerSystem(Pix2PixSystem):
+    """Stage 2 (FU-Net + SN discriminator, MURF) or the one-stage ablation."""
+
+    name = "ganmasker"
+
+    def __init__(self, config):
+        self.stage = config.model.stage
+        terms, self.perceptual_backbone = _resolve_perceptual(config.loss.terms.to_dict())
+        config = config.copy_and_resolve_references()
+        with config.unlocked():
+            config.loss.terms = terms
+        super().__init__(config)
+        if self.stage == "unmask" and tuple(self.generator_inputs) != ("masked", "mask"):
+            raise ValueError("config.model.generator_inputs must be ('masked', 'mask') for "
+                             "stage 'unmask'")
+        self.threshold = float(config.model.mask_threshold)
+        self.segmenter_workdir = config.model.segmenter_workdir
+        self._segmenter = None
+
+    def describe(self) -> str:
+        what = ("stage 2 (FU-Net, MURF, SN discriminator)" if self.stage == "unmask"
+                else "one-stage ablation (FU-Net, no map)")
+        return f"{what}: {super().describe()}; perceptual {self.perceptual_backbone}"
+
+    def eval_info(self) -> dict[str, Any]:
+        return {"perceptual_backbone": self.perceptual_backbone, "stage": self.stage,
+                "segmenter_workdir": self.segmenter_workdir}
+
+    def eval_variants(self) -> dict[str, dict[str, Any]]:
+        if self.stage != "unmask":
+            return {"": {}}
+        if not self.segmenter_workdir:
+            raise ValueError(
+                "GANMasker stage 'unmask' evaluates the two-stage chain: set "
+                "config.model.segmenter_workdir to a finished stage-1 run (configs/"
+                "ganmasker.py:seg); the ground-truth-map result is reported beside it")
+        return {"": {"mask_source": "segmenter"}, "gt_mask": {"mask_source": "gt"}}
+
+    def load_frozen(self, training: bool = True) -> dict[str, Any]:
+        frozen = super().load_frozen(training)
+        if self.stage == "unmask" and self.segmenter_workdir:
+            frozen["segmenter"] = self._load_segmenter()
+        return frozen
+
+    def _load_segmenter(self) -> dict[str, Any]:
+        """Stage 1's variables from its run, rebuilt with the config it recorded."""
+        from ml_collections import config_dict
+
+        from unmask_jax import checkpoints, state as state_lib, systems
+        recorded = config_dict.ConfigDict(checkpoints.recorded_config(self.segmenter_workdir))
+        if recorded.get("system") != "ganmasker" or recorded.model.get("stage") != "seg":
+            raise ValueError(f"config.model.segmenter_workdir={self.segmenter_workdir} is not "
+                             "a GANMasker stage-1 run (configs/ganmasker.py:seg)")
+        seg_state, seg_system, _ = state_lib.load_state(recorded, self.segmenter_workdir)
+        self._segmenter = seg_system.S
+        log.info("two-stage inference: stage 1 from %s (step %d)", self.segmenter_workdir,
+                 int(seg_state.step))
+        return jax.device_get(seg_state.nets["segmenter"].variables)
+
+    def predict(self, state: TrainState, batch: base.Batch, frozen: Any = None,
+                mask_source: str = "gt") -> dict[str, jax.Array]:
+        gen = state.nets["generator"]
+        if self.stage == "one_stage":
+            raw = base.apply_eval(self.G, gen, self.generator_input(batch))
+            return {"output": raw, "raw": raw}
+        out = {}
+        if mask_source == "segmenter":
+            if self._segmenter is None:
+                raise ValueError("two-stage prediction needs stage 1: load_frozen() with "
+                                 "config.model.segmenter_workdir set")
+            prob = self._segmenter.apply(frozen["segmenter"], batch["masked"], train=False)
+            mask = (prob >= self.threshold).astype(batch["masked"].dtype)
+            out["mask"] = prob
+        else:
+            mask = batch["mask"]
+        g_in = jnp.concatenate([batch["masked"], mask], axis=-1)
+        raw = base.apply_eval(self.G, gen, g_in)
+        out.update(output=base.composite(raw, batch, mask), raw=raw)
+        return out
+
+
+def build(config) -> base.System:
+    stage = config.model.get("stage")
+    if stage not in STAGES:
+        raise ValueError(f"config.model.stage={stage!r}: choose one of {STAGES}")
+    if stage == "seg":
+        return GANMaskerSegSystem(config)
+    return GANMaskerSystem(config)
