@@ -50,7 +50,7 @@ def _init(config):
     ("one_stage", {"generator", "discriminator"}), ("512", {"generator", "discriminator"})])
 def test_variants_build_and_summarise(tmp_path, variant, nets):
     c = ganmasker.get_config(variant)
-    main.validate_config(c)
+    main.validate_config(c, "summary")
     result = main.summary(c, str(tmp_path))
     assert set(result["networks"]) == nets
     assert all(v["params"] > 0 for v in result["networks"].values())
@@ -136,6 +136,8 @@ def test_two_stage_evaluation_chains_the_segmenter(tmp_path):
     # Without a stage-1 run, stage 2 refuses to evaluate rather than report gt-map numbers.
     with pytest.raises(ValueError, match="segmenter_workdir"):
         systems.build(tiny("unmask_quick")).eval_variants()
+    with pytest.raises(ValueError, match="segmenter_workdir"):
+        main.validate_config(tiny("unmask_quick"))
 
 
 def test_ye_c_config():

@@ -38,13 +38,15 @@ class UserError(Exception):
     """A mistake in the command, config or files, with a message saying what to change."""
 
 
-def validate_config(config) -> None:
+def validate_config(config, mode: str = "train") -> None:
     """Fails fast on values the trainer would only reject later (after compiling)."""
     from data_pipelines import pipeline
     from unmask_jax import optim, systems
 
     pipeline.DataConfig.from_dict(config.data.to_dict())
     system = systems.build(config)
+    if mode in ("train", "evaluate"):
+        system.eval_variants()  # e.g. a two-stage evaluation that needs its first stage's run
     optim.resolve_steps(config.train, "num", steps_per_epoch=1)
     for network in system.networks:
         optim.learning_rate_schedule(optim.network_settings(config.optim, network),
@@ -126,7 +128,7 @@ def main(argv) -> None:
     log.info(host_allocator.configure(host_allocator.platform_before_start()
                                       or jax.default_backend()))
     try:
-        validate_config(config)
+        validate_config(config, mode)
     except (ValueError, TypeError, KeyError) as e:
         _fail(f"bad config {config.name!r}: {e}")
 
