@@ -3,7 +3,6 @@ subset's identities, sharded row reading. A stub system with a known output make
 number computable here independently."""
 import json
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest

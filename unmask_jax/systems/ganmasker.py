@@ -153,7 +153,7 @@ class GANMaskerSystem(Pix2PixSystem):
         """Stage 1's variables from its run, rebuilt with the config it recorded."""
         from ml_collections import config_dict
 
-        from unmask_jax import checkpoints, state as state_lib, systems
+        from unmask_jax import checkpoints, state as state_lib
         recorded = config_dict.ConfigDict(checkpoints.recorded_config(self.segmenter_workdir))
         if recorded.get("system") != "ganmasker" or recorded.model.get("stage") != "seg":
             raise ValueError(f"config.model.segmenter_workdir={self.segmenter_workdir} is not "
