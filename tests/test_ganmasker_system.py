@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from configs import ganmasker, ye
-from tests.test_train import random_batch
+from tests.test_train import random_batch, set_keys
 from unmask_jax import main, state as state_lib, systems, train
 
 
@@ -29,13 +29,7 @@ def tiny(variant, **overrides):
     c.eval.lpips_net = ""
     c.eval.id_backbone = ""
     c.loss.terms.perceptual.weight = 0.0  # VGG features: tested in test_systems
-    for k, v in overrides.items():
-        node = c
-        *path, last = k.split(".")
-        for p in path:
-            node = node[p]
-        node[last] = v
-    return c
+    return set_keys(c, overrides)
 
 
 def _init(config):

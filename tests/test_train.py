@@ -32,6 +32,11 @@ def tiny_config(**overrides):
     c.train.eval_every_steps = 6
     c.eval.num_images = 8
     c.eval.batch_size = 4
+    return set_keys(c, overrides)
+
+
+def set_keys(c, overrides):
+    """Sets dotted config keys, e.g. {"model.generator_kwargs.ngf": 8}; returns ``c``."""
     for k, v in overrides.items():
         node = c
         *path, last = k.split(".")
