@@ -1,6 +1,6 @@
 """Tests for unmask_jax.checkpoints: recorded format/config, damaged checkpoints, fallbacks.
 
-A small dict of arrays stands in for the train state; no trainer, no ../shared data.
+A small dict of arrays stands in for the train state; no trainer and no real data.
 """
 from __future__ import annotations
 
