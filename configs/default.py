@@ -77,6 +77,7 @@ def get_config() -> config_dict.ConfigDict:
     c.optim.restart_period_epochs = config_dict.placeholder(float)
     c.optim.restart_period_steps = config_dict.placeholder(int)
     c.optim.restart_mult = 1.0
+    c.optim.warmup_shape = "linear"       # linear | exp10 (UnVeilify: lr * 10**(u - warmup))
     c.optim.min_lr = 0.0
     # Per-network overrides of the keys above (None keeps the default), e.g.
     # --config.optim.networks.discriminator.lr=1e-4.
@@ -96,6 +97,10 @@ def get_config() -> config_dict.ConfigDict:
     c.train.max_checkpoints_to_keep = 3
     c.train.num_samples = 8               # images in the sample grid
     c.train.stop_after_steps = config_dict.placeholder(int)  # end this run early (resumable)
+    # Stop when eval metric `metric` (a key of the eval JSON, nested with "/"; None = off) has
+    # not improved (mode max | min, by more than min_delta) for `patience` evaluations.
+    c.train.early_stopping = config_dict.ConfigDict(dict(
+        metric=config_dict.placeholder(str), mode="max", patience=10, min_delta=0.0))
 
     # ---- evaluation (unmask_jax.evaluate) ----
     c.eval = config_dict.ConfigDict()
@@ -148,7 +153,7 @@ def data_section() -> config_dict.ConfigDict:
 def network_optim_overrides() -> config_dict.ConfigDict:
     """``optim.networks.<name>``: every overridable optimiser key, unset (None)."""
     from unmask_jax.optim import OVERRIDABLE
-    types = {"schedule": str, "boundaries_steps": tuple}
+    types = {"schedule": str, "boundaries_steps": tuple, "warmup_shape": str}
     return config_dict.ConfigDict({
         k: config_dict.placeholder(types.get(k, int if k.endswith("_steps") else float))
         for k in OVERRIDABLE})

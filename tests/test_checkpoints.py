@@ -372,3 +372,18 @@ def test_two_processes_agree_on_the_fallback_step(tmp_path):
     assert [r["step"] for r in records] == [2, 2] and [r["w1"] for r in records] == [2.0, 2.0]
     assert all(r["steps"] == [1, 2] for r in records)
     assert len(list((tmp_path / "wd" / "checkpoints" / "corrupt").iterdir())) == 1
+
+
+def test_settings_added_later_resume_at_their_old_behaviour():
+    """A run recorded before optim.warmup_shape existed resumes when the key is at its
+    behaviour-keeping default, and refuses when it is not."""
+    from configs import pix2pix
+    config = pix2pix.get_config("quick")
+    recorded = checkpoints.config_to_json(config)
+    del recorded["optim"]["warmup_shape"]
+    for net in recorded["optim"]["networks"].values():
+        del net["warmup_shape"]
+    assert checkpoints.compare_configs(recorded, config) == ([], [])
+    config.optim.warmup_shape = "exp10"
+    unsafe, _ = checkpoints.compare_configs(recorded, config)
+    assert [k for k, _, _ in unsafe] == ["optim.warmup_shape"]

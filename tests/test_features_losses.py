@@ -164,3 +164,30 @@ def test_embed_command_writes_json(tmp_path):
     ref = np.asarray(dlib.face_recognition_model_v1(
         str(weights.dlib_face_model_path())).compute_face_descriptor(chip))
     assert emb @ ref / np.linalg.norm(emb) / np.linalg.norm(ref) >= 0.999
+
+
+def test_identity_distances_sum_and_mean_reductions():
+    """The identity term's ``reduction``: ``sum`` (UnVeilify's reference loop) is the batch
+    size times ``mean``; both are built from the same per-image distances."""
+    from unmask_jax import loss_terms
+
+    class TinyEmbedder(nn.Module):
+        @nn.compact
+        def __call__(self, x):
+            return nn.Dense(8)(x.reshape(x.shape[0], -1))
+
+    net = identity.IdentityNet("irse50", TinyEmbedder(), (32, 32))
+    variables = random_variables(net.module, (1, 32, 32, 3), seed=2)
+    rng = np.random.default_rng(1)
+    x = jnp.asarray(rng.uniform(-1, 1, (3, 32, 32, 3)), jnp.float32)
+    y = jnp.asarray(rng.uniform(-1, 1, (3, 32, 32, 3)), jnp.float32)
+    d = identity.identity_distances(net, variables, x, y)
+    assert d.shape == (3,)
+    np.testing.assert_allclose(float(identity.identity_loss(net, variables, x, y)),
+                               float(jnp.mean(d)), rtol=1e-6)
+    assert float(loss_terms.REDUCTIONS["sum"](d)) == pytest.approx(3 * float(jnp.mean(d)),
+                                                                   rel=1e-6)
+    with pytest.raises(ValueError, match="reduction"):
+        loss_terms.parse_terms({"identity": {"weight": 1.0, "reduction": "median"}})
+    terms = loss_terms.parse_terms({"lpips": {"weight": 5.0, "reduction": "sum"}})
+    assert dict(terms[0].options)["reduction"] == "sum"

@@ -112,6 +112,29 @@ def test_cosine_restarts_match_torch(mult):
         assert float(fn(e * 4)) == pytest.approx(lr * (e + 1) / warmup)
 
 
+def test_unveilify_exp10_warmup_matches_torch_sequential_lr():
+    """UnVeilify's scheduler: SequentialLR([LambdaLR(1 / 10 ** (5 - epoch)),
+    CosineAnnealingWarmRestarts(T_0=50, T_mult=2)], milestones=[5]), stepped per epoch."""
+    lr, warmup = 2e-4, 5
+    cfg = _cfg(schedule="warmup_cosine_restarts", lr=lr, warmup_epochs=warmup,
+               restart_period_epochs=50, restart_mult=2.0, warmup_shape="exp10")
+    fn = optim.learning_rate_schedule(cfg, 3)
+    p = torch.nn.Parameter(torch.zeros(1))
+    opt = torch.optim.Adam([p], lr=lr)
+    warm = torch.optim.lr_scheduler.LambdaLR(opt, lambda e: 1 / (10 ** float(warmup - e)))
+    cos = torch.optim.lr_scheduler.CosineAnnealingWarmRestarts(opt, T_0=50, T_mult=2)
+    sched = torch.optim.lr_scheduler.SequentialLR(opt, [warm, cos], [warmup])
+    for epoch in range(170):
+        want = opt.param_groups[0]["lr"]
+        for s in (epoch * 3, epoch * 3 + 2):
+            assert float(fn(s)) == pytest.approx(want, rel=1e-4, abs=1e-12), (epoch, want)
+        opt.step()
+        sched.step()
+    assert float(fn(0)) == pytest.approx(lr * 1e-5)
+    with pytest.raises(ValueError, match="warmup_shape"):
+        optim.learning_rate_schedule(dict(cfg, warmup_shape="cubic"), 3)
+
+
 def test_per_network_overrides():
     cfg = dict(_cfg(lr=2e-4), networks={"discriminator": {"lr": 1e-4, "b2": None}})
     d = optim.network_settings(cfg, "discriminator")

@@ -299,7 +299,7 @@ def test_export_checkpoint_to_pytorch_and_back(tmp_path, full_run):
     from unmask_jax import parallel
     rep = parallel.replicated_sharding(mesh)
     zeroed = state.replace(nets=jax.tree.map(jnp.zeros_like, state.nets))
-    loaded = state_lib.init_from_torch(config, system, zeroed, rep)
+    loaded = state_lib.init_pretrained(config, system, zeroed, rep)
     for n in ("generator", "discriminator"):
         jax.tree.map(np.testing.assert_array_equal, jax.device_get(loaded.nets[n].variables),
                      jax.device_get(state.nets[n].variables))

@@ -77,7 +77,15 @@ SAFE_CONFIG_KEYS = (
     # Initial weights from PyTorch files: only used when a run starts without a checkpoint.
     "model.generator_init",
     "model.discriminator_init",
+    "train.early_stopping.*",
 )
+
+#: Keys added to the config after checkpoint format 2, with the value that keeps the earlier
+#: behaviour: a checkpoint recorded without the key resumes when the current value is that one.
+ADDED_KEYS = {
+    "optim.warmup_shape": "linear",
+    "optim.networks.*.warmup_shape": None,
+}
 
 
 class CheckpointError(Exception):
@@ -181,6 +189,9 @@ def compare_configs(recorded: Mapping[str, Any], current: Any
     unsafe, safe = [], []
     for key in sorted(set(old) | set(new)):
         before, after = old.get(key, _UNSET), new.get(key, _UNSET)
+        if before is _UNSET and any(fnmatch.fnmatchcase(key, pattern) and after == default
+                                    for pattern, default in ADDED_KEYS.items()):
+            continue  # a setting newer than the checkpoint, at its behaviour-keeping value
         if before != after:
             (safe if is_safe_config_key(key) else unsafe).append((key, before, after))
     return unsafe, safe

@@ -12,7 +12,10 @@ known pixels outside the mask map, which flatters a system that is given the gro
 so the raw generator output is scored too. ``lpips`` is LPIPS v0.1 (AlexNet by default) on
 the uint8 output mapped back to [-1, 1], no resizing; ``id_sim`` is the cosine of
 face-recognition embeddings of output and target with the backbone named in ``id_backbone``
-(default dlib's ResNet on the framed face resized to 150x150; real weights, offline).
+(default dlib's ResNet on the framed face resized to 150x150; real weights, offline). When
+the data carries an identity image (``data.identity_image``), ``id_sim_reference`` is the
+same cosine between the output and that other photo of the person (what an
+identity-conditioned system is given), for the baselines too.
 
 Every process evaluates its shard of the eval set; it reads its own rows of the outputs from
 the arrays' shards (not from its process index), sums are combined across processes and
@@ -61,11 +64,14 @@ class FeatureMetrics:
     def from_config(cls, config) -> "FeatureMetrics":
         return cls(config.eval.lpips_net, config.eval.id_backbone, config.eval.id_weights)
 
-    def keys(self) -> tuple[str, ...]:
-        return (("lpips",) if self._lpips else ()) + (("id_sim",) if self._id else ())
+    def keys(self, reference: bool = False) -> tuple[str, ...]:
+        ids = ("id_sim",) + (("id_sim_reference",) if reference else ())
+        return (("lpips",) if self._lpips else ()) + (ids if self._id else ())
 
-    def __call__(self, output: np.ndarray, target: np.ndarray) -> dict[str, np.ndarray]:
-        """Per-image values for uint8 batches."""
+    def __call__(self, output: np.ndarray, target: np.ndarray,
+                 reference: np.ndarray | None = None) -> dict[str, np.ndarray]:
+        """Per-image values for uint8 ``output`` and ``target``; with ``reference`` (the
+        identity image, float in [-1, 1]) also ``id_sim_reference``: output vs that image."""
         x = output.astype(np.float32) / 127.5 - 1.0
         y = target.astype(np.float32) / 127.5 - 1.0
         out = {}
@@ -73,6 +79,9 @@ class FeatureMetrics:
             out["lpips"] = np.asarray(self._lpips(x, y), np.float64)
         if self._id:
             out["id_sim"] = np.asarray(self._id(x, y), np.float64)
+            if reference is not None:
+                out["id_sim_reference"] = np.asarray(
+                    self._id(x, np.asarray(reference, np.float32)), np.float64)
         return out
 
 
@@ -202,7 +211,7 @@ class Evaluator:
                                "telea/": metrics.telea_inpaint(masked, mask)})
             for prefix, image in images.items():
                 sums.add(prefix, metrics.image_metrics(image, target, mask))
-                sums.add(prefix, self.features(image, target))
+                sums.add(prefix, self.features(image, target, local.get("identity")))
             sums.count += valid
         keys = sorted(sums.sums)
         local_vec = np.asarray([sums.sums.get(k, 0.0) for k in keys] + [sums.count],
@@ -211,7 +220,7 @@ class Evaluator:
         total = total.reshape(-1, len(keys) + 1).sum(axis=0)
         count = int(total[-1])
         means = {k: float(total[i] / max(count, 1)) for i, k in enumerate(keys)}
-        image_keys = PIXEL_METRICS + self.features.keys()
+        image_keys = PIXEL_METRICS + self.features.keys(reference=self.data_cfg.identity_image)
         result = {"step": int(jax.device_get(state.step)), "num_images": count,
                   "num_identities": getattr(data, "num_identities", None),
                   "id_backbone": self.features.id_backbone,

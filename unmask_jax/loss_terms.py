@@ -22,8 +22,11 @@ options, checked here. A weight of 0 removes the term.
 | bce | ``mask_pred`` vs ``mask`` | from_logits (False: probabilities, torch BCELoss) |
 | dice | ``mask_pred`` vs ``mask`` | smooth (1.0) |
 | perceptual | ``output`` vs ``target`` | backbone (vgg16, offline; vgg19 needs ``weights``), layers, layer_weights, criterion (distance: l1 / smooth_l1 / mse), input_norm, smooth_l1_beta, weights |
-| lpips | ``output`` vs ``target`` | net (alex / vgg16) |
-| identity | ``output`` vs ``target`` | backbone (dlib, offline port; arcface_iresnet50/100, irse50 need ``weights``), weights, crop, resize |
+| lpips | ``output`` vs ``target`` | net (alex / vgg16), reduction |
+| identity | ``output`` vs ``target`` | backbone (dlib, offline port; arcface_iresnet50/100, irse50 need ``weights``), weights, crop, resize, reduction |
+
+``reduction`` (lpips, identity): ``mean`` over the batch (default) or ``sum`` (UnVeilify's
+reference code sums both over the batch, so their weight grows with the batch size).
 
 Feature networks (perceptual, lpips, identity) are frozen: :meth:`Objective.load` reads their
 real weights once and returns their variables, which the trainer passes into the jitted step
@@ -82,14 +85,24 @@ def _perceptual(opts):
     return None, load
 
 
+REDUCTIONS = {"mean": jnp.mean, "sum": jnp.sum}
+
+
+def _reduction(opts) -> Callable[[Array], Array]:
+    if opts["reduction"] not in REDUCTIONS:
+        raise ValueError(f"reduction={opts['reduction']!r}: choose one of {sorted(REDUCTIONS)}")
+    return REDUCTIONS[opts["reduction"]]
+
+
 def _lpips(opts):
     if opts["net"] not in ("alex", "vgg16"):
         raise ValueError(f"net={opts['net']!r}: choose alex or vgg16")
+    reduce = _reduction(opts)
 
     def load():
         from unmask_jax.features import lpips as lpips_lib
         variables = lpips_lib.load_lpips(opts["net"])
-        return (lambda v, p, t: jnp.mean(lpips_lib.lpips_distance(v, p, t))), variables
+        return (lambda v, p, t: reduce(lpips_lib.lpips_distance(v, p, t))), variables
     return None, load
 
 
@@ -98,11 +111,13 @@ def _identity(opts):
     if opts["backbone"] not in identity_lib.IDENTITY_BACKBONES:
         raise ValueError(f"backbone={opts['backbone']!r}: choose one of "
                          f"{identity_lib.IDENTITY_BACKBONES}")
+    reduce = _reduction(opts)
 
     def load():
         net, variables = identity_lib.load_identity_net(
             opts["backbone"], opts["weights"], crop=opts["crop"], resize=opts["resize"])
-        return (lambda v, p, t: identity_lib.identity_loss(net, v, p, t)), variables
+        return (lambda v, p, t: reduce(identity_lib.identity_distances(net, v, p, t))), \
+            variables
     return None, load
 
 
@@ -123,9 +138,10 @@ TYPES: dict[str, TermType] = {
     "dice": TermType("mask_pred", "mask", {"smooth": 1.0}, lambda o: (
         (lambda _v, p, t: losses.dice_loss(p, t, float(o["smooth"]))), None)),
     "perceptual": TermType("output", "target", _PERCEPTUAL_DEFAULTS, _perceptual),
-    "lpips": TermType("output", "target", {"net": "vgg16"}, _lpips),
+    "lpips": TermType("output", "target", {"net": "vgg16", "reduction": "mean"}, _lpips),
     "identity": TermType("output", "target", {"backbone": "dlib", "weights": None,
-                                              "crop": None, "resize": "area"}, _identity),
+                                              "crop": None, "resize": "area",
+                                              "reduction": "mean"}, _identity),
 }
 
 

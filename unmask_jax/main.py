@@ -41,13 +41,14 @@ class UserError(Exception):
 def validate_config(config, mode: str = "train") -> None:
     """Fails fast on values the trainer would only reject later (after compiling)."""
     from data_pipelines import pipeline
-    from unmask_jax import optim, systems
+    from unmask_jax import early_stopping, optim, systems
 
     pipeline.DataConfig.from_dict(config.data.to_dict())
     system = systems.build(config)
     if mode in ("train", "evaluate"):
         system.eval_variants()  # e.g. a two-stage evaluation that needs its first stage's run
     optim.resolve_steps(config.train, "num", steps_per_epoch=1)
+    early_stopping.EarlyStopping.from_config(config.train.get("early_stopping"))
     for network in system.networks:
         optim.learning_rate_schedule(optim.network_settings(config.optim, network),
                                      steps_per_epoch=1)
@@ -67,14 +68,22 @@ def summary(config, workdir: str | None) -> dict:
     system = systems.build(config)
     shapes = jax.eval_shape(
         lambda: system.init_variables(jax.random.PRNGKey(0), config.data.resolution))
-    result = {"system": system.name,
-              "networks": {name: {"params": models.count_params(v["params"])}
-                           for name, v in shapes.items()}}
-    width = max(len(n) for n in result["networks"])
+    result = {"system": system.name, "networks": {}}
+    for name, v in shapes.items():
+        info = {"params": models.count_params(v["params"])}
+        parts = {p: models.count_params(v["params"][p]) for p in system.summary_parts(name)
+                 if p in v["params"]}
+        if parts:
+            info["parts"] = parts
+        result["networks"][name] = info
+    width = max([len(n) for n in result["networks"]] + [
+        len(p) + 2 for info in result["networks"].values() for p in info.get("parts", {})])
     print(f"{config.name} (system {system.name}): {system.describe()}, "
           f"{config.data.resolution}x{config.data.resolution}")
     for name, info in result["networks"].items():
         print(f"  {name:<{width}}  {info['params']:>14,d} params")
+        for part, count in info.get("parts", {}).items():
+            print(f"    {part:<{width - 2}}  {count:>14,d}")
     if workdir:
         path = epath.Path(workdir)
         path.mkdir(parents=True, exist_ok=True)

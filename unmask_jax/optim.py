@@ -13,10 +13,12 @@ changes it every step:
   ``LambdaLR`` rule ``1 - max(0, epoch + epoch_count - n_epochs) / (n_epochs_decay + 1)``
   with ``epoch_count = 1``; the last of 100 + 100 epochs runs at ``lr / 101``.
 * ``step``: ``lr`` times ``decay_factor`` at each of ``boundaries_steps``.
-* ``warmup_cosine_restarts`` (UnVeilify): linear warm-up from ``lr / warmup`` to ``lr`` over
-  ``warmup`` units (unit ``u`` runs at ``lr * (u + 1) / warmup``), then PyTorch's
+* ``warmup_cosine_restarts`` (UnVeilify): a warm-up of ``warmup`` units, then PyTorch's
   ``CosineAnnealingWarmRestarts(T_0=restart_period, T_mult=restart_mult,
   eta_min=min_lr)``: ``min_lr + (lr - min_lr) * (1 + cos(pi * T_cur / T_i)) / 2``.
+  ``warmup_shape``: ``linear`` (unit ``u`` runs at ``lr * (u + 1) / warmup``) or ``exp10``
+  (UnVeilify's ``LambdaLR(lambda u: 1 / 10 ** (warmup - u))`` before its ``SequentialLR``
+  milestone: ``lr * 10 ** (u - warmup)``, i.e. lr/1e5 ... lr/10 over 5 epochs).
 
 Per-network optimisers: ``optim`` holds the defaults; ``optim.networks.<name>`` overrides any
 of ``lr, b1, b2, eps, schedule`` and the duration keys for one network (a ``None`` keeps the
@@ -35,7 +37,8 @@ SCHEDULES = ("constant", "linear_decay", "step", "warmup_cosine_restarts")
 OVERRIDABLE = ("lr", "b1", "b2", "eps", "schedule", "constant_steps", "constant_epochs",
                "decay_steps", "decay_epochs", "boundaries_steps", "decay_factor",
                "warmup_steps", "warmup_epochs", "restart_period_steps",
-               "restart_period_epochs", "restart_mult", "min_lr")
+               "restart_period_epochs", "restart_mult", "min_lr", "warmup_shape")
+WARMUP_SHAPES = ("linear", "exp10")
 
 
 def resolve_steps(cfg: Mapping[str, Any], name: str, steps_per_epoch: int,
@@ -79,13 +82,18 @@ def _linear_decay(lr: float, constant: float, decay: float, unit: int) -> optax.
 
 
 def _warmup_cosine_restarts(lr: float, warmup: float, period: float, mult: float,
-                            min_lr: float, unit: int) -> optax.Schedule:
+                            min_lr: float, unit: int, shape: str = "linear") -> optax.Schedule:
     if period <= 0 or mult < 1:
         raise ValueError("restart_period must be > 0 and restart_mult >= 1")
+    if shape not in WARMUP_SHAPES:
+        raise ValueError(f"warmup_shape={shape!r}: choose one of {WARMUP_SHAPES}")
 
     def schedule(step):
         u = jnp.floor_divide(step, unit).astype(jnp.float32)
-        warm = lr * (u + 1.0) / max(warmup, 1.0)
+        if shape == "linear":
+            warm = lr * (u + 1.0) / max(warmup, 1.0)
+        else:
+            warm = lr * 10.0 ** (u - warmup)
         t = u - warmup  # units since the end of the warm-up
         if mult == 1.0:
             cycle_start, t_i = jnp.floor(t / period) * period, jnp.asarray(period, jnp.float32)
@@ -120,7 +128,8 @@ def learning_rate_schedule(cfg: Mapping[str, Any], steps_per_epoch: int) -> opta
         (warmup, period), unit = _durations(cfg, ("warmup", "restart_period"),
                                             steps_per_epoch)
         return _warmup_cosine_restarts(lr, warmup, period, float(cfg["restart_mult"]),
-                                       float(cfg["min_lr"]), unit)
+                                       float(cfg["min_lr"]), unit,
+                                       cfg.get("warmup_shape") or "linear")
     raise ValueError(f"config.optim.schedule={kind!r}: choose one of {SCHEDULES}")
 
 

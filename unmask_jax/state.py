@@ -59,18 +59,27 @@ def create_state(system, txs: Mapping[str, optax.GradientTransformation], seed: 
     return TrainState(step=jnp.zeros((), jnp.int32), rng=train_rng, nets=nets)
 
 
-def init_from_torch(config, system, state: TrainState, sharding) -> TrainState:
-    """Replaces networks' initial variables by the PyTorch state dicts the config names
-    (``config.model.<network>_init``: ``.safetensors`` / ``.pt`` in the network's PyTorch
-    layout). Optimizer state is shape-only at step 0 and stays as initialised."""
+def init_pretrained(config, system, state: TrainState, sharding) -> TrainState:
+    """A new run's initial variables from the weights files the config names: whole
+    networks from PyTorch state dicts (``config.model.<network>_init``: ``.safetensors`` /
+    ``.pt`` in the network's PyTorch layout), and parts such as a backbone through
+    ``system.pretrained_variables``. Optimizer state is shape-only at step 0 and stays as
+    initialised."""
     from etils import epath
 
     from unmask_jax import export
 
     nets = dict(state.nets)
+    changed = False
     for name, (model_name, kwargs) in system.export_networks().items():
         path = config.model.get(f"{name}_init")
         if not path:
+            variables = system.pretrained_variables(name, nets[name].variables)
+            if variables is not None:
+                changed = True
+                nets[name] = nets[name].replace(
+                    params=variables["params"],
+                    collections={k: v for k, v in variables.items() if k != "params"})
             continue
         if not epath.Path(path).is_file():
             raise FileNotFoundError(f"config.model.{name}_init: no file {path}")
@@ -80,9 +89,10 @@ def init_from_torch(config, system, state: TrainState, sharding) -> TrainState:
         nets[name] = nets[name].replace(
             params=loaded["params"],
             collections={k: v for k, v in loaded.items() if k != "params"})
+        changed = True
         log.warning("%s initialised from PyTorch weights %s (not the config's random init)",
                     name, path)
-    return jax.device_put(state.replace(nets=nets), sharding)
+    return jax.device_put(state.replace(nets=nets), sharding) if changed else state
 
 
 def load_state(config, workdir: str, step: int | None = None, *,

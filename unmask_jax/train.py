@@ -26,8 +26,8 @@ import jax
 import numpy as np
 
 from data_pipelines import pipeline
-from unmask_jax import checkpoints, evaluate, optim, parallel, state as state_lib, systems
-from unmask_jax import visualize, workdir_lock
+from unmask_jax import checkpoints, early_stopping, evaluate, optim, parallel
+from unmask_jax import state as state_lib, systems, visualize, workdir_lock
 
 log = logging.getLogger(__name__)
 
@@ -101,8 +101,8 @@ def _train(config, workdir: str) -> dict[str, Any]:
     start = int(state.step)
     if resumed:
         log.info("resumed from %s at step %d", workdir, start)
-    elif any(config.model.get(f"{n}_init") for n in system.networks):
-        state = state_lib.init_from_torch(config, system, state, state_sharding)
+    else:
+        state = state_lib.init_pretrained(config, system, state, state_sharding)
 
     writer = metric_writers.create_default_writer(
         workdir, just_logging=not parallel.is_main_process())
@@ -113,6 +113,12 @@ def _train(config, workdir: str) -> dict[str, Any]:
     lr_fns = {name: optim.learning_rate_schedule(optim.network_settings(config.optim, name),
                                                  spe) for name in txs}
     sample_batch = None
+
+    rule = early_stopping.EarlyStopping.from_config(config.train.get("early_stopping"))
+    history = early_stopping.read_history(workdir, rule, start) if rule else []
+    if rule and rule.status(history)[0]:
+        _log_early_stop(rule, history, start)
+        return {"step": start, "eval": {}, "early_stopped": True}
 
     preempt = parallel.PreemptionMonitor()
     stop_at = num_steps
@@ -166,7 +172,8 @@ def _train(config, workdir: str) -> dict[str, Any]:
                 _write_samples(writer, workdir, step, evaluator.predict(state, sample_batch),
                                config.train.num_samples)
             preempted = preempt.reached(step)
-            if step % config.train.checkpoint_every_steps == 0 or step == stop_at or preempted:
+            saved = step % config.train.checkpoint_every_steps == 0 or step == stop_at
+            if saved or preempted:
                 checkpoints.save(manager, step, state, data_iter, config=config)
             if preempted:
                 log.warning("preemption: checkpoint saved at step %d; exiting", step)
@@ -174,12 +181,32 @@ def _train(config, workdir: str) -> dict[str, Any]:
                 return {"step": step, "preempted": True}
             if step % config.train.eval_every_steps == 0 or step == num_steps:
                 last_eval = evaluator(state, workdir=workdir, writer=writer)
+                if rule:
+                    try:
+                        history.append((step, rule.value(last_eval)))
+                        stop = rule.status(history)[0]
+                    except ValueError:  # a metric the evaluation does not write: keep the work
+                        if not saved:
+                            checkpoints.save(manager, step, state, data_iter, config=config)
+                        raise
+                    if stop:
+                        if not saved:
+                            checkpoints.save(manager, step, state, data_iter, config=config)
+                        _log_early_stop(rule, history, step)
+                        return {"step": step, "eval": last_eval, "early_stopped": True}
     finally:
         manager.wait_until_finished()
         preempt.close()
         writer.flush()
     log.info("done: %d steps in %s", step - start, _fmt_time(time.perf_counter() - t_start))
     return {"step": step, "eval": last_eval}
+
+
+def _log_early_stop(rule, history, step: int) -> None:
+    _, best_step, best, since = rule.status(history)
+    log.warning("early stopping at step %d: %s has not improved on %.4f (step %d) for %d "
+                "evaluations (patience %d)", step, rule.metric, best, best_step, since,
+                rule.patience)
 
 
 def _summarise(pending: list[dict[str, jax.Array]]) -> dict[str, float]:

@@ -121,13 +121,19 @@ def identity_similarity(net: IdentityNet, variables: Any, x: jax.Array,
     return cosine(emb[:n], emb[n:])
 
 
-def identity_loss(net: IdentityNet, variables: Any, output: jax.Array,
-                  target: jax.Array) -> jax.Array:
-    """mean(1 - cos(emb(output), emb(target))); the target embedding is stop-gradiented.
+def identity_distances(net: IdentityNet, variables: Any, output: jax.Array,
+                       target: jax.Array) -> jax.Array:
+    """Per image 1 - cos(emb(output), emb(target)); the target embedding is stop-gradiented.
 
     Gradients reach ``output`` (the generator), unlike UnVeilify's reference code, where the
     arguments were swapped and the generator got none.
     """
     e_out = net.embed(variables, output)
     e_tgt = jax.lax.stop_gradient(net.embed(variables, target))
-    return jnp.mean(1.0 - cosine(e_out, e_tgt))
+    return 1.0 - cosine(e_out, e_tgt)
+
+
+def identity_loss(net: IdentityNet, variables: Any, output: jax.Array,
+                  target: jax.Array) -> jax.Array:
+    """mean(1 - cos(emb(output), emb(target))) over the batch (see ``identity_distances``)."""
+    return jnp.mean(identity_distances(net, variables, output, target))

@@ -16,6 +16,9 @@ A *system* (one module per family in this package, registered by ``config.system
 * ``predict(state, batch, frozen, **variant) -> {"output", "raw", ["mask"]}``: the
   inference output in [-1, 1], composited (known pixels kept) and raw, and the mask map where
   it makes one (a segmentation stage returns only ``mask``);
+* ``pretrained_variables(name, variables)`` (optional): a network's start from pretrained
+  weights the config names; ``summary_parts(name)``: parts counted separately by
+  ``--mode=summary``;
 * ``eval_variants()`` / ``eval_info()``: extra evaluation runs of ``predict`` (e.g. with the
   ground-truth map) and facts for the evaluation JSON.
 
@@ -98,6 +101,17 @@ class System:
     def describe(self) -> str:
         """One line for the summary: what the networks see."""
         return ""
+
+    def summary_parts(self, network: str) -> tuple[str, ...]:
+        """Top-level parts of a network whose parameters the summary counts separately."""
+        return ()
+
+    def pretrained_variables(self, name: str, variables: Mapping[str, Any]
+                             ) -> Mapping[str, Any] | None:
+        """Initial variables of network ``name`` from pretrained weights the config names
+        (e.g. a backbone), applied when a run starts without a checkpoint; None keeps
+        ``variables``. Runs on the host, outside jit."""
+        return None
 
     def eval_variants(self) -> dict[str, dict[str, Any]]:
         """Evaluation runs of ``predict``: name -> keyword arguments. "" is the system's own
