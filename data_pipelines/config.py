@@ -22,6 +22,8 @@ import dataclasses
 from typing import Any, Mapping
 
 FRAMINGS = ("landmarks", "center")
+#: Values of ``DataConfig.identity_augment`` (see there).
+IDENTITY_AUGMENTS = ("none", "flip", "unveilify")
 
 #: Types of the fields whose default is None (config placeholders need a type).
 OPTIONAL_FIELD_TYPES: dict[str, type] = {"data_dir": str}
@@ -47,10 +49,24 @@ class DataConfig:
     # random crop back to resolution. 1.0 disables it.
     jitter_scale: float = 286 / 256
     flip: bool = True
+    # Training only, applied identically to masked image, target and mask map (after the
+    # framing warp and the mask): a random vertical flip (p 0.5), and a rotation by a random
+    # multiple of 90 degrees (k uniform in 0..3). UnVeilify's paired augmentation is
+    # flip + vflip + rot90. False (default) draws nothing, so the data stay as they were.
+    vflip: bool = False
+    rot90: bool = False
     # data_pipelines.masks.MaskSynthesisConfig fields (empty: its defaults).
     mask: Mapping[str, Any] = dataclasses.field(default_factory=dict)
     # Add "identity": another image of the same person (identity-conditioned models).
     identity_image: bool = False
+    # Augmentation of the identity image in training (independent of the target's; eval
+    # identity images are never augmented): "none"; "flip" (default): its own random
+    # horizontal flip when ``flip`` is on; "unveilify": its own random vertical and
+    # horizontal flips (p 0.5 each) and a rotation by a uniform angle in [-90, 90] degrees
+    # about the centre (nearest neighbour, corners filled with the model's zero = mid-grey,
+    # as torchvision's RandomRotation on UnVeilify's normalised tensors). Ignored without
+    # ``identity_image``.
+    identity_augment: str = "flip"
     num_workers: int = 0            # Grain worker processes (0: prepare in this process)
     worker_buffer_size: int = 2
     read_threads: int = 2           # Grain read threads (per process)
@@ -97,6 +113,13 @@ class DataConfig:
             raise ValueError(f"config.data.framing={self.framing!r}: choose one of {FRAMINGS}")
         if self.jitter_scale < 1.0:
             raise ValueError("config.data.jitter_scale must be >= 1.0 (1.0 = no jitter)")
+        for key in ("flip", "vflip", "rot90", "identity_image", "shuffle"):
+            if not isinstance(getattr(self, key), bool):
+                raise ValueError(f"config.data.{key}={getattr(self, key)!r}: must be True or "
+                                 "False")
+        if self.identity_augment not in IDENTITY_AUGMENTS:
+            raise ValueError(f"config.data.identity_augment={self.identity_augment!r}: choose "
+                             f"one of {IDENTITY_AUGMENTS}")
         if self.read_threads < 1 or self.num_workers < 0:
             raise ValueError(f"config.data: read_threads={self.read_threads} must be >= 1 and "
                              f"num_workers={self.num_workers} >= 0")

@@ -11,7 +11,12 @@ converts to the model's convention. A batch is a dict of numpy arrays:
 ``masked``, ``target``  float32 (N, H, W, 3) in [-1, 1]
 ``mask``                float32 (N, H, W, 1) in {0, 1} (1 = covered by the synthetic mask)
 ``identity``            float32 (N, H, W, 3) in [-1, 1], only when ``identity_image`` is on:
-                        another image of the same person, never the target itself
+                        another image of the same person from the same split, never the
+                        target itself (nor a file with the same pixels); fixed per record
+                        in evaluation. People with a single image are skipped and counted
+                        (``no_other_identity_image``); a split without identity labels or
+                        without any person with two images fails at setup
+                        (``check_identity_source``)
 ``index``, ``identity_id``  int64 (N,) record index in the source and identity label
 
 Entry points for the trainer: ``DataConfig.from_dict(config.data)`` (defaults and checks in
@@ -30,6 +35,7 @@ the batches. Bad records never stop an epoch: they are dropped, counted by reaso
 from __future__ import annotations
 
 import collections
+import dataclasses
 import logging
 from typing import Any, Mapping
 
@@ -45,6 +51,8 @@ log = logging.getLogger(__name__)
 
 #: Stream position carried from the record to the skip accounting (dropped from batches).
 POSITION_KEY = "_pos"
+#: Record index of the identity image (bookkeeping for tests and tools; dropped from batches).
+IDENTITY_INDEX_KEY = "_identity_index"
 
 
 # --------------------------------------------------------------------------------------------
@@ -85,6 +93,60 @@ def _tag_position(position: int, record: Mapping[str, Any]) -> dict[str, Any]:
     return out
 
 
+#: uint8 fill of the identity image's rotated-in corners ("unveilify"): the value the model
+#: sees as ~0 (uint8 v -> v / 127.5 - 1 = +0.004), as UnVeilify's torchvision
+#: ``RandomRotation`` fills 0 in its normalised space (there: the ImageNet mean colour).
+IDENTITY_ROTATION_FILL = 128
+#: Largest identity-image rotation ("unveilify"): uniform in [-90, 90] degrees.
+IDENTITY_MAX_ROTATION_DEG = 90.0
+#: How many other images of the person are tried before the example is skipped.
+IDENTITY_TRIES = 4
+#: Salt of the eval identity pick's generator (see ``PrepareExample._identity_order``).
+_EVAL_IDENTITY_SALT = 0x1D_E471
+
+
+def paired_augment(images: list[np.ndarray], rng: np.random.Generator, vflip: bool,
+                   rot90: bool) -> list[np.ndarray]:
+    """The same random vertical flip (p 0.5, when ``vflip``) and then rotation by k * 90
+    degrees (k uniform in 0..3, counter-clockwise, when ``rot90``) of every (H, W[, C]) image
+    in ``images`` (masked image, target, mask map: they stay aligned). Draws from ``rng``
+    only for the enabled parts, so with both off it draws nothing and returns the inputs."""
+    flip_v = bool(vflip and rng.random() < 0.5)
+    k = int(rng.integers(0, 4)) if rot90 else 0
+    if not flip_v and k == 0:
+        return images
+    out = []
+    for image in images:
+        if flip_v:
+            image = image[::-1]
+        if k:
+            image = np.rot90(image, k)
+        out.append(np.ascontiguousarray(image))
+    return out
+
+
+def rotate_about_centre(image: np.ndarray, angle_deg: float,
+                        fill: int = IDENTITY_ROTATION_FILL) -> np.ndarray:
+    """``image`` rotated by ``angle_deg`` (counter-clockwise) about its centre, same size,
+    nearest neighbour, uncovered corners set to ``fill`` (torchvision ``RandomRotation``'s
+    defaults: no expansion, nearest, constant fill)."""
+    h, w = image.shape[:2]
+    m = cv2.getRotationMatrix2D(((w - 1) / 2.0, (h - 1) / 2.0), float(angle_deg), 1.0)
+    return cv2.warpAffine(image, m, (w, h), flags=cv2.INTER_NEAREST,
+                          borderMode=cv2.BORDER_CONSTANT, borderValue=(fill,) * 3)
+
+
+def _face(record: Mapping[str, Any]) -> np.ndarray | None:
+    """The unmasked face of a record (a paired record's ``image`` is the masked one)."""
+    return record.get("target", record.get("image"))
+
+
+def _same_image(a: np.ndarray | None, b: np.ndarray | None) -> bool:
+    """Identical decoded pixels: the same file (one path, a symlink or hard link to it) or a
+    byte-identical copy. Such a "second image" of a person is the target itself."""
+    return a is not None and b is not None and a.shape == b.shape and np.array_equal(a, b)
+
+
 class PrepareExample:
     """Grain random-map transform: record -> uint8 example dict (or a skip marker).
 
@@ -93,7 +155,15 @@ class PrepareExample:
     framing warp (``align.window_box``); the mask is then synthesised on the final crop,
     with the landmarks mapped (and, after a flip, re-labelled) by the same warp. This is
     the same distribution as synthesising on the full frame and cropping/flipping after,
-    without warping, masking and copying pixels that the crop throws away.
+    without warping, masking and copying pixels that the crop throws away. Then, when
+    ``vflip`` / ``rot90`` are on, one random vertical flip / quarter turn of masked image,
+    target and mask map together (``paired_augment``).
+
+    With ``identity_image``, the example also gets another image of the same person
+    (``_identity_image``), augmented on its own per ``identity_augment`` in training only.
+    Randomness is drawn from the example's generator in a fixed order (window, mask,
+    paired augmentation, training identity pick and augmentation), and only for enabled
+    features, so the default settings draw exactly what they always did.
     """
 
     def __init__(self, source, cfg: DataConfig, train: bool):
@@ -137,6 +207,9 @@ class PrepareExample:
                 return _skip(record, "mask_failed")
             if not mask.any():  # drawn entirely outside the crop: nothing to learn from
                 return _skip(record, "mask_empty")
+        if self.train and (cfg.vflip or cfg.rot90):
+            masked, target, mask = paired_augment(
+                [masked, target, mask.reshape(res, res)], rng, cfg.vflip, cfg.rot90)
         example = {
             "masked": masked, "target": target, "mask": mask.reshape(res, res, 1),
             "index": np.int64(record["index"]), "identity_id": np.int64(record["identity"]),
@@ -144,29 +217,69 @@ class PrepareExample:
         if POSITION_KEY in record:
             example[POSITION_KEY] = record[POSITION_KEY]
         if cfg.identity_image:
-            identity = self._identity_image(record, rng)
-            if identity is None:
+            found = self._identity_image(record, rng)
+            if found is None:
                 return _skip(record, "no_other_identity_image")
-            example["identity"] = identity
+            example["identity"], example[IDENTITY_INDEX_KEY] = found
         return example
 
-    def _identity_image(self, record, rng: np.random.Generator) -> np.ndarray | None:
-        """Another image of the same person, framed at the output resolution."""
+    def _identity_order(self, record, candidates: np.ndarray,
+                        rng: np.random.Generator) -> np.ndarray:
+        """The order in which the other images of the person are tried. Training: a fresh
+        random order per example (per stream position). Evaluation: fixed per record --
+        drawn from a generator seeded by (seed, record index) only, so an eval example gets
+        the same identity image at every evaluation, whatever the eval set size, batch size,
+        process count or mask settings."""
+        if self.train:
+            return rng.permutation(candidates)
+        fixed = np.random.default_rng((_EVAL_IDENTITY_SALT, self.cfg.seed, int(record["index"])))
+        return fixed.permutation(candidates)
+
+    def _identity_image(self, record, rng: np.random.Generator
+                        ) -> tuple[np.ndarray, np.int64] | None:
+        """(another image of the same person framed at the output resolution, its record
+        index), or None when the person has no usable other image. Candidates come from the
+        same source (so the same split); the target's own record and any candidate with the
+        target's exact pixels (the same file or a byte-identical copy) are never used; at
+        most ``IDENTITY_TRIES`` unreadable / landmark-less / duplicate candidates are tried.
+        Training augments it per ``identity_augment``; evaluation never does."""
         if record["identity"] < 0:
             return None
         candidates = self.source.identity_indices(int(record["identity"]))
         candidates = candidates[candidates != record["index"]]
-        for j in rng.permutation(candidates)[:4]:
+        tried = 0
+        for j in self._identity_order(record, candidates, rng):
+            if tried == IDENTITY_TRIES:
+                break
+            tried += 1
             other = self.source[int(j)]
             if other.get("error") or (self.cfg.framing == "landmarks"
                                       and other.get("landmarks") is None):
                 continue
-            flip = bool(self.train and self.cfg.flip and rng.random() < 0.5)
-            box = _frame_box(other["image"], other.get("landmarks"), self.cfg)
-            image, _ = align.crop_and_resize(other["image"], None, box, self.cfg.resolution,
-                                             flip=flip)
-            return image
+            if _same_image(_face(other), _face(record)):
+                continue
+            return self._frame_identity(other, rng), np.int64(j)
         return None
+
+    def _frame_identity(self, other, rng: np.random.Generator) -> np.ndarray:
+        cfg = self.cfg
+        mode = cfg.identity_augment if self.train else "none"
+        vflip = angle = None
+        if mode == "flip":
+            hflip = bool(cfg.flip and rng.random() < 0.5)
+        elif mode == "unveilify":
+            vflip, hflip = bool(rng.random() < 0.5), bool(rng.random() < 0.5)
+            angle = float(rng.uniform(-IDENTITY_MAX_ROTATION_DEG, IDENTITY_MAX_ROTATION_DEG))
+        else:
+            hflip = False
+        face = _face(other)
+        box = _frame_box(face, other.get("landmarks"), cfg)
+        image, _ = align.crop_and_resize(face, None, box, cfg.resolution, flip=hflip)
+        if vflip:
+            image = image[::-1]
+        if angle is not None:
+            image = rotate_about_centre(image, angle)
+        return np.ascontiguousarray(image)
 
 
 # --------------------------------------------------------------------------------------------
@@ -343,6 +456,9 @@ def build_sources(cfg: DataConfig) -> tuple[Any, Any]:
         except EmptySplitError as err:
             raise _split_error(cfg, key, err) from err
     train, evaluation = sources["train_split"], sources["eval_split"]
+    check_identity_source(cfg, train, "train_split")
+    if evaluation is not train:
+        check_identity_source(cfg, evaluation, "eval_split")
     if train is not evaluation:
         shared = np.intersect1d(_known(record_identities(train)),
                                 _known(record_identities(evaluation)))
@@ -351,6 +467,91 @@ def build_sources(cfg: DataConfig) -> tuple[Any, Any]:
                         "eval_split=%r", cfg.source, shared.size, cfg.train_split,
                         cfg.eval_split)
     return train, evaluation
+
+
+@dataclasses.dataclass(frozen=True)
+class IdentityPairs:
+    """How a split serves ``identity_image`` (from its identity labels; no file is read)."""
+
+    people: int              # distinct identities in the split
+    paired_people: int       # ... with at least two records
+    single_people: int       # ... with one record: their examples are skipped
+    unlabelled_records: int  # records without an identity label: skipped too
+    paired: np.ndarray       # bool (len(source),): the record's person has another record
+
+    @property
+    def skipped_records(self) -> int:
+        """Records that can never get an identity image (one per single person, plus the
+        unlabelled ones)."""
+        return self.single_people + self.unlabelled_records
+
+
+def identity_pairs(source) -> IdentityPairs:
+    """``IdentityPairs`` of ``source`` (``record_identities``)."""
+    ids = record_identities(source)
+    known = ids[ids >= 0]
+    labels, counts = np.unique(known, return_counts=True)
+    multi = labels[counts >= 2]
+    return IdentityPairs(people=int(labels.size), paired_people=int(multi.size),
+                         single_people=int(np.sum(counts == 1)),
+                         unlabelled_records=int(np.sum(ids < 0)),
+                         paired=np.isin(ids, multi) & (ids >= 0))
+
+
+#: Per source: how to get identity labels (for the ``identity_image`` error).
+_IDENTITY_HINTS = {
+    "folder": "set --config.data.source_options.identity_from=parent_dir (one folder per "
+              "person)",
+    "paired": "paired masked/unmasked data has no identity labels; use a source that has "
+              "them (synthetic, lfw, celeba, or folder with identity_from=parent_dir)",
+    "celeba": "CelebA needs identity_CelebA.txt in data_dir (backend='files'; the tfds "
+              "backend has no identities)",
+    "synthetic": "set --config.data.source_options.images_per_identity >= 2",
+}
+
+
+def check_identity_source(cfg: DataConfig, source, split_key: str, report: bool = True
+                          ) -> IdentityPairs | None:
+    """With ``cfg.identity_image``: the split ``config.data.<split_key>`` must have identity
+    labels and at least one person with two records, else ``ValueError`` naming the key and
+    the fix (at setup, not one skip per example). With ``report``, logs how many people (and
+    records) have no second image: their examples are skipped and counted as
+    ``no_other_identity_image`` in training, and left out of the eval set. Returns the
+    ``IdentityPairs`` (None when ``identity_image`` is off)."""
+    if not cfg.identity_image:
+        return None
+    split = getattr(cfg, split_key)
+    name = getattr(source, "name", cfg.source)
+    pairs = identity_pairs(source)
+    hint = _IDENTITY_HINTS.get(cfg.source, "use a source with identity labels")
+    if pairs.people == 0:
+        raise ValueError(
+            f"config.data.identity_image=True needs identity labels, but data {name} "
+            f"({split_key}={split!r}) has none: {hint}")
+    if pairs.paired_people == 0:
+        if cfg.source == "synthetic":
+            fix = hint
+        elif cfg.options().get("num_records") is not None:
+            fix = (f"source_options.num_records={cfg.options()['num_records']} takes one "
+                   "image of every person before anybody's second: raise or unset it")
+        else:
+            fix = "this split cannot give identity images"
+        raise ValueError(
+            f"config.data.identity_image=True needs people with at least two images, but "
+            f"each of the {pairs.people} people of data {name} ({split_key}={split!r}) has "
+            f"one; {fix}")
+    if report and pairs.skipped_records:
+        unlabelled = (f" and {pairs.unlabelled_records} records have no identity label"
+                      if pairs.unlabelled_records else "")
+        log.warning(
+            "data %s (%s=%r), identity_image: %d of %d people have a single image%s; these "
+            "%d records have no identity image (training skips them, counted as "
+            "no_other_identity_image; the eval set leaves them out)", name, split_key, split,
+            pairs.single_people, pairs.people, unlabelled, pairs.skipped_records)
+    elif report:
+        log.info("data %s (%s=%r), identity_image: all %d people have >= 2 images", name,
+                 split_key, split, pairs.people)
+    return pairs
 
 
 def _known(identities: np.ndarray) -> np.ndarray:
@@ -440,7 +641,9 @@ def train_dataset(cfg: DataConfig, *, batch_size: int, process_index: int = 0,
     p::process_count. So the processes read disjoint records, and the examples of a global
     batch -- records, masks, crops, flips -- are the same for any process count.
     """
-    source = build_source(cfg, cfg.train_split) if source is None else source
+    built = source is None
+    source = build_source(cfg, cfg.train_split) if built else source
+    check_identity_source(cfg, source, "train_split", report=built)
     ds = grain.MapDataset.source(source)
     n = len(ds)
     if n < batch_size * process_count:
@@ -466,17 +669,27 @@ def eval_dataset(cfg: DataConfig, *, batch_size: int, num_images: int, process_i
     seed, by position in the set, whatever the process count), no augmentation. Process p
     takes positions p::process_count. The last batch may be smaller than ``batch_size``.
 
+    With ``identity_image``, the set is drawn only from records whose person has another
+    record in the eval split (``identity_pairs``), and each record's identity image is
+    fixed: the first usable one in an order seeded by (seed, record index) alone, taken
+    from the eval split, never augmented (``PrepareExample._identity_order``).
+
     The returned dataset carries ``num_records`` (records in the set; skipped ones
     included) and ``num_identities`` (distinct people among them; None when the source has
     no identity labels), for the evaluation report.
     """
-    source = build_source(cfg, cfg.eval_split) if source is None else source
-    n = min(num_images, len(source))
-    if n < num_images:
-        log.warning("eval split %r of %s has %d records; evaluating on %d, not %d",
-                    cfg.eval_split, cfg.source, len(source), n, num_images)
+    built = source is None
+    source = build_source(cfg, cfg.eval_split) if built else source
+    pairs = check_identity_source(cfg, source, "eval_split", report=built)
     identities = record_identities(source)
-    chosen = subsets.spread_order(identities, n)
+    # With identity images: only records whose person has another record of the split.
+    usable = np.arange(len(source)) if pairs is None else np.flatnonzero(pairs.paired)
+    n = min(num_images, len(usable))
+    if n < num_images:
+        log.warning("eval split %r of %s has %d records%s; evaluating on %d, not %d",
+                    cfg.eval_split, cfg.source, len(usable),
+                    "" if pairs is None else " of people with >= 2 images", n, num_images)
+    chosen = usable[subsets.spread_order(identities[usable], n)]
     ds = grain.MapDataset.source(_Subset(source, chosen))
     ds = ds.seed(cfg.seed + 1_000_003).map_with_index(_tag_position)
     ds = ds.random_map(PrepareExample(source, cfg, train=False))

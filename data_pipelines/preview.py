@@ -2,15 +2,19 @@
 
     python -m data_pipelines.preview --source=NAME [--data_dir=PATH] [--resolution=256]
         [--num=16] [--seed=0] [--split=train] [--source_option k=v ...] [--identity]
-        [--mask_types=surgical,n95] [--cols=N] --out=grid.png
+        [--mask_types=surgical,n95] [--cols=N] [--train [--vflip] [--rot90]
+        [--identity_augment=none|flip|unveilify]] --out=grid.png
 
 Every example is one strip of tiles: masked | mask map | target [| identity image]; the
 strips are laid out ``--cols`` to a row (default: about square). The examples come from
 ``pipeline.eval_dataset`` on ``--split``: ``--num`` records of the split spread over its
 identities (one image per person first, as the evaluation set), framed as in training but
-without random crop or flip, masks seeded by ``--seed``. The same
-arguments therefore give a byte-identical PNG. Records the pipeline skips (bad files, no
-landmarks, no second image of the person) are left out and counted in the log.
+without random crop or flip, masks seeded by ``--seed``. With ``--train`` they come from
+``pipeline.train_dataset`` instead (shuffled, one epoch, with the training augmentation:
+jitter crop, flip, and the ``--vflip`` / ``--rot90`` / ``--identity_augment`` settings of
+``DataConfig``). Either way the same arguments give a byte-identical PNG. Records the
+pipeline skips (bad files, no landmarks, no second image of the person) are left out and
+counted in the log.
 
 ``--source_option`` passes source options (repeatable), e.g. ``landmarks=template`` for LFW
 without a landmark cache or ``num_records=64`` for ``synthetic``; values are read as Python
@@ -99,16 +103,28 @@ def build_config(args: argparse.Namespace) -> pipeline.DataConfig:
     return pipeline.DataConfig.from_dict(dict(
         source=args.source, data_dir=args.data_dir, source_options=options,
         eval_split=args.split, resolution=args.resolution, mask=mask,
-        identity_image=args.identity, seed=args.seed, num_workers=0))
+        train_split=args.split, identity_image=args.identity, seed=args.seed, num_workers=0,
+        vflip=args.vflip, rot90=args.rot90, identity_augment=args.identity_augment))
 
 
-def preview_grid(cfg: pipeline.DataConfig, num: int, cols: int | None = None) -> np.ndarray:
-    """The grid image (uint8 (H, W, 3)) of the first ``num`` usable examples."""
-    data = pipeline.eval_dataset(cfg, batch_size=min(num, 16), num_images=num)
-    strips = [strip_tiles(batch, i) for batch in data for i in range(len(batch["index"]))]
+def preview_grid(cfg: pipeline.DataConfig, num: int, cols: int | None = None,
+                 train: bool = False) -> np.ndarray:
+    """The grid image (uint8 (H, W, 3)) of the first ``num`` usable examples (of the eval
+    set, or of the training stream when ``train``)."""
+    if train:
+        data = pipeline.train_dataset(cfg, batch_size=1, num_epochs=1)
+    else:
+        data = pipeline.eval_dataset(cfg, batch_size=min(num, 16), num_images=num)
+    strips = []
+    for batch in data:
+        strips.extend(strip_tiles(batch, i) for i in range(len(batch["index"])))
+        if len(strips) >= num:
+            strips = strips[:num]
+            break
     if not strips:
+        split = cfg.train_split if train else cfg.eval_split
         raise RuntimeError(f"{cfg.source}: none of the first {num} records of split "
-                           f"{cfg.eval_split!r} gave an example (see the log for why)")
+                           f"{split!r} gave an example (see the log for why)")
     cols = cols or max(1, math.ceil(math.sqrt(len(strips))))
     return make_grid(strips, min(cols, len(strips)))
 
@@ -130,6 +146,15 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--mask_types", default="",
                         help=f"comma-separated subset of {','.join(masks.MASK_TYPES)}")
     parser.add_argument("--cols", type=int, default=None, help="strips per row")
+    parser.add_argument("--train", action="store_true",
+                        help="show the training stream (augmented) instead of the eval set")
+    parser.add_argument("--vflip", action="store_true",
+                        help="DataConfig.vflip (training only: use with --train)")
+    parser.add_argument("--rot90", action="store_true",
+                        help="DataConfig.rot90 (training only: use with --train)")
+    parser.add_argument("--identity_augment", default="flip",
+                        help="DataConfig.identity_augment: none, flip or unveilify "
+                             "(training only: use with --train)")
     parser.add_argument("--out", required=True, help="output PNG path")
     args = parser.parse_args(argv)
     if args.num < 1:
@@ -141,7 +166,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     try:
         cfg = build_config(args)
-        grid = preview_grid(cfg, args.num, args.cols)
+        grid = preview_grid(cfg, args.num, args.cols, train=args.train)
     except (DatasetNotFoundError, ValueError) as err:  # bad data path, split or option
         print(f"preview: error: {err}", file=sys.stderr)
         return 2
