@@ -6,7 +6,10 @@ arguments, input normalisation, checkpoint step, config. pix2pix networks use th
 PyTorch layout (``keys/pix2pix_*.txt``: loads with ``strict=True`` into
 ``UnetGenerator(3, 3, 8, ngf=64, norm_layer=BatchNorm2d, use_dropout=True)`` and
 ``NLayerDiscriminator(6, 64, 3)``); the TF-tutorial networks target the project's own
-modules in :mod:`unmask_jax.export.torch_modules`.
+modules in :mod:`unmask_jax.export.torch_modules`. UnVeilify's networks target the reference
+layout (``keys/unveilify_*.txt``) through :mod:`unmask_jax.export.unveilify` and the twins in
+:mod:`unmask_jax.export.torch_unveilify`; :func:`export_checkpoint` also writes the combined
+``mask_remover`` state dict there.
 
 Only :func:`build_torch_module` and :func:`load_torch_module` import torch.
 """
@@ -21,6 +24,7 @@ import numpy as np
 from etils import epath
 
 from unmask_jax.export import io, keymaps
+from unmask_jax.export import unveilify  # noqa: F401  (registers the UnVeilify key maps)
 from unmask_jax.export.keymaps import KEYMAPS, ExportError, TorchTarget
 
 KEYS_DIR = os.path.join(os.path.dirname(__file__), "keys")
@@ -83,7 +87,7 @@ def export_variables(network_name: str, model_name: str, model_kwargs: Mapping[s
         "flax_model_kwargs": _json_kwargs(model_kwargs),
         "torch_class": target.torch_class,
         "torch_reference": target.reference,
-        "torch_module": keymaps.PROJECT_TORCH_MODULES,
+        "torch_module": target.module,
         "constructor_args": target.constructor_args,
         "input_normalisation": input_normalisation or keymap.input_normalisation,
         "layout": "NCHW",
@@ -108,11 +112,26 @@ def import_torch_state_dict(model_name: str, model_kwargs: Mapping[str, Any],
     return keymaps.torch_to_flax(model_name, model_kwargs, state_dict, variables_template)
 
 
-def build_torch_module(torch_class: str, constructor_args: Mapping[str, Any]):
-    """Instantiate the PyTorch module named in a manifest entry (imports torch)."""
+#: Project modules that define PyTorch twins, searched in this order by class name.
+TORCH_MODULES = ("unmask_jax.export.torch_modules", "unmask_jax.export.torch_unveilify")
+
+
+def build_torch_module(torch_class: str, constructor_args: Mapping[str, Any],
+                       torch_module: str | None = None):
+    """Instantiate the PyTorch module named in a manifest entry (imports torch).
+
+    ``torch_module`` (the manifest's ``torch_module``) names the defining module; without
+    it the project's modules (:data:`TORCH_MODULES`) are searched by class name."""
+    import importlib
+
     import torch
 
-    from unmask_jax.export import torch_modules
+    if torch_module is not None and torch_module not in TORCH_MODULES:
+        raise ExportError(f"unknown torch module {torch_module!r}; choices: {TORCH_MODULES}")
+    for name in ((torch_module,) if torch_module else TORCH_MODULES):
+        torch_modules = importlib.import_module(name)
+        if hasattr(torch_modules, torch_class):
+            break
 
     args = dict(constructor_args)
     if "norm_layer" in args:
@@ -124,7 +143,8 @@ def build_torch_module(torch_class: str, constructor_args: Mapping[str, Any]):
         args["norm_layer"] = table[norm]
     cls = getattr(torch_modules, torch_class, None)
     if cls is None:
-        raise ExportError(f"no PyTorch class {torch_class!r} in {keymaps.PROJECT_TORCH_MODULES}")
+        raise ExportError(f"no PyTorch class {torch_class!r} in "
+                          f"{torch_module or TORCH_MODULES}")
     return cls(**args)
 
 
@@ -135,7 +155,8 @@ def load_torch_module(out_dir: str, network_name: str, *, strict: bool = True):
     entry = io.read_manifest(out_dir)["networks"].get(network_name)
     if entry is None:
         raise ExportError(f"no network {network_name!r} in {out_dir}/{io.MANIFEST_NAME}")
-    module = build_torch_module(entry["torch_class"], entry["constructor_args"])
+    module = build_torch_module(entry["torch_class"], entry["constructor_args"],
+                                entry.get("torch_module"))
     sd = io.load_state_dict(os.fspath(epath.Path(out_dir) / entry["files"]["safetensors"]))
     module.load_state_dict({k: torch.from_numpy(np.array(v)) for k, v in sd.items()},
                            strict=strict)

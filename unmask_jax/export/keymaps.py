@@ -42,9 +42,10 @@ class ExportError(ValueError):
 class TorchTarget:
     """What an exported state dict loads into."""
 
-    torch_class: str  # class name in ``unmask_jax.export.torch_modules``
+    torch_class: str  # class name in ``module``
     constructor_args: dict[str, Any]  # JSON-serialisable keyword arguments
     reference: str  # where the class comes from (canonical repo or the project)
+    module: str = "unmask_jax.export.torch_modules"  # the project module defining the class
 
 
 # ----------------------------------------------------------------------------------------
@@ -220,6 +221,12 @@ class KeyMap:
     name_map: Callable[[Mapping[str, Any], list[str]], NameMap]
     target: Callable[[Mapping[str, Any], Mapping[str, Any]], TorchTarget]  # (params, kwargs)
     input_normalisation: str
+    # Optional whole-network converters replacing the generic per-module one (models whose
+    # leaves are not only convs and norms, e.g. UnVeilify in ``unveilify.py``):
+    # to_torch(model_kwargs, variables, num_batches_tracked) -> state dict;
+    # from_torch(model_kwargs, state_dict, template) -> variables.
+    to_torch: Callable[..., dict[str, np.ndarray]] | None = None
+    from_torch: Callable[..., dict[str, Any]] | None = None
 
 
 _PIX2PIX_INPUT = ("NCHW float32, RGB channels scaled to [-1, 1] (pixel / 127.5 - 1), extra "
@@ -303,7 +310,10 @@ def flax_to_torch(model_name: str, model_kwargs: Mapping[str, Any],
                   variables: Mapping[str, Any], *, num_batches_tracked: int = 0
                   ) -> dict[str, np.ndarray]:
     """Flax ``{"params", "batch_stats"}`` -> torch state dict (numpy float32 / int64)."""
-    name_map = get_keymap(model_name).name_map(model_kwargs, _modules(variables))
+    keymap = get_keymap(model_name)
+    if keymap.to_torch is not None:
+        return keymap.to_torch(model_kwargs, variables, num_batches_tracked)
+    name_map = keymap.name_map(model_kwargs, _modules(variables))
     params = variables.get("params", {})
     stats = variables.get("batch_stats", {})
     out: dict[str, np.ndarray] = {}
@@ -335,7 +345,10 @@ def torch_to_flax(model_name: str, model_kwargs: Mapping[str, Any],
     ``jax.eval_shape(model.init, ...)``. Raises ExportError naming the key for a missing key,
     an unexpected key or a shape mismatch.
     """
-    name_map = get_keymap(model_name).name_map(model_kwargs, _modules(template))
+    keymap = get_keymap(model_name)
+    if keymap.from_torch is not None:
+        return keymap.from_torch(model_kwargs, state_dict, template)
+    name_map = keymap.name_map(model_kwargs, _modules(template))
     state_dict, spectral = _spectral_from_torch(model_name, template.get("spectral", {}),
                                                 name_map, state_dict)
     params_t = template.get("params", {})

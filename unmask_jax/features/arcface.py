@@ -17,6 +17,8 @@ and return a 512-d embedding.
   pSp. Blocks (3, 4, 14, 3) for 50 layers.
 
 PReLU is per channel (Flax's ``nn.PReLU`` has one scalar, so a local module is used). The
+IR-SE units (:class:`BottleneckIRSE`, :class:`SEModule`, :class:`PReLU`, :func:`irse_units`)
+live in :mod:`unmask_jax.models.irse`, shared with UnVeilify's pSp encoder. The
 networks accept other input sizes divisible by 16 (the fc input grows with the final map);
 tests use that to keep the CPU cost low.
 """
@@ -29,20 +31,11 @@ import jax
 import jax.numpy as jnp
 import flax.linen as nn
 
+# The IR-SE pieces are shared with the pSp encoder of UnVeilify (unmask_jax.models.unveilify).
+from unmask_jax.models.irse import (  # noqa: F401  (re-exported)
+    IRSE_LAYERS, STAGE_WIDTHS, BottleneckIRSE, PReLU, SEModule, irse_units)
+
 IRESNET_LAYERS = {50: (3, 4, 14, 3), 100: (3, 13, 30, 3), 18: (2, 2, 2, 2), 34: (3, 4, 6, 3)}
-IRSE_LAYERS = {50: (3, 4, 14, 3), 100: (3, 13, 30, 3), 152: (3, 8, 36, 3)}
-STAGE_WIDTHS = (64, 128, 256, 512)
-
-
-class PReLU(nn.Module):
-    """Per-channel PReLU (torch ``nn.PReLU(C)``): slope initialised to 0.25."""
-
-    features: int
-
-    @nn.compact
-    def __call__(self, x: jax.Array) -> jax.Array:
-        slope = self.param("weight", nn.initializers.constant(0.25), (self.features,))
-        return jnp.where(x >= 0, x, x * slope)
 
 
 def _bn(name: str, train: bool, eps: float, affine: bool = True) -> nn.BatchNorm:
@@ -110,51 +103,6 @@ class IResNet(nn.Module):
         x = nn.Dropout(self.dropout, deterministic=not train or self.dropout == 0.0)(x)
         x = nn.Dense(self.num_features, name="fc")(x)
         return _bn("features", train, self.bn_eps)(x)
-
-
-class SEModule(nn.Module):
-    channels: int
-    reduction: int = 16
-
-    @nn.compact
-    def __call__(self, x: jax.Array) -> jax.Array:
-        s = jnp.mean(x, axis=(1, 2), keepdims=True)
-        s = nn.Conv(self.channels // self.reduction, (1, 1), use_bias=False, name="fc1")(s)
-        s = nn.relu(s)
-        s = nn.Conv(self.channels, (1, 1), use_bias=False, name="fc2")(s)
-        return x * nn.sigmoid(s)
-
-
-class BottleneckIRSE(nn.Module):
-    in_channel: int
-    depth: int
-    stride: int
-
-    @nn.compact
-    def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
-        if self.in_channel == self.depth:
-            shortcut = x[:, ::self.stride, ::self.stride, :]  # MaxPool2d(1, stride)
-        else:
-            shortcut = _conv(self.depth, 1, self.stride, "shortcut_conv")(x)
-            shortcut = _bn("shortcut_bn", train, 1e-5)(shortcut)
-        res = _bn("res_bn1", train, 1e-5)(x)
-        res = _conv(self.depth, 3, 1, "res_conv1")(res)
-        res = PReLU(self.depth, name="res_prelu")(res)
-        res = _conv(self.depth, 3, self.stride, "res_conv2")(res)
-        res = _bn("res_bn2", train, 1e-5)(res)
-        res = SEModule(self.depth, 16, name="res_se")(res)
-        return res + shortcut
-
-
-def irse_units(num_layers: int) -> list[tuple[int, int, int]]:
-    """pSp ``get_blocks``: (in_channel, depth, stride) for every body unit."""
-    units = []
-    in_c = 64
-    for n, depth in zip(IRSE_LAYERS[num_layers], STAGE_WIDTHS):
-        units.append((in_c, depth, 2))
-        units += [(depth, depth, 1)] * (n - 1)
-        in_c = depth
-    return units
 
 
 class IRSE(nn.Module):

@@ -17,6 +17,9 @@ import numpy as np
 from unmask_jax.models.ganmasker import FUNet, MSeg, SNDiscriminator
 from unmask_jax.models.pix2pix import PatchGANDiscriminator, UnetGenerator
 from unmask_jax.models.tf_pix2pix import TFPatchGANDiscriminator, TFUnetGenerator
+from unmask_jax.models.unveilify import (
+    IdentityPatchDiscriminator, MaskRemover, PSPEncoder, UNetStyleGANGenerator,
+    psp_variables_from_irse)
 from unmask_jax.models.ye_custom import YeUnetC
 
 MODELS: dict[str, Callable[..., nn.Module]] = {
@@ -28,6 +31,10 @@ MODELS: dict[str, Callable[..., nn.Module]] = {
     "ganmasker_funet": FUNet,
     "ganmasker_discriminator": SNDiscriminator,
     "ye_unet_c": YeUnetC,
+    "unveilify_psp": PSPEncoder,
+    "unveilify_generator": UNetStyleGANGenerator,
+    "unveilify_mask_remover": MaskRemover,
+    "unveilify_discriminator": IdentityPatchDiscriminator,
 }
 
 
@@ -78,4 +85,9 @@ __all__ = [
     "FUNet",
     "SNDiscriminator",
     "YeUnetC",
+    "PSPEncoder",
+    "UNetStyleGANGenerator",
+    "MaskRemover",
+    "IdentityPatchDiscriminator",
+    "psp_variables_from_irse",
 ]
