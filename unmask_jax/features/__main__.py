@@ -3,12 +3,12 @@
   python -m unmask_jax.features embed --backbone=dlib|arcface_iresnet50|arcface_iresnet100|
       irse50 [--weights=PATH] --out=emb.json IMAGE...
   python -m unmask_jax.features convert --kind=arcface_iresnet50|arcface_iresnet100|irse50|
-      vgg16|vgg19 --src=model.pth --dst=weights.msgpack|weights.npz
+      vgg16|vgg19|fid_inception --src=model.pth --dst=weights.msgpack|weights.npz
   python -m unmask_jax.features bench [--batch=1] [--reps=10]
 
 ``bench`` prints the per-image latency of every network on the default JAX device (jit,
-fp32, best of ``reps`` after a warm-up); ArcFace and VGG19 run with random weights of the
-real shapes, since their weights do not ship.
+fp32, best of ``reps`` after a warm-up); ArcFace, VGG19 and the FID Inception run with
+random weights of the real shapes, since their weights do not ship.
 
 ``embed`` expects already aligned chips (150x150 for dlib, 112x112 for ArcFace); other sizes
 are resized (area averaging). It writes ``{"backbone", "weights", "input_size",
@@ -64,7 +64,8 @@ def bench(batch: int = 1, reps: int = 10) -> list[tuple[str, float]]:
     import jax
     import jax.numpy as jnp
 
-    from unmask_jax.features import arcface, identity, lpips, vgg, weights as weights_lib
+    from unmask_jax.features import (arcface, identity, inception, lpips, vgg,
+                                     weights as weights_lib)
 
     rng = np.random.default_rng(0)
 
@@ -97,6 +98,10 @@ def bench(batch: int = 1, reps: int = 10) -> list[tuple[str, float]]:
                                           weights_lib.random_variables(m, (1, 112, 112, 3)), img(112))))
     net, variables = identity.load_identity_net("dlib")
     rows.append(("dlib ResNet 150", timed(jax.jit(net.embed), variables, img(150))))
+    m = inception.FIDInceptionV3()
+    rows.append(("FID Inception 256 -> 299 (pool3)",
+                 timed(jax.jit(m.apply), weights_lib.random_variables(m, (1, 75, 75, 3)),
+                       img(256))))
     return rows
 
 
@@ -114,7 +119,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p_conv = sub.add_parser("convert", help="PyTorch checkpoint -> .msgpack / .npz")
     p_conv.add_argument("--kind", required=True,
                         choices=["arcface_iresnet50", "arcface_iresnet100", "irse50",
-                                 "vgg16", "vgg19"])
+                                 "vgg16", "vgg19", "fid_inception"])
     p_conv.add_argument("--src", required=True)
     p_conv.add_argument("--dst", required=True)
     p_bench = sub.add_parser("bench", help="per-image latency of each network")

