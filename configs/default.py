@@ -117,6 +117,10 @@ def get_config() -> config_dict.ConfigDict:
     # arcface_iresnet100 | irse50 (these need eval.id_weights, see unmask_jax.features).
     c.eval.id_backbone = "dlib"
     c.eval.id_weights = config_dict.placeholder(str)
+    # FID (unmask_jax.features.fid): the FID Inception weights, pytorch-fid's
+    # pt_inception-2015-12-05-6726825d.pth as the user brings it or converted with
+    # `python -m unmask_jax.features convert --kind=fid_inception`. Unset = no FID.
+    c.eval.fid_weights = config_dict.placeholder(str)
 
     # ---- distributed start-up ----
     # Keys and defaults are those of unmask_jax.parallel.DistributedConfig (their one home):

@@ -2,10 +2,19 @@
 
 Writes ``<workdir>/eval/step_<N>.json`` and ``<workdir>/eval/latest.json``::
 
-    {"step", "num_images", "num_identities", "id_backbone", "bn_statistics",
+    {"step", "name", "num_images", "num_identities", "id_backbone", "bn_statistics",
+     "data": {"source", "eval_split", "data_dir"},
      "psnr", "ssim", "psnr_mask", "ssim_mask", "lpips", "id_sim",          # composited output
      "raw_psnr", "raw_ssim", ..., "raw_id_sim",                            # raw G output
+     "fid", "raw_fid", "fid_num_images", "fid_weights", "fid_input_size",  # eval.fid_weights
+     "ms_per_image", "ms_per_image_batch", "device", "device_count",
      "baselines": {"masked_input": {...}, "telea": {...}}}
+
+and the same as a Markdown table (``step_<N>.md``, ``latest.md``; :mod:`unmask_jax.report`).
+An evaluation of a checkpoint on data other than the run's own (``--mode=evaluate`` with
+other ``data.source`` / ``data_dir`` / ``eval_split`` / source options / mask settings than
+the recorded config) writes under ``eval/<source>-<eval_split>/`` instead (``"eval_name"``
+in its JSON), so the run's own record is never overwritten.
 
 (means over images; pixel conventions in metrics.py). The composited output keeps the input's
 known pixels outside the mask map, which flatters a system that is given the ground-truth map,
@@ -15,7 +24,12 @@ face-recognition embeddings of output and target with the backbone named in ``id
 (default dlib's ResNet on the framed face resized to 150x150; real weights, offline). When
 the data carries an identity image (``data.identity_image``), ``id_sim_reference`` is the
 same cosine between the output and that other photo of the person (what an
-identity-conditioned system is given), for the baselines too.
+identity-conditioned system is given), for the baselines too. ``fid`` (when
+``eval.fid_weights`` names the FID Inception weights) is the Fréchet distance between the
+pool3 statistics of the outputs and of the targets of the eval set (``fid_num_images``
+images; small sets give large, biased values: compare only at equal N).
+``ms_per_image`` is the wall time of the system's jitted ``predict`` per image (the eval
+batch, padding rows included, after a warm-up call), on the device named in ``device``.
 
 Every process evaluates its shard of the eval set; it reads its own rows of the outputs from
 the arrays' shards (not from its process index), sums are combined across processes and
@@ -23,10 +37,13 @@ process 0 writes the files. The jitted prediction is built once per :class:`Eval
 """
 from __future__ import annotations
 
+import fnmatch
 import functools
 import json
 import logging
 import math
+import re
+import time
 from typing import Any
 
 import jax
@@ -34,13 +51,35 @@ import numpy as np
 from etils import epath
 
 from data_pipelines import pipeline
-from unmask_jax import metrics, parallel, visualize
+from unmask_jax import metrics, parallel, report, visualize
 
 log = logging.getLogger(__name__)
 
 PIXEL_METRICS = ("psnr", "ssim", "psnr_mask", "ssim_mask")
 MASK_METRICS = ("dice", "pixel_accuracy")
 BASELINES = ("masked_input", "telea")
+#: Data settings that define which examples are evaluated: a ``--mode=evaluate`` that changes
+#: any of them evaluates on other data (results under ``eval/<source>-<split>/``).
+EVAL_DATA_KEYS = ("data.source", "data.data_dir", "data.eval_split", "data.source_options.*",
+                  "data.mask.*", "data.framing", "data.face_scale")
+
+
+def device_description() -> dict[str, Any]:
+    """``device`` (the kind of the first device, e.g. "cpu", "NVIDIA H200", "TPU v5 lite")
+    and ``device_count`` for the evaluation JSON."""
+    d = jax.devices()[0]
+    kind = str(getattr(d, "device_kind", "") or d.platform)
+    name = kind if kind.lower() == d.platform.lower() else f"{kind} ({d.platform})"
+    return {"device": name, "device_count": jax.device_count()}
+
+
+def load_fid(config):
+    """FID pool3 features from ``config.eval.fid_weights`` (None when unset)."""
+    path = config.eval.get("fid_weights")
+    if not path:
+        return None
+    from unmask_jax.features import fid
+    return fid.FIDFeatures.from_file(path)
 
 
 class FeatureMetrics:
@@ -136,7 +175,7 @@ class Evaluator:
     the feature metrics and the jitted prediction are reused by every evaluation)."""
 
     def __init__(self, config, system, mesh, *, frozen=None, source=None,
-                 features: FeatureMetrics | None = None):
+                 features: FeatureMetrics | None = None, fid: Any = "config"):
         self.config = config
         self.system = system
         self.mesh = mesh
@@ -145,6 +184,11 @@ class Evaluator:
         self.source = (pipeline.build_source(self.data_cfg, self.data_cfg.eval_split)
                        if source is None else source)
         self.features = FeatureMetrics.from_config(config) if features is None else features
+        #: pool3 features of uint8 images (``features.fid.FIDFeatures``: a callable with
+        #: ``dim``, ``weights_path``, ``input_size``) or None (no FID).
+        self.fid = load_fid(config) if isinstance(fid, str) and fid == "config" else fid
+        self._real_fid = None  # the targets' statistics: the eval set is fixed
+        self._warm = False
         rep = parallel.replicated_sharding(mesh)
         batch_sh = parallel.batch_sharding(mesh)
         #: name -> predict keyword arguments; "" is the system's own inference (top-level
@@ -165,7 +209,9 @@ class Evaluator:
         ``input_mask``, replicated on every device (sample grids)."""
         return self._predict_replicated(state, batch, self.frozen)
 
-    def __call__(self, state, *, workdir: str, writer=None) -> dict[str, Any]:
+    def __call__(self, state, *, workdir: str, writer=None,
+                 eval_name: str | None = None) -> dict[str, Any]:
+        """Evaluates ``state``; writes ``eval/`` (or ``eval/<eval_name>/``) under workdir."""
         config = self.config
         pid, pcount = parallel.process_shard()
         global_bs = int(config.eval.batch_size)
@@ -183,15 +229,35 @@ class Evaluator:
         num_batches = max(1, math.ceil(per_process / local_bs))
         it = iter(data)
         sums = _Sums()
+        fid_stats: dict[str, Any] = {}
+        real_fid = None
+        if self.fid is not None and self._real_fid is None:
+            from unmask_jax.features import fid as fid_lib
+            real_fid = fid_lib.GaussianStats(self.fid.dim)
         empty = empty_batch(self.data_cfg)
+        main = "" if "" in self._predict_sharded else next(iter(self._predict_sharded))
+        predict_seconds, predict_rows = 0.0, 0
         for _ in range(num_batches):
             local = next(it, None)
             if local is None:
                 local = empty
             padded, valid = _pad(local, local_bs)
             global_batch = parallel.global_batch(padded, self.mesh)
-            outs = {name: fn(state, global_batch, self.frozen)
-                    for name, fn in self._predict_sharded.items()}
+            main_fn = self._predict_sharded[main]
+            if not self._warm:  # compile outside the timing
+                jax.block_until_ready(main_fn(state, global_batch, self.frozen))
+                self._warm = True
+            start = time.perf_counter()
+            outs = {main: jax.block_until_ready(main_fn(state, global_batch, self.frozen))}
+            predict_seconds += time.perf_counter() - start
+            predict_rows += global_bs
+            outs.update({name: fn(state, global_batch, self.frozen)
+                         for name, fn in self._predict_sharded.items() if name != main})
+            outs = {name: outs[name] for name in self._predict_sharded}  # variant order
+            if self.fid is not None:  # the same image sets on every process, rows or not
+                from unmask_jax.features import fid as fid_lib
+                for prefix in _image_prefixes(outs):
+                    fid_stats.setdefault(prefix, fid_lib.GaussianStats(self.fid.dim))
             if valid == 0:
                 continue
             target = visualize.to_uint8(local["target"])
@@ -212,6 +278,11 @@ class Evaluator:
             for prefix, image in images.items():
                 sums.add(prefix, metrics.image_metrics(image, target, mask))
                 sums.add(prefix, self.features(image, target, local.get("identity")))
+            if self.fid is not None:
+                for prefix, image in images.items():
+                    fid_stats[prefix].add(self.fid(image))
+                if real_fid is not None:
+                    real_fid.add(self.fid(target))
             sums.count += valid
         keys = sorted(sums.sums)
         local_vec = np.asarray([sums.sums.get(k, 0.0) for k in keys] + [sums.count],
@@ -221,11 +292,25 @@ class Evaluator:
         count = int(total[-1])
         means = {k: float(total[i] / max(count, 1)) for i, k in enumerate(keys)}
         image_keys = PIXEL_METRICS + self.features.keys(reference=self.data_cfg.identity_image)
-        result = {"step": int(jax.device_get(state.step)), "num_images": count,
+        result = {"step": int(jax.device_get(state.step)), "name": config.get("name"),
+                  "num_images": count,
                   "num_identities": getattr(data, "num_identities", None),
                   "id_backbone": self.features.id_backbone,
                   "bn_statistics": config.eval.get("bn_statistics"),
+                  "data": {"source": self.data_cfg.source, "eval_split": self.data_cfg.eval_split,
+                           "data_dir": self.data_cfg.data_dir},
                   **self.system.eval_info()}
+        if eval_name:
+            result["eval_name"] = eval_name
+        if self.fid is not None:
+            fid_values, fid_count = self._fid_scores(fid_stats, real_fid)
+            means.update(fid_values)
+            image_keys = image_keys + ("fid",)
+            result.update({"fid_num_images": fid_count,
+                           "fid_weights": getattr(self.fid, "weights_path", None),
+                           "fid_input_size": getattr(self.fid, "input_size", None)})
+        result.update({"ms_per_image": 1000.0 * predict_seconds / max(predict_rows, 1),
+                       "ms_per_image_batch": global_bs, **device_description()})
 
         def scores(prefix: str) -> dict[str, float]:
             out = {k: means[prefix + k] for k in MASK_METRICS if prefix + k in means}
@@ -242,11 +327,12 @@ class Evaluator:
             result["baselines"] = {b: {k: means[f"{b}/{k}"] for k in image_keys}
                                    for b in BASELINES}
         if parallel.is_main_process():
-            _write_json(workdir, result)
+            _write_results(workdir, result, eval_name)
             if writer is not None:
                 writer.write_scalars(result["step"], {
                     f"eval/{k}": v for k, v in _flat_numbers(result).items()
-                    if k not in ("step", "num_images", "num_identities")})
+                    if k not in ("step", "num_images", "num_identities", "fid_num_images",
+                                 "fid_input_size", "ms_per_image_batch", "device_count")})
         shown = " ".join(f"{k}={v:.4f}" for k, v in scores("").items()
                          if not k.startswith("raw_"))
         extra = ""
@@ -257,6 +343,41 @@ class Evaluator:
         log.info("eval step %d on %d images (%s identities): %s%s", result["step"], count,
                  result["num_identities"], shown, extra)
         return result
+
+    def _fid_scores(self, fid_stats: dict[str, Any], real_fid) -> tuple[dict[str, float], int]:
+        """prefix + "fid" -> FID against the targets (statistics summed over processes; the
+        targets' statistics are kept for later evaluations), and the image count."""
+        from unmask_jax.features import fid as fid_lib
+        dim = self.fid.dim
+
+        def combined(stats) -> Any:
+            vec = stats.vector() if stats is not None else fid_lib.GaussianStats(dim).vector()
+            gathered = np.asarray(parallel.fetch_to_host(_allgather(vec)), np.float64)
+            return fid_lib.GaussianStats.from_vector(gathered.reshape(-1, vec.size).sum(0), dim)
+
+        if self._real_fid is None:
+            real = combined(real_fid)
+            # One eigendecomposition of the targets' covariance for every FID of the run.
+            sqrt_real = fid_lib.sqrt_psd(real.sigma) if real.count >= 2 else None
+            self._real_fid = (real, sqrt_real)
+        real, sqrt_real = self._real_fid
+        out = {}
+        for prefix in sorted(fid_stats):
+            stats = combined(fid_stats[prefix])
+            out[prefix + "fid"] = (fid_lib.fid_from_stats(real, stats, sqrt_real)
+                                   if stats.count >= 2 and sqrt_real is not None else None)
+        return out, real.count
+
+
+def _image_prefixes(outs: dict[str, Any]) -> list[str]:
+    """Metric prefixes of the image sets scored for these prediction outputs: each variant's
+    composited and raw output, then the baselines (when any variant outputs images)."""
+    prefixes = []
+    for name, out in outs.items():
+        if "output" in out:
+            prefix = f"{name}:" if name else ""
+            prefixes += [prefix, prefix + "raw_"]
+    return prefixes + (["masked_input/", "telea/"] if prefixes else [])
 
 
 def _flat_numbers(d: dict[str, Any], prefix: str = "") -> dict[str, float]:
@@ -276,17 +397,72 @@ def _allgather(x: np.ndarray) -> np.ndarray:
     return multihost_utils.process_allgather(x)
 
 
-def _write_json(workdir: str, result: dict[str, Any]) -> None:
-    out_dir = epath.Path(workdir) / "eval"  # local paths and gs://
+def eval_dir(workdir: str, eval_name: str | None = None) -> epath.Path:
+    """``<workdir>/eval`` (the run's own data) or ``<workdir>/eval/<eval_name>``."""
+    out = epath.Path(workdir) / "eval"  # local paths and gs://
+    return out / eval_name if eval_name else out
+
+
+def _write_results(workdir: str, result: dict[str, Any], eval_name: str | None = None) -> None:
+    out_dir = eval_dir(workdir, eval_name)
     out_dir.mkdir(parents=True, exist_ok=True)
     text = json.dumps(result, indent=2, sort_keys=True) + "\n"
-    for name in (f"step_{result['step']}.json", "latest.json"):
-        (out_dir / name).write_text(text)
+    markdown = report.evaluation_markdown(result)
+    for stem in (f"step_{result['step']}", "latest"):
+        (out_dir / f"{stem}.json").write_text(text)
+        (out_dir / f"{stem}.md").write_text(markdown)
+
+
+def _is_eval_data_key(key: str) -> bool:
+    return any(fnmatch.fnmatchcase(key, pattern) for pattern in EVAL_DATA_KEYS)
+
+
+def other_data_name(recorded: dict[str, Any] | None, config) -> str | None:
+    """``<source>-<eval_split>`` when ``config`` evaluates other data than the recorded
+    (training) config of the run, else None (the run's own data)."""
+    if recorded is None:
+        return None
+    from unmask_jax import checkpoints
+    unsafe, safe = checkpoints.compare_configs(recorded, config)
+    if not any(_is_eval_data_key(k) for k, _, _ in unsafe + safe):
+        return None
+    name = f"{config.data.source}-{config.data.eval_split}"
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", name)
+
+
+def _recorded_config(workdir: str, step: int | None) -> dict[str, Any] | None:
+    from unmask_jax import checkpoints
+    manager = checkpoints.require_checkpoint(workdir)  # NoCheckpointError names the workdir
+    if step is not None and step not in manager.all_steps():
+        return None  # load_state names the available steps
+    try:
+        return checkpoints.recorded_config(workdir, step)
+    except checkpoints.NoCheckpointError:
+        raise
+    except checkpoints.CheckpointError:
+        return None  # no config recorded / old format: load_state says what to do
 
 
 def evaluate_checkpoint(config, workdir: str) -> dict[str, Any]:
-    """``--mode=evaluate``: the latest (or ``config.eval.checkpoint_step``) checkpoint."""
-    from unmask_jax import state as state_lib
-    state, system, mesh = state_lib.load_state(config, workdir, config.eval.checkpoint_step)
+    """``--mode=evaluate``: the latest (or ``config.eval.checkpoint_step``) checkpoint.
+
+    Data settings (:data:`EVAL_DATA_KEYS`) may differ from the run's recorded config: that is
+    an evaluation on other data, written under ``eval/<source>-<split>/``. Any other change
+    that the checkpoint cannot take is refused as usual."""
+    from unmask_jax import checkpoints, state as state_lib
+    step = config.eval.checkpoint_step
+    recorded = _recorded_config(workdir, step)
+    eval_name = other_data_name(recorded, config)
+    check_config = True
+    if eval_name:
+        unsafe, safe = checkpoints.compare_configs(recorded, config)
+        # Only data settings changed (beyond the safe ones): the networks are the recorded
+        # ones, restore without the resume check (it refuses data changes).
+        check_config = any(not _is_eval_data_key(k) for k, _, _ in unsafe)
+        changed = [k for k, _, _ in unsafe + safe if _is_eval_data_key(k)]
+        log.info("evaluating on other data than the run's own (%s changed): results go to %s",
+                 ", ".join(changed), eval_dir(workdir, eval_name))
+    state, system, mesh = state_lib.load_state(config, workdir, step, check_config=check_config)
     frozen = jax.device_put(system.load_frozen(training=False), parallel.replicated_sharding(mesh))
-    return Evaluator(config, system, mesh, frozen=frozen)(state, workdir=workdir)
+    return Evaluator(config, system, mesh, frozen=frozen)(state, workdir=workdir,
+                                                          eval_name=eval_name)

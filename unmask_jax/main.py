@@ -47,6 +47,10 @@ def validate_config(config, mode: str = "train") -> None:
     system = systems.build(config)
     if mode in ("train", "evaluate"):
         system.eval_variants()  # e.g. a two-stage evaluation that needs its first stage's run
+        fid_weights = config.eval.get("fid_weights")
+        if fid_weights and not os.path.isfile(fid_weights):
+            from unmask_jax.features import fid
+            fid.load_fid_variables(fid_weights)  # MissingWeightsError naming file and command
     optim.resolve_steps(config.train, "num", steps_per_epoch=1)
     early_stopping.EarlyStopping.from_config(config.train.get("early_stopping"))
     for network in system.networks:
