@@ -247,11 +247,12 @@ def test_bfloat16_variables_export_as_float32(tmp_path):
 def test_errors_name_the_problem(tmp_path):
     assert exportable_models() == ["ganmasker_discriminator", "ganmasker_funet", "ganmasker_mseg",
                                    "patchgan", "pix2pix_unet", "tf_patchgan", "tf_pix2pix_unet",
-                                   "ye_unet_c"]
+                                   "unveilify_discriminator", "unveilify_generator",
+                                   "unveilify_mask_remover", "unveilify_psp", "ye_unet_c"]
     _, template = _template("patchgan", {"ndf": 8}, 6, 32)
     variables = _random_variables(template, seed=0)
     with pytest.raises(ExportError, match="no PyTorch export mapping.*exportable"):
-        export_variables("x", "unveilify_mask_remover", {}, variables, str(tmp_path), step=0)
+        export_variables("x", "no_such_model", {}, variables, str(tmp_path), step=0)
     sd = keymaps.flax_to_torch("patchgan", {}, variables)
     bad = dict(sd)
     bad["model.2.weight"] = np.zeros((3, 3, 4, 4), np.float32)

@@ -332,7 +332,8 @@ def test_bfloat16_compute_returns_float32(small_unet):
 def test_registry_errors():
     assert set(MODELS) == {"pix2pix_unet", "patchgan", "tf_pix2pix_unet", "tf_patchgan",
                            "ganmasker_mseg", "ganmasker_funet", "ganmasker_discriminator",
-                           "ye_unet_c"}
+                           "ye_unet_c", "unveilify_psp", "unveilify_generator",
+                           "unveilify_mask_remover", "unveilify_discriminator"}
     with pytest.raises(ValueError, match="choices"):
         create_model("resnet_9blocks")
     with pytest.raises(TypeError, match="num_downz"):
