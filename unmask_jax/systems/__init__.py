@@ -11,11 +11,13 @@ from typing import Callable
 from unmask_jax.systems import ganmasker
 from unmask_jax.systems.base import System
 from unmask_jax.systems.pix2pix import Pix2PixSystem
+from unmask_jax.systems.unveilify import UnVeilifySystem
 
 #: config.system -> constructor (a class, or a function choosing among a family's classes).
 SYSTEMS: dict[str, Callable[..., System]] = {
     "pix2pix": Pix2PixSystem,
     "ganmasker": ganmasker.build,
+    "unveilify": UnVeilifySystem,
 }
 
 
