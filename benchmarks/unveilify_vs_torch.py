@@ -20,7 +20,9 @@ Rows (images/s; the ratio columns are JAX speed / PyTorch speed):
 Both frameworks start from the same Flax initialisation, exported with
 ``keymaps.flax_to_torch`` and loaded with ``load_state_dict(strict=True)``. The script checks
 parity once per batch size (inference output max|diff| / max|ref|, first step's D and G
-losses).
+losses). At initialisation the eval-mode forward is ill-conditioned (running statistics 0 / 1
+let the activations of the 24-unit pSp body grow to ~1e4): the script also prints the torch
+twin's own fp32-vs-fp64 difference, which is of the same order as JAX-vs-torch there.
 
 Usage (CPU)::
 
@@ -39,6 +41,7 @@ Timing helpers, thread limits and the allocator come from ``benchmarks/compare_t
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import os
 import sys
@@ -137,8 +140,17 @@ def main(argv: list[str] | None = None) -> int:
         with torch.inference_mode():
             ref = tg(mt, it).numpy().transpose(0, 2, 3, 1)
             rel = float(np.abs(ours - ref).max() / np.abs(ref).max())
-            parity[f"infer_b{b}"] = rel
-            print(f"  inference parity batch {b}: max|diff|/max|ref| = {rel:.2e}", flush=True)
+            # Context: the same twin in float64. At initialisation, eval mode (running
+            # statistics 0 / 1) lets the activations of the deep pSp body grow unchecked, so
+            # fp32 results of any two implementations can differ by percents; the reduced,
+            # well-conditioned parity check is tests/test_unveilify_models.py.
+            tg64 = copy.deepcopy(tg).double()
+            ref64 = tg64(mt.double(), it.double()).numpy().transpose(0, 2, 3, 1)
+            del tg64
+            rel64 = float(np.abs(ref - ref64).max() / np.abs(ref64).max())
+            parity[f"infer_b{b}"], parity[f"infer_b{b}_torch32_vs_64"] = rel, rel64
+            print(f"  inference parity batch {b}: max|diff|/max|ref| = {rel:.2e} (JAX vs "
+                  f"torch fp32; torch fp32 vs fp64: {rel64:.2e})", flush=True)
             times = ct.interleaved_times(
                 [lambda: jax.block_until_ready(predict(g_vars, mj, ij)), lambda: tg(mt, it)],
                 args.iters, args.rounds)
