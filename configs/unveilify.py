@@ -44,8 +44,11 @@ Two departures from the reference code, on purpose:
 - LPIPS and the identity network see images in their own [-1, 1] convention (the reference
   hands them ImageNet-normalised images).
 
-The pSp body starts from IR-SE50 weights when ``model.psp_irse50_init`` names a converted
-file (as pSp and the reference do); otherwise from random init (logged). Evaluation runs in
+The pSp body starts from random init, as in the UnVeilify reference (which uses IR-SE50
+weights only in its identity loss); ``model.psp_irse50_init`` naming a converted
+``model_ir_se50.pth`` starts the pSp input layer and body from them instead, as the pSp paper
+does (a departure from the UnVeilify code, logged). Style blocks beyond the generator's
+depth (w[6..13] at 256x256) are computed but unused, as in the reference. Evaluation runs in
 eval mode; the system gets no mask map, so its output is scored as it is (no composite).
 """
 from ml_collections import config_dict
@@ -77,7 +80,8 @@ def get_config(variant: str = "ref"):
     c.model.discriminator = "unveilify_discriminator"
     c.model.discriminator_kwargs = config_dict.ConfigDict()
     c.model.input_norm = "imagenet"    # imagenet (reference) | unit ([-1, 1])
-    # Converted model_ir_se50.pth (pSp's ArcFace IR-SE50) for the pSp input layer and body.
+    # Converted model_ir_se50.pth (pSp's ArcFace IR-SE50) for the pSp input layer and body
+    # (the pSp paper's start; the UnVeilify reference starts from random init).
     c.model.psp_irse50_init = config_dict.placeholder(str)
     # Remove the pix2pix keys this system does not read.
     for key in ("generator_inputs", "composite_in_training"):

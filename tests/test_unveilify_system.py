@@ -187,3 +187,32 @@ def test_evaluate_and_export_to_the_reference_layout(stepped, tmp_path):
     got = np.asarray(unveilify_system.from_model_space(
         jnp.asarray(got.numpy().transpose(0, 2, 3, 1)), "imagenet"))
     np.testing.assert_allclose(got, want, atol=2e-4, rtol=1e-4)
+
+
+def test_psp_body_starts_from_converted_irse50(stepped, tmp_path, caplog):
+    """``model.psp_irse50_init``: the pSp input layer and body take the converted IR-SE
+    weights; the rest stays. (Stand-in file: the input layer and body of another random pSp
+    of the tiny config's widths, which IR-SE50 itself does not have.)"""
+    from unmask_jax.features import weights
+
+    c, system, state, _, _ = stepped
+    psp_module = system.G.parts()[0]
+    other = jax.device_get(psp_module.init(jax.random.PRNGKey(7), jnp.zeros((1, 64, 64, 3))))
+    irse = {col: {k: v for k, v in tree.items() if k.startswith(("input_", "body_"))}
+            for col, tree in other.items()}
+    path = tmp_path / "irse50.msgpack"
+    weights.save_variables(path, irse)
+    c2 = c.copy_and_resolve_references()
+    c2.model.psp_irse50_init = str(path)
+    variables = jax.device_get(state.nets["generator"].variables)
+    out = systems.build(c2).pretrained_variables("generator", variables)
+    for col in ("params", "batch_stats"):
+        for name, tree in out[col]["psp_encoder"].items():
+            want = irse[col][name] if name in irse[col] else variables[col]["psp_encoder"][name]
+            jax.tree.map(np.testing.assert_array_equal, tree, want)
+    assert any(n.startswith("style") for n in out["params"]["psp_encoder"])
+    jax.tree.map(np.testing.assert_array_equal, out["params"]["generator"],
+                 variables["params"]["generator"])
+    assert "initialised from IR-SE50 weights" in caplog.text
+    assert system.pretrained_variables("generator", variables) is None  # unset: random init
+    assert "random initialisation" in caplog.text

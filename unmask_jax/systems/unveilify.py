@@ -15,8 +15,8 @@ Config keys read here: ``model.generator`` / ``model.discriminator`` (+ ``*_kwar
 ``model.input_norm`` (``imagenet``: the reference feeds ImageNet mean/std-normalised images
 to every network and its output lives in that space; ``unit``: the project's [-1, 1]),
 ``model.psp_irse50_init`` (a converted ``model_ir_se50.pth``, see ``python -m
-unmask_jax.features convert``: the pSp input layer and body start from it, as in pSp;
-unset = random init, logged), ``loss.terms`` (:mod:`unmask_jax.loss_terms`; ``gan`` reads
+unmask_jax.features convert``: the pSp input layer and body start from it, as the pSp paper
+does; unset = random init, as the UnVeilify reference does; logged either way), ``loss.terms`` (:mod:`unmask_jax.loss_terms`; ``gan`` reads
 D's logits on the output; pixel terms may compare ``output_model`` / ``target_model``, the
 images in the networks' space), ``loss.d_scale``.
 
@@ -158,9 +158,9 @@ class UnVeilifySystem(base.System):
         if name != "generator":
             return None
         if not self.psp_irse50_init:
-            log.warning("pSp encoder: random initialisation (no IR-SE50 weights named; set "
-                        "config.model.psp_irse50_init to a converted model_ir_se50.pth, as pSp "
-                        "and UnVeilify do)")
+            log.warning("pSp encoder: random initialisation, as the UnVeilify reference (set "
+                        "config.model.psp_irse50_init to a converted model_ir_se50.pth to start "
+                        "its body from IR-SE50, as the pSp paper does)")
             return None
         from unmask_jax.features import weights as weights_lib
         from unmask_jax.models import unveilify as unveilify_models
