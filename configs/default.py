@@ -38,6 +38,10 @@ def get_config() -> config_dict.ConfigDict:
     # canonical pix2pix one; see unmask_jax.export). Used only when no checkpoint exists.
     c.model.generator_init = config_dict.placeholder(str)
     c.model.discriminator_init = config_dict.placeholder(str)
+    # A finished GANMasker stage-1 (M-Seg) run: the mask maps for systems that take one
+    # (GANMasker stage 2 evaluation and prediction; --mode=predict of any system whose
+    # generator input has "mask", and the paste-back region of the others).
+    c.model.segmenter_workdir = config_dict.placeholder(str)
 
     # ---- losses (unmask_jax.loss_terms registry; functions in unmask_jax.losses) ----
     c.loss = config_dict.ConfigDict()
@@ -121,6 +125,25 @@ def get_config() -> config_dict.ConfigDict:
     # pt_inception-2015-12-05-6726825d.pth as the user brings it or converted with
     # `python -m unmask_jax.features convert --kind=fid_inception`. Unset = no FID.
     c.eval.fid_weights = config_dict.placeholder(str)
+
+    # ---- prediction on photos (--mode=predict; unmask_jax.predict) ----
+    c.predict = config_dict.ConfigDict()
+    c.predict.faces = "all"               # all: every face dlib finds | largest: one per image
+    c.predict.batch_size = 8              # faces per model call (batched across images)
+    c.predict.side_by_side = False        # also write <name>_side_by_side.<ext> (input | output)
+    # Mask maps drawn by the user (white = mask): one image for a single input, or a folder
+    # mirroring --input (same relative path, any image extension). Wins over a stage-1 run.
+    c.predict.mask = config_dict.placeholder(str)
+    # Identity photo of the same person (UnVeilify): one image, or a folder mirroring --input.
+    c.predict.identity = config_dict.placeholder(str)
+    # Paste-back: the mask region grown by `dilate` and its edge blurred over `feather`, both
+    # as fractions of the face crop's side; pixels outside stay bit-identical.
+    c.predict.dilate = 0.04
+    c.predict.feather = 0.03
+    c.predict.min_face = 32               # px: faces narrower are skipped (status too_small)
+    c.predict.max_pixels = 100_000_000    # larger images are not decoded (status too_large)
+    c.predict.detect_max_side = 1600      # px: larger images are downscaled for detection only
+    c.predict.detect_upsample = True      # retry dlib on a 2x image when no face is found
 
     # ---- distributed start-up ----
     # Keys and defaults are those of unmask_jax.parallel.DistributedConfig (their one home):

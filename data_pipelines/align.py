@@ -58,8 +58,9 @@ def mirror_landmark_order(landmarks: np.ndarray) -> np.ndarray:
     return np.asarray(landmarks)[MIRROR_INDEX]
 
 
-def _snap(box: tuple[float, float, float]) -> tuple[int, int, int]:
-    """(left column, top row, side) of the whole-pixel square nearest to ``box``."""
+def pixel_square(box: tuple[float, float, float]) -> tuple[int, int, int]:
+    """(left column, top row, side) of the whole-pixel square nearest to ``box``: the
+    pixels that ``crop_and_resize`` resamples (see there)."""
     cx, cy, side = box
     side_px = max(1, int(round(side)))
     return (int(np.floor(cx + 0.5 - side_px / 2 + 0.5)),
@@ -121,7 +122,7 @@ def crop_and_resize(image: np.ndarray, landmarks: np.ndarray | None,
     see ``mirror_landmark_order``).
     """
     lm = None if landmarks is None else np.asarray(landmarks, np.float32)
-    x0, y0, side = _snap(box)
+    x0, y0, side = pixel_square(box)
     crop = _crop_replicate(image, x0, y0, side)
     if crop is None:
         out, lm = _warp_affine(image, lm, box, out_size)
@@ -146,3 +147,23 @@ def resize_square(image: np.ndarray, landmarks: np.ndarray | None, out_size: int
     h, w = image.shape[:2]
     side = float(min(h, w))
     return crop_and_resize(image, landmarks, (w / 2.0, h / 2.0, side), out_size)
+
+
+def uncrop(face: np.ndarray, box: tuple[float, float, float], image_shape: tuple[int, ...]
+           ) -> tuple[np.ndarray, tuple[slice, slice]] | None:
+    """The inverse of ``crop_and_resize(image, None, box, face.shape[0])``: ``face`` (a
+    square crop, any channels, uint8 or float) resampled back to the box's whole-pixel
+    square and clipped to an image of ``image_shape``. Returns (patch, (rows, columns))
+    with ``image[rows, columns]`` the pixels the patch covers, or None when the box misses
+    the image. Bilinear when enlarging, area averaging when shrinking by more than 1.5x."""
+    h, w = image_shape[:2]
+    x0, y0, side = pixel_square(box)
+    xa, ya, xb, yb = max(x0, 0), max(y0, 0), min(x0 + side, w), min(y0 + side, h)
+    if xb <= xa or yb <= ya:
+        return None
+    size = face.shape[0]
+    interp = cv2.INTER_AREA if side < size / 1.5 else cv2.INTER_LINEAR
+    patch = cv2.resize(face, (side, side), interpolation=interp)
+    if face.ndim == 3 and patch.ndim == 2:  # cv2 drops a single channel axis
+        patch = patch[..., None]
+    return patch[ya - y0:yb - y0, xa - x0:xb - x0], (slice(ya, yb), slice(xa, xb))

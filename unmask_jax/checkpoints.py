@@ -78,6 +78,10 @@ SAFE_CONFIG_KEYS = (
     "model.generator_init",
     "model.discriminator_init",
     "train.early_stopping.*",
+    # Prediction settings, and the frozen stage-1 run that evaluation/prediction read masks
+    # from: neither changes the trained networks.
+    "predict.*",
+    "model.segmenter_workdir",
 )
 
 #: Keys added to the config after checkpoint format 2, with the value that keeps the earlier

@@ -2,6 +2,8 @@
 
     python -m unmask_jax.main --config=configs/pix2pix.py:quick --workdir=DIR \
         [--mode=train|evaluate|summary|export] [--config.train.batch_size=4 ...]
+    python -m unmask_jax.main --config=CFG --workdir=DIR --mode=predict --input=PATH \
+        --output=OUT [--config.predict.faces=largest ...]
 
 A user mistake (unknown config key, bad value, missing dataset or weights file, a workdir
 without a checkpoint or held by another run, a checkpoint this config cannot resume) prints
@@ -19,7 +21,7 @@ from typing import NoReturn
 from absl import app, flags
 from ml_collections import config_flags
 
-MODES = ("train", "evaluate", "summary", "export")
+MODES = ("train", "evaluate", "summary", "export", "predict")
 USER_ERROR_STATUS = 2
 
 _CONFIG = config_flags.DEFINE_config_file(
@@ -29,6 +31,11 @@ _MODE = flags.DEFINE_enum("mode", "train", MODES, "What to do.")
 _EXPORT_DIR = flags.DEFINE_string("export_dir", None,
                                   "--mode=export: output folder (default WORKDIR/export).")
 _EXPORT_PT = flags.DEFINE_bool("export_pt", False, "--mode=export: also write .pt files.")
+_INPUT = flags.DEFINE_string("input", None,
+                             "--mode=predict: an image, a folder (recursive) or a glob.")
+_OUTPUT = flags.DEFINE_string("output", None,
+                              "--mode=predict: output folder (same relative paths, "
+                              "report.json).")
 flags.mark_flags_as_required(["config"])
 
 log = logging.getLogger("unmask_jax")
@@ -51,6 +58,9 @@ def validate_config(config, mode: str = "train") -> None:
         if fid_weights and not os.path.isfile(fid_weights):
             from unmask_jax.features import fid
             fid.load_fid_variables(fid_weights)  # MissingWeightsError naming file and command
+    if mode == "predict":
+        from unmask_jax.predict import PredictOptions
+        PredictOptions.from_config(config)
     optim.resolve_steps(config.train, "num", steps_per_epoch=1)
     early_stopping.EarlyStopping.from_config(config.train.get("early_stopping"))
     for network in system.networks:
@@ -177,6 +187,15 @@ def _run_mode(config, mode: str, workdir: str | None) -> None:
                                                 write_pt=_EXPORT_PT.value)
         except ValueError as e:
             raise UserError(str(e)) from None
+    elif mode == "predict":
+        if not _INPUT.value or not _OUTPUT.value:
+            raise UserError("--mode=predict needs --input=<image, folder or glob> and "
+                            "--output=<folder>")
+        from unmask_jax import predict
+        try:
+            predict.predict(config, workdir, _INPUT.value, _OUTPUT.value)
+        except predict.PredictSetupError as e:
+            raise UserError(str(e)) from None
 
 
 def _exit_now(process_index: int) -> NoReturn:
@@ -205,7 +224,7 @@ def _parse_flags(argv: list[str]) -> list[str]:
             ImportError) as e:
         message = f"{type(e).__name__}: {e}"
     print(f"error: {message}\nUsage: python -m unmask_jax.main --config=configs/<system>.py"
-          "[:variant] --workdir=DIR [--mode=train|evaluate|summary|export] "
+          "[:variant] --workdir=DIR [--mode=train|evaluate|summary|export|predict] "
           "[--config.<key>=<value> ...]", file=sys.stderr)
     sys.exit(USER_ERROR_STATUS)
 

@@ -216,3 +216,25 @@ def detect_landmarks(image: np.ndarray, upsample_retry: bool = True) -> np.ndarr
     if points.shape != (68, 2):  # pragma: no cover - guards against a wrong weights file
         raise RuntimeError(f"shape predictor returned {points.shape[0]} points, expected 68")
     return points
+
+
+def detect_faces(image: np.ndarray, upsample_retry: bool = True) -> list[np.ndarray]:
+    """68 landmarks (float32 (68, 2), pixels of ``image``) of every face dlib finds, the
+    largest first; [] when none. Same detector, retry and thread safety as
+    ``detect_landmarks`` (which returns only the largest)."""
+    arr = np.asarray(image)
+    if arr.dtype != np.uint8 or arr.ndim not in (2, 3) or (arr.ndim == 3 and arr.shape[2] != 3):
+        raise ValueError(f"image must be uint8 (H, W, 3) or (H, W), got {arr.dtype} {arr.shape}")
+    arr = np.ascontiguousarray(arr)
+    out = []
+    with pooled_models() as (detector, predictor):
+        rects = list(detector(arr, 0))
+        if not rects and upsample_retry:
+            rects = list(detector(arr, 1))
+        rects.sort(key=lambda r: -max(r.width(), 0) * max(r.height(), 0))
+        for rect in rects:
+            shape = predictor(arr, rect)
+            points = np.array([(p.x, p.y) for p in shape.parts()], dtype=np.float32)
+            if points.shape == (68, 2):
+                out.append(points)
+    return out

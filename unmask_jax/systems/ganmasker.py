@@ -24,6 +24,7 @@ evaluation JSON (``perceptual_backbone``) say which one ran.
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
 from typing import Any
 
@@ -60,6 +61,40 @@ def _resolve_perceptual(terms: dict[str, Any]) -> tuple[dict[str, Any], str | No
     backbones = [v.get("backbone", "vgg16") for k, v in terms.items()
                  if (v.get("type") or k) == "perceptual"]
     return terms, (backbones[0] if backbones else None)
+
+
+@dataclasses.dataclass(frozen=True)
+class SegmenterRun:
+    """A finished stage-1 (M-Seg) run, loaded for inference by a later stage or by
+    ``--mode=predict``: ``module.apply(variables, masked, train=False)`` gives mask
+    probabilities (N, H, W, 1); ``threshold`` is the run's ``model.mask_threshold``."""
+
+    module: Any
+    variables: Any
+    threshold: float
+    resolution: int
+    step: int
+    workdir: str
+
+
+def load_segmenter_run(workdir: str) -> SegmenterRun:
+    """Stage 1's network and variables from its run (``config.model.segmenter_workdir``),
+    rebuilt with the config that run recorded. Raises ValueError when the run is not a
+    GANMasker stage-1 run, ``checkpoints`` errors when it holds no usable checkpoint."""
+    from ml_collections import config_dict
+
+    from unmask_jax import checkpoints, state as state_lib
+    recorded = config_dict.ConfigDict(checkpoints.recorded_config(workdir))
+    if recorded.get("system") != "ganmasker" or recorded.model.get("stage") != "seg":
+        raise ValueError(f"config.model.segmenter_workdir={workdir} is not a GANMasker "
+                         "stage-1 run (configs/ganmasker.py:seg)")
+    seg_state, seg_system, _ = state_lib.load_state(recorded, workdir)
+    log.info("two-stage inference: stage 1 from %s (step %d)", workdir, int(seg_state.step))
+    return SegmenterRun(module=seg_system.S,
+                        variables=jax.device_get(seg_state.nets["segmenter"].variables),
+                        threshold=float(recorded.model.get("mask_threshold", 0.5)),
+                        resolution=int(recorded.data.resolution), step=int(seg_state.step),
+                        workdir=str(workdir))
 
 
 class GANMaskerSegSystem(base.System):
@@ -151,18 +186,9 @@ class GANMaskerSystem(Pix2PixSystem):
 
     def _load_segmenter(self) -> dict[str, Any]:
         """Stage 1's variables from its run, rebuilt with the config it recorded."""
-        from ml_collections import config_dict
-
-        from unmask_jax import checkpoints, state as state_lib
-        recorded = config_dict.ConfigDict(checkpoints.recorded_config(self.segmenter_workdir))
-        if recorded.get("system") != "ganmasker" or recorded.model.get("stage") != "seg":
-            raise ValueError(f"config.model.segmenter_workdir={self.segmenter_workdir} is not "
-                             "a GANMasker stage-1 run (configs/ganmasker.py:seg)")
-        seg_state, seg_system, _ = state_lib.load_state(recorded, self.segmenter_workdir)
-        self._segmenter = seg_system.S
-        log.info("two-stage inference: stage 1 from %s (step %d)", self.segmenter_workdir,
-                 int(seg_state.step))
-        return jax.device_get(seg_state.nets["segmenter"].variables)
+        run = load_segmenter_run(self.segmenter_workdir)
+        self._segmenter = run.module
+        return run.variables
 
     def predict(self, state: TrainState, batch: base.Batch, frozen: Any = None,
                 mask_source: str = "gt") -> dict[str, jax.Array]:

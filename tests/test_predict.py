@@ -1,0 +1,381 @@
+"""--mode=predict on photos written to disk: synthetic faces pasted into larger canvases
+(PNG, JPEG with an EXIF rotation, grayscale, RGBA, CMYK, 16-bit, two faces, a large image
+detected downscaled) next to bad files (truncated, not images, no face, tiny, over the pixel
+cap). A tiny pix2pix state is saved as a checkpoint (nothing is trained).
+
+The detector is a stub injected through ``Predictor(detector=...)``: it returns the known
+landmarks of the image with that upright size (scaled when the image was downscaled for
+detection), so the tests do not depend on dlib finding drawn faces. dlib itself runs on real
+photos in the manual check (README) and in ``test_dlib_detector_finds_every_face``.
+"""
+import functools
+import json
+import os
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import pytest
+from PIL import Image, ImageOps
+
+from data_pipelines.sources.synthetic.render import render_face
+from tests.test_train import REPO, tiny_config
+from unmask_jax import checkpoints, main, parallel, state as state_lib, systems
+from unmask_jax.predict import Predictor, PredictSetupError, faces as faces_lib, io
+
+FACE = 128  # rendered face size (the crop is ~1.7x the jaw width)
+
+
+def _config(**predict):
+    c = tiny_config()
+    for k, v in predict.items():
+        c.predict[k] = v
+    return c
+
+
+def _save_run(config, workdir):
+    system = systems.build(config)
+    rep = parallel.replicated_sharding(parallel.make_data_mesh())
+    state = jax.jit(functools.partial(state_lib.create_state, system, system.optimizers(1),
+                                      config.seed, config.data.resolution),
+                    out_shardings=rep)()
+    manager = checkpoints.make_manager(workdir, config)
+    checkpoints.save(manager, 1, state, config=config)
+    manager.wait_until_finished()
+    return state, system
+
+
+def _canvas(h, w, seed):
+    """A textured background (so that changes and non-changes are visible)."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:h, 0:w]
+    base = np.stack([(xx * 0.7 + 40) % 256, (yy * 0.9 + 80) % 256, (xx + yy) * 0.3 % 256], -1)
+    return np.clip(base + rng.integers(-8, 9, (h, w, 3)), 0, 255).astype(np.uint8)
+
+
+def _with_faces(h, w, places, seed=0):
+    """(canvas, [landmarks]) with synthetic faces rendered at FACE px at (x, y) corners."""
+    img = _canvas(h, w, seed)
+    lms = []
+    for i, (x, y) in enumerate(places):
+        face, lm = render_face(0, 3 + i, 3 + i, FACE)
+        img[y:y + FACE, x:x + FACE] = face
+        lms.append(lm + np.float32([x, y]))
+    return img, lms
+
+
+class StubDetector:
+    """Known landmarks per upright image size; the image it is given may be downscaled."""
+
+    def __init__(self):
+        self.known: dict[tuple[int, int], list[np.ndarray]] = {}
+        self.calls: list[tuple[int, int]] = []
+
+    def add(self, shape, lms):
+        assert tuple(shape[:2]) not in self.known, "image sizes must be unique"
+        self.known[tuple(shape[:2])] = lms
+
+    def __call__(self, rgb):
+        h, w = rgb.shape[:2]
+        self.calls.append((h, w))
+        for (fh, fw), lms in self.known.items():
+            if abs(fh / fw - h / w) < 0.01 and h <= fh and abs(round(fw * h / fh) - w) <= 1:
+                s = np.float32([w / fw, h / fh])
+                return [(lm + 0.5) * s - 0.5 for lm in lms]
+        return []
+
+
+def _far_mask(shape, lms, margin=1.0):
+    """True far from every face: outside the face boxes (face_scale 1.7) grown by margin."""
+    far = np.ones(shape[:2], bool)
+    for lm in lms:
+        cx, cy, side = faces_lib.Geometry(64).box(lm)
+        r = side / 2 * (1 + margin) + 4
+        y0, y1 = int(max(cy - r, 0)), int(min(cy + r, shape[0]))
+        x0, x1 = int(max(cx - r, 0)), int(min(cx + r, shape[1]))
+        far[y0:y1, x0:x1] = False
+    return far
+
+
+def _lower_face(shape, lms):
+    region = np.zeros(shape[:2], np.uint8)
+    for lm in lms:
+        pts = np.round(lm[[*range(3, 14), 29]]).astype(np.int32)
+        import cv2
+        cv2.fillConvexPoly(region, cv2.convexHull(pts), 1)
+    return region.astype(bool)
+
+
+@pytest.fixture(scope="module")
+def photos(tmp_path_factory):
+    """The input folder, the detector stub and the expected status of every file."""
+    root = tmp_path_factory.mktemp("photos")
+    det = StubDetector()
+    expect = {}
+
+    def put(rel, array, mode=None, fmt=None, lms=(), status="ok", **save):
+        path = root / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(array, mode).save(path, format=fmt, **save)
+        expect[rel] = status
+        return path
+
+    img, lms = _with_faces(300, 360, [(150, 70)], seed=1)
+    det.add(img.shape, lms)
+    put("face.png", img, lms=lms)
+    # EXIF orientation 6: stored rotated, the upright image has the face.
+    up, lms6 = _with_faces(310, 240, [(60, 100)], seed=2)
+    det.add(up.shape, lms6)
+    exif = Image.Exif()
+    exif[io.EXIF_ORIENTATION] = 6
+    put("sub/rotated.jpg", np.ascontiguousarray(np.rot90(up, 1)), exif=exif.tobytes(),
+        quality=95)
+    g, lmsg = _with_faces(280, 330, [(120, 80)], seed=3)
+    det.add(g.shape, lmsg)
+    put("gray.png", np.asarray(Image.fromarray(g).convert("L")))
+    a, lmsa = _with_faces(290, 350, [(100, 90)], seed=4)
+    det.add(a.shape, lmsa)
+    alpha = np.tile(np.linspace(30, 255, a.shape[1]).astype(np.uint8), (a.shape[0], 1))
+    put("alpha.png", np.dstack([a, alpha]), "RGBA")
+    c, lmsc = _with_faces(270, 320, [(110, 60)], seed=5)
+    det.add(c.shape, lmsc)
+    Image.fromarray(c).convert("CMYK").save(root / "cmyk.jpg", quality=95)
+    expect["cmyk.jpg"] = "ok"
+    s, lmss = _with_faces(260, 310, [(90, 70)], seed=6)
+    det.add(s.shape, lmss)
+    import cv2
+    cv2.imwrite(str(root / "deep16.png"), (s[..., ::-1].astype(np.uint16) * 257 + 100))
+    expect["deep16.png"] = "ok"
+    two, lms2 = _with_faces(300, 460, [(40, 90), (270, 60)], seed=7)
+    det.add(two.shape, lms2)
+    put("two_faces.png", two)
+    # Larger than detect_max_side (400 here): detected downscaled, pasted at full res.
+    big, lmsb = _with_faces(700, 900, [(500, 300)], seed=8)
+    det.add(big.shape, lmsb)
+    put("big.png", big)
+    put("noface.png", _canvas(250, 250, 9), status="no_face")
+    put("tiny.png", _canvas(20, 24, 10), status="too_small")
+    put("huge.png", _canvas(1500, 1400, 11), status="too_large")  # > max_pixels 2e6
+    data = (root / "face.png").read_bytes()
+    jpg = root / "sub" / "rotated.jpg"
+    (root / "truncated.jpg").write_bytes(jpg.read_bytes()[: len(jpg.read_bytes()) // 2])
+    expect["truncated.jpg"] = "unreadable"
+    (root / "notes.txt").write_text("not a photo\n")
+    expect["notes.txt"] = "not_an_image"
+    (root / "fake.jpg").write_bytes(b"this is not a jpeg" * 10)
+    expect["fake.jpg"] = "not_an_image"
+    assert data
+    faces = {"face.png": lms, "sub/rotated.jpg": lms6, "gray.png": lmsg, "alpha.png": lmsa,
+             "cmyk.jpg": lmsc, "deep16.png": lmss, "two_faces.png": lms2, "big.png": lmsb}
+    return root, det, expect, faces
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    workdir = tmp_path_factory.mktemp("run")
+    config = tiny_config()
+    state, system = _save_run(config, str(workdir))
+    return workdir, state, system
+
+
+@pytest.fixture(scope="module")
+def predicted(photos, run, tmp_path_factory):
+    root, det, _, _ = photos
+    workdir = run[0]
+    out = tmp_path_factory.mktemp("out")
+    config = _config(side_by_side=True, max_pixels=2_000_000, detect_max_side=400,
+                     batch_size=4)
+    predictor = Predictor(config, str(workdir), detector=det, progress=False)
+    report = predictor.run(str(root), str(out))
+    return out, report, predictor
+
+
+def _read(path):
+    with Image.open(path) as im:
+        return np.asarray(ImageOps.exif_transpose(im)), im.format, im.mode, im.size
+
+
+def test_every_file_gets_its_status_and_the_run_continues(photos, predicted):
+    root, _, expect, faces = photos
+    out, report, _ = predicted
+    got = {os.path.relpath(e["input"], root): e for e in report["files"]}
+    assert {k: e["status"] for k, e in got.items()} == expect
+    for rel, e in got.items():
+        assert set(e) >= {"input", "output", "status", "faces", "seconds"}
+        if e["status"] == "ok":
+            assert e["faces"] == len(faces[rel]) and os.path.isfile(e["output"])
+            assert e["output"] == os.path.join(str(out), rel)
+        else:
+            assert e["faces"] == 0 and e["output"] is None and e["message"]
+    s = report["summary"]
+    assert s["files"] == len(expect) and s["faces"] == sum(len(v) for v in faces.values())
+    assert s["counts"] == {st: list(expect.values()).count(st) for st in set(expect.values())}
+    assert set(s["stages"]) == {"decode", "detection", "model", "paste", "encode"}
+    assert s["images_per_second"] > 0 and s["model"]["mask_source"] == "landmarks"
+    # One compilation per power-of-two bucket at most (batch_size 4: buckets 1, 2, 4).
+    assert set(s["compile_seconds"]) <= {"1", "2", "4"}
+    assert json.loads((out / "report.json").read_text()) == report
+
+
+def test_outputs_keep_size_format_and_far_pixels(photos, predicted):
+    root, _, _, faces = photos
+    out, _, _ = predicted
+    for rel in ("face.png", "gray.png", "alpha.png", "two_faces.png", "big.png"):
+        src, fmt, mode, size = _read(root / rel)
+        res, ofmt, omode, osize = _read(out / rel)
+        assert (ofmt, omode, osize) == (fmt, mode, size), rel
+        far = _far_mask(src.shape, faces[rel])
+        np.testing.assert_array_equal(res[far], src[far], err_msg=rel)
+        changed = np.abs(res.astype(int) - src.astype(int)).reshape(*src.shape[:2], -1)[..., :3]
+        lower = _lower_face(src.shape, faces[rel])
+        assert changed[lower].mean() > 5, rel       # the (untrained) model painted the mask
+    # RGBA: the alpha channel is kept everywhere.
+    src, *_ = _read(root / "alpha.png")
+    res, *_ = _read(out / "alpha.png")
+    np.testing.assert_array_equal(res[..., 3], src[..., 3])
+
+
+def test_big_image_is_detected_downscaled_and_pasted_at_full_resolution(photos, predicted):
+    _, det, _, faces = photos
+    assert (311, 400) in det.calls                  # 700x900 shrunk to max side 400
+    assert not any(max(c) > 400 for c in det.calls)
+
+
+def test_exif_rotated_jpeg_keeps_orientation_and_size(photos, predicted):
+    root, _, _, faces = photos
+    out, _, _ = predicted
+    with Image.open(root / "sub" / "rotated.jpg") as a, Image.open(out / "sub/rotated.jpg") as b:
+        assert b.format == "JPEG" and b.size == a.size
+        assert b.getexif().get(io.EXIF_ORIENTATION) == 6
+    src, *_ = _read(root / "sub" / "rotated.jpg")
+    res, *_ = _read(out / "sub" / "rotated.jpg")
+    assert res.shape == src.shape == (310, 240, 3)
+    far = _far_mask(src.shape, faces["sub/rotated.jpg"])
+    # JPEG is re-encoded (same quantisation tables): far pixels move by rounding only.
+    assert np.abs(res[far].astype(int) - src[far].astype(int)).mean() < 1.5
+    lower = _lower_face(src.shape, faces["sub/rotated.jpg"])
+    assert np.abs(res[lower].astype(int) - src[lower].astype(int)).mean() > 5
+
+
+def test_sixteen_bit_and_cmyk(photos, predicted):
+    import cv2
+    root, _, _, faces = photos
+    out, _, _ = predicted
+    src = cv2.imread(str(root / "deep16.png"), cv2.IMREAD_UNCHANGED)
+    res = cv2.imread(str(out / "deep16.png"), cv2.IMREAD_UNCHANGED)
+    assert res.dtype == np.uint16 and res.shape == src.shape
+    far = _far_mask(src.shape, faces["deep16.png"])
+    np.testing.assert_array_equal(res[far], src[far])
+    assert np.abs(res.astype(int) - src.astype(int))[_lower_face(src.shape,
+                                                              faces["deep16.png"])].mean() > 500
+    with Image.open(out / "cmyk.jpg") as im:
+        assert im.mode == "CMYK" and im.size == (320, 270)
+
+
+def test_side_by_side(photos, predicted):
+    root, _, _, _ = photos
+    out, _, _ = predicted
+    src, *_ = _read(root / "face.png")
+    both, fmt, _, _ = _read(out / "face_side_by_side.png")
+    res, *_ = _read(out / "face.png")
+    assert fmt == "PNG" and both.shape == (300, 720, 3)
+    np.testing.assert_array_equal(both[:, :360], src)
+    np.testing.assert_array_equal(both[:, 360:], res)
+
+
+def test_largest_face_only_and_user_mask(photos, run, tmp_path):
+    root, det, _, faces = photos
+    lms = sorted(faces["two_faces.png"], key=lambda lm: -faces_lib.face_size(lm))
+    src, *_ = _read(root / "two_faces.png")
+    # A user mask over a small square of the largest face: nothing else may change.
+    mask = np.zeros(src.shape[:2], np.uint8)
+    cx, cy = lms[0][30].astype(int)
+    mask[cy:cy + 12, cx - 10:cx + 10] = 255
+    Image.fromarray(mask).save(tmp_path / "mask.png")
+    config = _config(faces="largest", mask=str(tmp_path / "mask.png"))
+    report = Predictor(config, str(run[0]), detector=det, progress=False).run(
+        str(root / "two_faces.png"), str(tmp_path / "out"))
+    (entry,) = report["files"]
+    assert entry["status"] == "ok" and entry["faces"] == 1 and entry["faces_found"] == 2
+    assert report["summary"]["model"]["mask_source"] == "user"
+    res, *_ = _read(tmp_path / "out" / "two_faces.png")
+    diff = np.abs(res.astype(int) - src.astype(int)).max(-1)
+    side = faces_lib.Geometry(64).box(lms[0])[2]
+    import cv2
+    grown = cv2.dilate(mask, np.ones((int(side * 0.2),) * 2, np.uint8)) > 0
+    assert diff[~grown].max() == 0
+    assert diff[mask > 0].mean() > 5
+
+
+def test_pytorch_weights_without_checkpoint_give_the_same_output(photos, run, predicted,
+                                                                  tmp_path):
+    from unmask_jax import export
+    root, det, _, _ = photos
+    _, state, system = run
+    name, kwargs = system.export_networks()["generator"]
+    export.export_variables("generator", name, kwargs, jax.device_get(
+        state.nets["generator"].variables), str(tmp_path / "export"), step=0)
+    config = _config()
+    config.model.generator_init = str(tmp_path / "export" / "generator.safetensors")
+    empty = tmp_path / "no_run"
+    empty.mkdir()
+    report = Predictor(config, str(empty), detector=det, progress=False).run(
+        str(root / "face.png"), str(tmp_path / "out"))
+    assert report["files"][0]["status"] == "ok"
+    assert report["summary"]["model"]["weights"].startswith("pytorch:")
+    out, _, _ = predicted
+    a, *_ = _read(tmp_path / "out" / "face.png")
+    b, *_ = _read(out / "face.png")
+    np.testing.assert_array_equal(a, b)
+
+
+def test_setup_mistakes_name_what_to_give(tmp_path):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    c = _config()
+    c.model.generator_inputs = ("masked", "mask")
+    c.model.generator_init = "G.safetensors"
+    with pytest.raises(PredictSetupError, match="segmenter_workdir.*predict.mask"):
+        Predictor(c, str(empty), detector=StubDetector())
+    with pytest.raises(checkpoints.NoCheckpointError, match="generator_init"):
+        Predictor(_config(), str(empty), detector=StubDetector())
+    with pytest.raises(ValueError, match="predict.faces"):
+        main.validate_config(_config(faces="biggest"), "predict")
+
+
+def test_orientation_matches_pillow():
+    rng = np.random.default_rng(0)
+    stored = rng.integers(0, 255, (5, 7, 3), np.uint8)
+    for o in range(1, 9):
+        im = Image.fromarray(stored)
+        exif = Image.Exif()
+        exif[io.EXIF_ORIENTATION] = o
+        im.info["exif"] = exif.tobytes()
+        im.getexif()[io.EXIF_ORIENTATION] = o
+        want = np.asarray(ImageOps.exif_transpose(im))
+        np.testing.assert_array_equal(io.orient(stored, o), want, err_msg=str(o))
+        np.testing.assert_array_equal(io.unorient(io.orient(stored, o), o), stored)
+
+
+def test_cli_without_checkpoint_is_one_message_and_status_2(tmp_path):
+    env = dict(os.environ, JAX_PLATFORMS="cpu")
+    proc = subprocess.run(
+        [sys.executable, "-m", "unmask_jax.main", "--config=configs/pix2pix.py:quick",
+         f"--workdir={tmp_path}", "--mode=predict", f"--input={tmp_path}",
+         f"--output={tmp_path / 'out'}"], cwd=REPO, env=env, capture_output=True, text=True,
+        timeout=120)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert "Traceback" not in proc.stderr
+    assert "no checkpoint" in proc.stderr and "generator_init" in proc.stderr
+
+
+def test_runs_recorded_before_the_predict_keys_still_resume():
+    """config.predict.* and model.segmenter_workdir are new: a run recorded without them
+    resumes (and is predicted from) without an unsafe change."""
+    config = tiny_config()
+    recorded = checkpoints.config_to_json(config)
+    del recorded["predict"]
+    del recorded["model"]["segmenter_workdir"]
+    unsafe, _ = checkpoints.compare_configs(recorded, config)
+    assert unsafe == []

@@ -1,0 +1,239 @@
+"""The model side of ``--mode=predict``: which run, which geometry, which mask map, and one
+jitted inference per batch-size bucket.
+
+* A workdir with a checkpoint: the run's recorded config is the truth about geometry
+  (``data.resolution``, ``framing``, ``face_scale``, ``identity_image``); the config given
+  must build the same networks (keys outside ``data.*``, ``predict.*``, ``eval.*`` and the
+  other resume-safe keys must match the recording, else a ``CheckpointError`` names them).
+* No checkpoint but ``config.model.generator_init`` (PyTorch weights in the network's
+  PyTorch layout, e.g. canonical pix2pix): the config given is the geometry.
+
+Mask maps (``MaskPlan``): GANMasker stage 2 finds the map with its own stage 1
+(``model.segmenter_workdir``; ``predict(mask_source="segmenter")`` returns it); systems whose
+generator takes a map read it from a stage-1 run (``systems.ganmasker.load_segmenter_run``)
+or from the user's mask images (``predict.mask``, which wins); systems that need none run as
+trained, and their paste-back region is the map when one is available, else the lower face.
+"""
+from __future__ import annotations
+
+import dataclasses
+import functools
+import logging
+import time
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from unmask_jax.predict.faces import Geometry
+
+log = logging.getLogger(__name__)
+
+#: Recorded ``config.data`` keys that define how the model saw faces.
+GEOMETRY_KEYS = ("resolution", "framing", "face_scale", "identity_image")
+#: Config sections whose differences from the recorded config do not matter here.
+_IGNORED_PREFIXES = ("data.", "predict.")
+
+
+class PredictSetupError(Exception):
+    """A user mistake found while setting prediction up (one message, exit status 2)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class MaskPlan:
+    """Where the mask map comes from. ``source``: "user" (``predict.mask``), "segmenter"
+    (a stage-1 run), "system" (GANMasker stage 2's own stage 1) or "landmarks" (no map: the
+    lower-face hull is the paste-back region). ``model_needs_map``: the generator takes it."""
+
+    source: str
+    model_needs_map: bool
+
+
+def _bucket(n: int, batch_size: int) -> int:
+    """Padded batch size: the next power of two (capped at ``batch_size``)."""
+    b = 1
+    while b < n:
+        b *= 2
+    return min(b, batch_size) if n <= batch_size else n
+
+
+class PredictModel:
+    """The loaded system; ``__call__`` runs it on a batch of face crops."""
+
+    def __init__(self, config, workdir: str):
+        from unmask_jax import systems
+        from unmask_jax.systems.ganmasker import GANMaskerSegSystem, GANMaskerSystem
+        from unmask_jax.systems.unveilify import UnVeilifySystem
+
+        t0 = time.perf_counter()
+        config, self.pretrained = _effective_config(config, workdir)
+        self.config = config
+        d = config.data
+        self.geometry = Geometry(int(d.resolution), str(d.framing), float(d.face_scale))
+        if self.geometry.framing == "center":
+            log.warning("the model was trained on centre-framed, pre-aligned crops "
+                        "(data.framing=center); photos are framed by the detected face box "
+                        "at data.face_scale=%.2f instead", self.geometry.face_scale)
+        system = systems.build(config)
+        if isinstance(system, GANMaskerSegSystem):
+            raise PredictSetupError(
+                "this is a GANMasker stage-1 run (M-Seg): it finds masks but does not unmask "
+                "them. Predict with a stage-2 run and name this one with "
+                f"--config.model.segmenter_workdir={workdir}")
+        self.system = system
+        inputs = tuple(getattr(system, "generator_inputs", ()))
+        self.needs_identity = isinstance(system, UnVeilifySystem) or "identity" in inputs
+        p = config.predict
+        seg_workdir = config.model.get("segmenter_workdir")
+        two_stage = isinstance(system, GANMaskerSystem) and system.stage == "unmask"
+        needs_map = "mask" in inputs
+        if p.mask:
+            self.plan = MaskPlan("user", needs_map)
+        elif two_stage and seg_workdir:
+            self.plan = MaskPlan("system", True)
+        elif seg_workdir:
+            self.plan = MaskPlan("segmenter", needs_map)
+        elif needs_map:
+            what = ("GANMasker stage 2" if two_stage else
+                    f"this model (generator input {' + '.join(inputs)})")
+            raise PredictSetupError(
+                f"{what} needs a mask map: name a GANMasker stage-1 run with "
+                "--config.model.segmenter_workdir=<the :seg run> (it finds the masks), or "
+                "give your own mask images with --config.predict.mask=<image or folder "
+                "mirroring --input> (white = mask)")
+        else:
+            self.plan = MaskPlan("landmarks", False)
+        if self.needs_identity and not p.identity:
+            raise PredictSetupError(
+                f"{system.name} conditions on another photo of the same person: give "
+                "--config.predict.identity=<photo, or a folder mirroring --input>")
+
+        self.state = self._load_state(config, workdir, system, self.pretrained)
+        # Two-stage GANMasker loads its stage 1 here; user masks need no segmenter.
+        try:
+            frozen = system.load_frozen(training=False)
+        except ValueError as e:  # e.g. segmenter_workdir naming a run that is not stage 1
+            raise PredictSetupError(str(e)) from None
+        if two_stage and self.plan.source == "user":
+            frozen.pop("segmenter", None)
+        self.frozen = frozen
+        self.segmenter = None
+        if self.plan.source == "segmenter":
+            from unmask_jax.systems.ganmasker import load_segmenter_run
+            try:
+                self.segmenter = load_segmenter_run(seg_workdir)
+            except ValueError as e:
+                raise PredictSetupError(str(e)) from None
+            if self.segmenter.resolution != self.geometry.resolution:
+                log.warning("stage-1 run %s was trained at %dx%d, this model at %dx%d",
+                            seg_workdir, self.segmenter.resolution, self.segmenter.resolution,
+                            self.geometry.resolution, self.geometry.resolution)
+        self.predict_kwargs = ({"mask_source": "segmenter" if self.plan.source == "system"
+                                else "gt"} if two_stage else {})
+        self._jitted = jax.jit(self._infer)
+        self.buckets: dict[int, float] = {}   # padded batch size -> first-call seconds
+        self.load_seconds = time.perf_counter() - t0
+
+    @staticmethod
+    def _load_state(config, workdir, system, pretrained: bool):
+        from unmask_jax import parallel, state as state_lib
+        if not pretrained:
+            state, _, _ = state_lib.load_state(config, workdir, check_config=False)
+            log.info("predict: %s step %d from %s", system.name, int(state.step), workdir)
+            return state
+        mesh = parallel.make_data_mesh()
+        rep = parallel.replicated_sharding(mesh)
+        txs = system.optimizers(1)
+        state = jax.jit(functools.partial(state_lib.create_state, system, txs, config.seed,
+                                          config.data.resolution), out_shardings=rep)()
+        state = state_lib.init_pretrained(config, system, state, rep)
+        log.warning("predict: no checkpoint in %s; generator from PyTorch weights %s, geometry "
+                    "from the config (%dx%d, framing %s, face_scale %.2f)", workdir,
+                    config.model.generator_init, config.data.resolution,
+                    config.data.resolution, config.data.framing, config.data.face_scale)
+        return state
+
+    def describe(self) -> dict[str, Any]:
+        g = self.geometry
+        return {"system": self.system.name, "step": int(self.state.step),
+                "weights": ("pytorch:" + str(self.config.model.generator_init)
+                            if self.pretrained else "checkpoint"),
+                "resolution": g.resolution, "framing": g.framing, "face_scale": g.face_scale,
+                "mask_source": self.plan.source, "model_takes_mask": self.plan.model_needs_map,
+                "segmenter_workdir": self.config.model.get("segmenter_workdir")}
+
+    # -- inference -----------------------------------------------------------------------
+
+    def _infer(self, state, frozen, seg_variables, batch):
+        out = {}
+        batch = dict(batch)
+        if self.segmenter is not None:
+            prob = self.segmenter.module.apply(seg_variables, batch["masked"], train=False)
+            prob = prob.astype(jnp.float32)
+            out["mask"] = prob
+            batch["mask"] = (prob >= self.segmenter.threshold).astype(batch["masked"].dtype)
+        result = self.system.predict(state, batch, frozen, **self.predict_kwargs)
+        out["raw"] = result["raw"].astype(jnp.float32)
+        if "mask" in result:
+            out["mask"] = result["mask"].astype(jnp.float32)
+        return out
+
+    def __call__(self, masked: np.ndarray, mask: np.ndarray | None,
+                 identity: np.ndarray | None, index: np.ndarray, batch_size: int
+                 ) -> dict[str, np.ndarray]:
+        """Face crops (N, R, R, 3) float32 in [-1, 1], user maps (N, R, R, 1) in {0, 1} or
+        None, identity crops or None, per-face indices (dropout keys of per-image BN) ->
+        {"raw": (N, R, R, 3) in [-1, 1], ["mask": (N, R, R, 1) probabilities]}. Padded to a
+        power-of-two bucket (at most ``batch_size``): one compilation per bucket."""
+        n = masked.shape[0]
+        b = _bucket(n, batch_size)
+
+        def pad(x):
+            return x if x.shape[0] == b else np.concatenate(
+                [x, np.repeat(x[-1:], b - x.shape[0], axis=0)])
+        batch = {"masked": pad(masked), "index": pad(index.astype(np.int32)),
+                 "mask": pad(mask if mask is not None
+                             else np.ones(masked.shape[:3] + (1,), np.float32))}
+        if identity is not None:
+            batch["identity"] = pad(identity)
+        seg = self.segmenter.variables if self.segmenter is not None else None
+        t0 = time.perf_counter()
+        out = jax.device_get(self._jitted(self.state, self.frozen, seg, batch))
+        if b not in self.buckets:
+            self.buckets[b] = time.perf_counter() - t0
+        return {k: np.asarray(v)[:n] for k, v in out.items()}
+
+
+def _effective_config(config, workdir: str):
+    """(config to build and load with, whether it is the PyTorch-weights path)."""
+    from ml_collections import config_dict
+
+    from unmask_jax import checkpoints
+    try:
+        recorded = checkpoints.recorded_config(workdir)
+    except checkpoints.NoCheckpointError as e:
+        if config.model.get("generator_init"):
+            return config, True
+        raise checkpoints.NoCheckpointError(
+            f"{e}; or predict with PyTorch weights and no checkpoint: "
+            "--config.model.generator_init=G.safetensors") from None
+    unsafe, _ = checkpoints.compare_configs(recorded, config)
+    unsafe = [c for c in unsafe if not c[0].startswith(_IGNORED_PREFIXES)]
+    if unsafe:
+        lines = "\n".join(f"  {k}: {a} (run) -> {b} (now)" for k, a, b in unsafe)
+        raise checkpoints.CheckpointError(
+            f"the run in {workdir} was trained with a different configuration; these "
+            f"settings change the networks:\n{lines}\nUse the config file (and overrides) the "
+            "run was trained with.")
+    effective = config.copy_and_resolve_references()
+    rec_data = recorded.get("data") or {}
+    changed = []
+    with effective.unlocked():
+        for key in GEOMETRY_KEYS:
+            if key in rec_data and rec_data[key] != effective.data[key]:
+                changed.append(f"{key}={rec_data[key]}")
+                effective.data[key] = type(effective.data[key])(rec_data[key])
+    if changed:
+        log.info("predict: the run's recorded data geometry is used (%s)", ", ".join(changed))
+    return config_dict.ConfigDict(effective), False

@@ -1,0 +1,386 @@
+"""The ``--mode=predict`` loop: files -> decode -> detect -> frame -> batched model ->
+paste back -> encode, with a per-file report and a per-stage time breakdown.
+
+Faces are queued across images and run ``predict.batch_size`` at a time (padded to a
+power-of-two bucket: one compilation per bucket); an image is written as soon as all its
+faces are back. A bad file is reported with its status and never ends the run.
+"""
+from __future__ import annotations
+
+import collections
+import dataclasses
+import json
+import logging
+import os
+import sys
+import time
+from typing import Any
+
+import numpy as np
+
+from unmask_jax.predict import faces as faces_lib
+from unmask_jax.predict import io
+from unmask_jax.predict.model import PredictModel, PredictSetupError
+
+log = logging.getLogger(__name__)
+
+FACES = ("all", "largest")
+STAGES = ("decode", "detection", "model", "paste", "encode")
+REPORT_NAME = "report.json"
+
+
+@dataclasses.dataclass(frozen=True)
+class PredictOptions:
+    """``config.predict`` (see ``configs/default.py``), checked."""
+
+    faces: str = "all"
+    batch_size: int = 8
+    side_by_side: bool = False
+    mask: str | None = None
+    identity: str | None = None
+    dilate: float = 0.04
+    feather: float = 0.03
+    min_face: int = 32
+    max_pixels: int = 100_000_000
+    detect_max_side: int = 1600
+    detect_upsample: bool = True
+
+    @classmethod
+    def from_config(cls, config) -> "PredictOptions":
+        p = dict(config.predict)
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(p) - known)
+        if unknown:
+            raise ValueError(f"config.predict: unknown key(s) {unknown}")
+        o = cls(**p)
+        if o.faces not in FACES:
+            raise ValueError(f"config.predict.faces={o.faces!r}: choose one of {FACES}")
+        for key in ("batch_size", "min_face", "max_pixels", "detect_max_side"):
+            if int(getattr(o, key)) < 1:
+                raise ValueError(f"config.predict.{key}={getattr(o, key)} must be >= 1")
+        for key in ("dilate", "feather"):
+            if not 0.0 <= float(getattr(o, key)) <= 0.5:
+                raise ValueError(f"config.predict.{key}={getattr(o, key)} must be in [0, 0.5] "
+                                 "(a fraction of the face crop's side)")
+        return o
+
+
+@dataclasses.dataclass
+class _Face:
+    box: tuple[float, float, float]
+    crop: np.ndarray                      # uint8 (R, R, 3)
+    crop_landmarks: np.ndarray
+    index: int
+    user_mask: np.ndarray | None = None   # float32 (R, R, 1) {0, 1}
+    identity: np.ndarray | None = None    # uint8 (R, R, 3)
+    raw: np.ndarray | None = None         # float32 (R, R, 3) [-1, 1]
+    mask: np.ndarray | None = None        # float32 (R, R, 1) probabilities (model's map)
+
+
+@dataclasses.dataclass
+class _Job:
+    rel: str
+    entry: dict[str, Any]
+    decoded: io.Decoded
+    faces: list[_Face]
+    times: dict[str, float]
+    done: int = 0
+
+
+class _Progress:
+    """A plain stderr progress bar (redrawn in place on a terminal, a line per 10% else)."""
+
+    def __init__(self, total: int, enabled: bool):
+        self.total, self.enabled = total, enabled and total > 1
+        self.tty = sys.stderr.isatty()
+        self.count, self.t0, self.last, self.last_decile = 0, time.perf_counter(), 0.0, -1
+
+    def update(self, status: str) -> None:
+        self.count += 1
+        if not self.enabled:
+            return
+        now = time.perf_counter()
+        rate = self.count / max(now - self.t0, 1e-9)
+        decile = 10 * self.count // self.total
+        if self.tty and (now - self.last > 0.2 or self.count == self.total):
+            filled = 30 * self.count // self.total
+            sys.stderr.write(f"\rpredict [{'#' * filled}{'.' * (30 - filled)}] "
+                             f"{self.count}/{self.total} {rate:.2f} img/s ({status})   ")
+            if self.count == self.total:
+                sys.stderr.write("\n")
+            sys.stderr.flush()
+            self.last = now
+        elif not self.tty and decile != self.last_decile:
+            print(f"predict: {self.count}/{self.total} files, {rate:.2f} img/s",
+                  file=sys.stderr, flush=True)
+            self.last_decile = decile
+
+
+def _to_unit(images: list[np.ndarray]) -> np.ndarray:
+    return np.stack(images).astype(np.float32) / np.float32(127.5) - np.float32(1.0)
+
+
+class _Side:
+    """An optional per-input side image (mask or identity): one file or a mirrored folder."""
+
+    def __init__(self, path: str | None, what: str):
+        self.path, self.what = path, what
+        if path and not os.path.exists(path):
+            raise FileNotFoundError(f"config.predict.{what}={path}: no such file or folder")
+        self.folder = bool(path) and os.path.isdir(path)
+        self.cache: dict[str, Any] = {}
+
+    def file_for(self, rel: str) -> str:
+        if not self.folder:
+            return self.path
+        found = io.mirrored(self.path, rel)
+        if found is None:
+            raise io.BadInput(f"no_{self.what}", f"no {self.what} image for {rel} in "
+                              f"{self.path} (same relative path, any image extension)")
+        return found
+
+
+class Predictor:
+    """Runs a loaded model over files; ``run`` returns the report."""
+
+    def __init__(self, config, workdir: str, *, detector: faces_lib.Detector | None = None,
+                 progress: bool = True):
+        self.opts = PredictOptions.from_config(config)
+        self.masks = _Side(self.opts.mask, "mask")
+        self.identities = _Side(self.opts.identity, "identity")
+        self.model = PredictModel(config, workdir)
+        self.geometry = self.model.geometry
+        self.detector = detector or faces_lib.dlib_detector(self.opts.detect_upsample)
+        self.progress = progress
+
+    # -- per file ------------------------------------------------------------------------
+
+    def _detect(self, rgb: np.ndarray) -> list[np.ndarray]:
+        return faces_lib.detect(self.detector, rgb, self.opts.detect_max_side)
+
+    def _identity_crop(self, rel: str) -> np.ndarray:
+        path = self.identities.file_for(rel)
+        if path in self.identities.cache:
+            return self.identities.cache[path]
+        try:
+            decoded = io.decode(path, self.opts.max_pixels)
+        except io.BadInput as e:
+            raise io.BadInput("bad_identity", f"identity image {path}: {e}") from None
+        rgb = decoded.rgb8()
+        found = self._detect(rgb)
+        if not found:
+            raise io.BadInput("no_identity_face", f"no face found in the identity image {path}")
+        crop = self.geometry.crop(rgb, self.geometry.box(found[0]))
+        if not self.identities.folder:
+            self.identities.cache[path] = crop
+        return crop
+
+    def _prepare(self, root: str, rel: str, times: dict[str, float]
+                 ) -> tuple[io.Decoded, list[_Face], dict[str, Any]]:
+        t = time.perf_counter()
+        decoded = io.decode(os.path.join(root, rel), self.opts.max_pixels)
+        h, w = decoded.shape
+        info: dict[str, Any] = {"size": [w, h], "format": decoded.format, "kind": decoded.kind,
+                                "bits": 16 if decoded.native.dtype == np.uint16 else 8}
+        if decoded.orientation != 1:
+            info["exif_orientation"] = decoded.orientation
+        rgb = decoded.rgb8()
+        times["decode"] += time.perf_counter() - t
+        if min(h, w) < self.opts.min_face:
+            raise io.BadInput("too_small", f"{w}x{h} is smaller than "
+                              f"config.predict.min_face={self.opts.min_face} px")
+        t = time.perf_counter()
+        found = self._detect(rgb)
+        times["detection"] += time.perf_counter() - t
+        info["faces_found"] = len(found)
+        if not found:
+            raise io.BadInput("no_face", "no face found")
+        big = [lm for lm in found if faces_lib.face_size(lm) >= self.opts.min_face]
+        if not big:
+            raise io.BadInput("too_small", f"{len(found)} face(s) found, all narrower than "
+                              f"config.predict.min_face={self.opts.min_face} px")
+        if self.opts.faces == "largest":
+            big = big[:1]
+        t = time.perf_counter()
+        user_mask = None
+        if self.masks.path:
+            user_mask = io.load_mask(self.masks.file_for(rel), (h, w))
+        identity = self._identity_crop(rel) if self.model.needs_identity else None
+        g = self.geometry
+        out = []
+        for rank, lm in enumerate(big):
+            box = g.box(lm)
+            # The face's rank in its image keys per-image dropout (pix2pix family's
+            # eval.bn_statistics=per_image): a photo gives the same result in any folder.
+            face = _Face(box=box, crop=g.crop(rgb, box), crop_landmarks=g.crop_landmarks(lm, box),
+                         index=rank, identity=identity)
+            if user_mask is not None:
+                face.user_mask = (g.crop(user_mask.astype(np.uint8) * 255, box) > 127
+                                  ).astype(np.float32)[..., None]
+            out.append(face)
+        times["decode"] += time.perf_counter() - t
+        return decoded, out, info
+
+    def _run_model(self, chunk: list[tuple[_Job, _Face]]) -> None:
+        t = time.perf_counter()
+        fs = [f for _, f in chunk]
+        user = np.stack([f.user_mask for f in fs]) if fs[0].user_mask is not None else None
+        identity = _to_unit([f.identity for f in fs]) if fs[0].identity is not None else None
+        out = self.model(_to_unit([f.crop for f in fs]),
+                         user, identity,
+                         np.array([f.index for f in fs]), self.opts.batch_size)
+        for i, f in enumerate(fs):
+            f.raw = out["raw"][i]
+            f.mask = out["mask"][i] if "mask" in out else None
+        share = (time.perf_counter() - t) / len(chunk)
+        for job, _ in chunk:
+            job.times["model"] += share
+            job.done += 1
+
+    def _region(self, face: _Face) -> np.ndarray:
+        source = self.model.plan.source
+        if source == "user":
+            return face.user_mask[..., 0]
+        if source in ("segmenter", "system"):
+            threshold = (self.model.segmenter.threshold if source == "segmenter"
+                         else float(self.model.system.threshold))
+            return (face.mask[..., 0] >= threshold).astype(np.float32)
+        return faces_lib.lower_face_region(face.crop_landmarks, self.geometry.resolution)
+
+    def _finish(self, job: _Job, out_dir: str) -> None:
+        t = time.perf_counter()
+        d = job.decoded
+        result = d.native.copy()
+        for face in job.faces:
+            weights = faces_lib.paste_weights(self._region(face), self.opts.dilate,
+                                              self.opts.feather)
+            rgb = (face.raw.astype(np.float32) + 1.0) * 127.5
+            faces_lib.paste(result, d.from_rgb, d.colour_channels, rgb, weights, face.box)
+        job.times["paste"] += time.perf_counter() - t
+        t = time.perf_counter()
+        out_path = os.path.join(out_dir, job.rel)
+        io.write_bytes(out_path, io.encode(d, result))
+        if self.opts.side_by_side:
+            both = np.concatenate([d.native, result], axis=1)
+            io.write_bytes(io.side_by_side_path(out_path), io.encode(d, both, upright=True))
+            job.entry["side_by_side"] = io.side_by_side_path(out_path)
+        job.times["encode"] += time.perf_counter() - t
+        job.entry.update(status="ok", output=out_path, faces=len(job.faces))
+
+    # -- the run -------------------------------------------------------------------------
+
+    def run(self, input_path: str, output_dir: str) -> dict[str, Any]:
+        root, rels = io.list_inputs(input_path, exclude=output_dir)
+        if os.path.realpath(output_dir) == os.path.realpath(root):
+            raise PredictSetupError(f"--output={output_dir} is the input folder: the results "
+                                    "would overwrite the photos; choose another folder")
+        os.makedirs(output_dir, exist_ok=True)
+        totals = dict.fromkeys(STAGES, 0.0)
+        entries: list[dict[str, Any]] = []
+        pending: list[_Job] = []
+        queue: list[tuple[_Job, _Face]] = []
+        progress = _Progress(len(rels), self.progress)
+        bs = self.opts.batch_size
+        t_start = time.perf_counter()
+
+        def close(entry, times):
+            entry["seconds"] = round(sum(times.values()), 4)
+            entry["stages"] = {k: round(v, 4) for k, v in times.items()}
+            for k, v in times.items():
+                totals[k] += v
+            progress.update(entry["status"])
+
+        def fail(job: _Job, err: Exception) -> None:
+            status = err.status if isinstance(err, io.BadInput) else "error"
+            if status == "error":
+                log.exception("predict: %s failed", job.rel)
+            job.entry.update(status=status, output=None, faces=0,
+                             message=str(err) or type(err).__name__)
+
+        def drain(force: bool) -> None:
+            while len(queue) >= bs or (force and queue):
+                chunk, queue[:] = queue[:bs], queue[bs:]
+                try:
+                    self._run_model(chunk)
+                except Exception as e:  # pylint: disable=broad-except
+                    for job in {id(j): j for j, _ in chunk}.values():
+                        fail(job, e)
+                        job.done = len(job.faces)
+            while pending and pending[0].done >= len(pending[0].faces):
+                job = pending.pop(0)
+                if job.entry.get("status") is None:
+                    try:
+                        self._finish(job, output_dir)
+                    except Exception as e:  # pylint: disable=broad-except
+                        fail(job, e)
+                job.faces.clear()
+                close(job.entry, job.times)
+
+        for rel in rels:
+            entry: dict[str, Any] = {"input": os.path.join(root, rel), "output": None,
+                                     "status": None, "faces": 0}
+            entries.append(entry)
+            times = dict.fromkeys(STAGES, 0.0)
+            try:
+                decoded, faces, info = self._prepare(root, rel, times)
+            except Exception as e:  # pylint: disable=broad-except
+                job = _Job(rel, entry, None, [], times)
+                fail(job, e)
+                # Keeps the report in input order: finished after the images before it.
+                pending.append(job)
+                drain(False)
+                continue
+            entry.update(info)
+            job = _Job(rel, entry, decoded, faces, times)
+            pending.append(job)
+            queue.extend((job, f) for f in faces)
+            drain(False)
+        drain(True)
+        wall = time.perf_counter() - t_start
+
+        report = {"files": entries,
+                  "summary": self._summary(entries, totals, wall, input_path, output_dir)}
+        io.write_bytes(os.path.join(output_dir, REPORT_NAME),
+                       (json.dumps(report, indent=2) + "\n").encode())
+        return report
+
+    def _summary(self, entries, totals, wall, input_path, output_dir) -> dict[str, Any]:
+        import jax
+        counts = collections.Counter(e["status"] for e in entries)
+        n_faces = sum(e["faces"] for e in entries)
+        staged = sum(totals.values())
+        return {
+            "input": input_path, "output": output_dir, "files": len(entries),
+            "counts": dict(sorted(counts.items())), "faces": n_faces,
+            "seconds": round(wall, 3),
+            "images_per_second": round(len(entries) / wall, 3) if wall > 0 else None,
+            "ok_images_per_second": round(counts.get("ok", 0) / wall, 3) if wall > 0 else None,
+            "faces_per_second": round(n_faces / wall, 3) if wall > 0 else None,
+            "stages": {k: {"seconds": round(v, 3),
+                           "share": round(v / staged, 3) if staged > 0 else 0.0}
+                       for k, v in totals.items()},
+            "compile_seconds": {str(b): round(s, 3)
+                                for b, s in sorted(self.model.buckets.items())},
+            "load_seconds": round(self.model.load_seconds, 3),
+            "batch_size": self.opts.batch_size,
+            "device": str(jax.devices()[0].device_kind),
+            "model": self.model.describe(),
+        }
+
+
+def predict(config, workdir: str, input_path: str, output_dir: str, *,
+            detector: faces_lib.Detector | None = None, progress: bool = True
+            ) -> dict[str, Any]:
+    """``--mode=predict``: unmasks every face in ``input_path`` (an image, a folder or a
+    glob) and writes the results and ``report.json`` under ``output_dir``."""
+    if not os.path.exists(input_path) and not any(c in input_path for c in "*?["):
+        raise FileNotFoundError(f"--input={input_path}: no such file or folder")
+    predictor = Predictor(config, workdir, detector=detector, progress=progress)
+    report = predictor.run(input_path, output_dir)
+    s = report["summary"]
+    counts = ", ".join(f"{v} {k}" for k, v in s["counts"].items())
+    stages = ", ".join(f"{k} {v['seconds']:.2f}s" for k, v in s["stages"].items())
+    print(f"predict: {s['files']} file(s) ({counts}), {s['faces']} face(s) in {s['seconds']:.1f}"
+          f" s: {s['images_per_second']:.2f} images/s; {stages}; report: "
+          f"{os.path.join(output_dir, REPORT_NAME)}")
+    return report
