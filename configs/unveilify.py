@@ -49,7 +49,8 @@ weights only in its identity loss); ``model.psp_irse50_init`` naming a converted
 ``model_ir_se50.pth`` starts the pSp input layer and body from them instead, as the pSp paper
 does (a departure from the UnVeilify code, logged). Style blocks beyond the generator's
 depth (w[6..13] at 256x256) are computed but unused, as in the reference. Evaluation runs in
-eval mode; the system gets no mask map, so its output is scored as it is (no composite).
+eval mode; as for every system, the top-level metrics score the output composited with the
+ground-truth map and ``raw_*`` the whole generated image (the paper's numbers).
 """
 from ml_collections import config_dict
 

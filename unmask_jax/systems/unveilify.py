@@ -29,7 +29,9 @@ network see images in their own [-1, 1] convention (the reference hands them
 ImageNet-normalised images).
 
 Evaluation and prediction run both networks in eval mode (running BatchNorm statistics). The
-system is given no mask map, so its output is scored as it comes (``output`` = ``raw``).
+networks never see a mask map; as for the pix2pix family, the evaluation's composited output
+keeps the input's known pixels outside the ground-truth map, and the ``raw_*`` metrics score
+the whole generated image (what the paper reports).
 """
 from __future__ import annotations
 
@@ -235,5 +237,5 @@ class UnVeilifySystem(base.System):
         masked, identity, _ = self._inputs(batch)
         out = base.apply_eval(self.G, state.nets["generator"], masked, identity)
         raw = from_model_space(out, self.input_norm)
-        return {"output": raw, "raw": raw}
+        return {"output": base.composite(raw, batch), "raw": raw}
 
