@@ -38,6 +38,12 @@ Usage (CPU, the config's widths at 256x256)::
     python benchmarks/ganmasker_vs_torch.py --threads 2 --iters 3 --rounds 2
     python benchmarks/ganmasker_vs_torch.py ... --host-allocator system
 
+Per-part forward + backward (FU-Net blocks, CBAM, pools, up-sampling, the SN
+discriminator, SSIM, SmoothL1), JAX vs the twins' submodules with the same weights::
+
+    python benchmarks/ganmasker_vs_torch.py --threads 1 --iters 3 --rounds 2 \
+        --breakdown 1,4 --only-breakdown
+
 Smoke run (tiny)::
 
     python benchmarks/ganmasker_vs_torch.py --size 64 --iters 1 --rounds 1 \
@@ -55,6 +61,7 @@ import json
 import os
 import sys
 import time
+from typing import Any
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -86,6 +93,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--d-layers", type=int, default=None,
                    help="discriminator n_layers (default: the config's, 3)")
     p.add_argument("--json", default="", help="also write the results to this JSON file")
+    p.add_argument("--breakdown", default="",
+                   help="comma-separated batch sizes for a per-part forward+backward table "
+                        "(FU-Net blocks, CBAM, pools, up-sampling, D, losses); '' skips")
+    p.add_argument("--only-breakdown", action="store_true",
+                   help="skip the inference and train-step rows (with --breakdown)")
     ct.add_allocator_flag(p)
     return p.parse_args(argv)
 
@@ -188,7 +200,7 @@ def main(argv: list[str] | None = None) -> int:
         raw = t_gen(torch.cat([x, mask], 1))
         return raw * mask + x * (1.0 - mask), prob
 
-    for b in _batches(args.batches_infer):
+    for b in ([] if args.only_breakdown else _batches(args.batches_infer)):
         x = _masked_faces(np, b, size, seed=b)[0]
         xj = jnp.asarray(x)
         xt = torch.from_numpy(np.ascontiguousarray(x.transpose(0, 3, 1, 2)))
@@ -218,7 +230,7 @@ def main(argv: list[str] | None = None) -> int:
     txs = {"generator": tx, "discriminator": tx}
     frozen = system.load_frozen()  # {"loss": {}}: no feature network without the VGG term
     step = jax.jit(functools.partial(system.train_step, txs=txs), donate_argnums=(0,))
-    for b in _batches(args.batches_train):
+    for b in ([] if args.only_breakdown else _batches(args.batches_train)):
         masked, target, mask = _masked_faces(np, b, size, seed=100 + b)
         batch = {"masked": jnp.asarray(masked), "target": jnp.asarray(target),
                  "mask": jnp.asarray(mask)}
@@ -248,6 +260,9 @@ def main(argv: list[str] | None = None) -> int:
                   *ct.interleaved_times([jax_step, torch_step], args.iters, args.rounds))
         del holder, state, tg, td
 
+    for b in _batches(args.breakdown):
+        _breakdown(args, b, variables, names, torch_twin, table)
+
     load_end = os.getloadavg()
     env = (f"jax {jax.__version__} ({jax.devices()[0].platform}), torch {torch.__version__}, "
            f"{n_threads} threads, load average {load_start[0]:.1f} -> {load_end[0]:.1f} "
@@ -267,13 +282,168 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _markdown(rows) -> str:
-    lines = ["| measurement | batch | JAX img/s | PyTorch img/s | JAX / PyTorch (wall) | "
+    lines = ["| measurement | batch | JAX | PyTorch | JAX / PyTorch (wall) | "
              "(CPU time) | (best wall) |", "|---|---|---|---|---|---|---|"]
     for r in rows:
-        lines.append(f"| {r['measurement']} | {r['batch']} | {r['jax']:.2f} | "
-                     f"{r['torch_eager']:.2f} | {r['jax_speedup']:.2f} | "
+        unit = "img/s" if r["unit"] == "img/s" else "ms"
+        lines.append(f"| {r['measurement']} | {r['batch']} | {r['jax']:.2f} {unit} | "
+                     f"{r['torch_eager']:.2f} {unit} | {r['jax_speedup']:.2f} | "
                      f"{r['cpu_speedup']:.2f} | {r['best_speedup']:.2f} |")
     return "\n".join(lines)
+
+
+def _breakdown(args, b: int, variables, names, torch_twin, table) -> None:
+    """Forward + backward (train mode: BN batch statistics, one power iteration) of the parts
+    of the stage-2 step, each alone, JAX (jitted) vs the twin's submodule with the same
+    weights. The gradient is taken with respect to the part's input and parameters of
+    ``sum(out * cotangent)``, a fixed random cotangent."""
+    import flax.linen as nn
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+    import torch
+    import torch.nn.functional as F
+
+    from unmask_jax import losses
+    from unmask_jax.models import create_model, ganmasker as gm
+
+    size = args.size
+    rng = np.random.default_rng(1000 + b)
+    g_kwargs, d_kwargs = names["generator"][1], names["discriminator"][1]
+    funet = create_model(names["generator"][0], **g_kwargs)
+    kw = funet.block_kwargs()
+    widths = [funet.base_width * 2**i for i in range(gm.NUM_LEVELS)]
+    g_vars = variables["generator"]
+    tg = torch_twin("generator").train()
+
+    class Part(nn.Module):
+        fn: Any
+
+        @nn.compact
+        def __call__(self, *xs):
+            return self.fn(*xs)
+
+    def sub(prefix: str):
+        return {c: {k: v for k, v in g_vars[c].items() if k.startswith(prefix)}
+                for c in g_vars}
+
+    def add(label: str, jax_fn, torch_fn, shapes, params=None, collections=None):
+        """jax_fn(params, *xs) / torch_fn(*xs) -> output; params None: no parameters."""
+        xs = [rng.uniform(-1, 1, s).astype(np.float32) for s in shapes]
+        out_shape = jax.eval_shape(lambda *a: jax_fn(params, *a), *xs).shape
+        cot = np.asarray(rng.standard_normal(out_shape), np.float32)
+
+        def loss(p, c, *a):  # the cotangent is an argument: a constant could be folded
+            return jnp.sum(jax_fn(p, *a) * c)
+
+        grad = jax.jit(jax.grad(loss, argnums=(0,) + tuple(range(2, len(xs) + 2))))
+        jxs = [jnp.asarray(cot)] + [jnp.asarray(x) for x in xs]
+        txs = [torch.from_numpy(np.ascontiguousarray(np.moveaxis(x, -1, 1)) if x.ndim == 4
+                                else x).requires_grad_() for x in xs]
+        tcot = torch.from_numpy(np.ascontiguousarray(np.moveaxis(cot, -1, 1)) if cot.ndim == 4
+                                else cot)
+
+        def tstep():
+            for t in txs:
+                t.grad = None
+            tg.zero_grad(set_to_none=True)
+            (torch_fn(*txs) * tcot).sum().backward()
+
+        table.add("part", label, b, "ms", *ct.interleaved_times(
+            [lambda: jax.block_until_ready(grad(params, *jxs)), tstep], args.iters,
+            args.rounds))
+        print(f"    {table.rows[-1]['measurement']}: JAX {table.rows[-1]['jax']:.1f} ms, "
+              f"torch {table.rows[-1]['torch_eager']:.1f} ms", flush=True)
+
+    def flax_part(fn, prefix):
+        v = sub(prefix)
+        part = Part(fn)
+
+        def run(p, *xs):
+            out, _ = part.apply({**v, "params": p}, *xs, mutable=["batch_stats"])
+            return out
+        return run, v["params"]
+
+    gm_up_t = lambda h: F.interpolate(h, scale_factor=2, mode=funet.upsample,  # noqa: E731
+                                      align_corners=False if funet.upsample == "bilinear"
+                                      else None)
+
+    # Whole generator.
+    def g_full(p, x):
+        out, _ = funet.apply({**g_vars, "params": p}, x, True, mutable=["batch_stats"])
+        return out
+    add("FU-Net whole G", g_full, tg, [(b, size, size, 4)], g_vars["params"])
+    ins = [4] + widths[:-1]
+    for i, f in enumerate(widths):
+        s = size // 2**i
+        fn, p = flax_part(lambda h, f=f, i=i: gm.ge_block(h, f, f"enc_{i}_", False, **kw),
+                          f"enc_{i}_")
+        add(f"Ge-block {i} ({s}^2 {ins[i]}->{f})", fn, tg.enc[i], [(b, s, s, ins[i])], p)
+        from unmask_jax.models.blocks import cbam
+        fn, p = flax_part(lambda h, i=i: cbam(
+            h, reduction=kw["cbam_reduction"], spatial_kernel=kw["cbam_kernel"],
+            prefix=f"enc_{i}_cbam_", conv_impl=kw["conv_impl"]), f"enc_{i}_cbam_")
+        add(f"  of which CBAM {i} ({s}^2 {f})", fn, tg.enc[i].cbam, [(b, s, s, f)], p)
+        if i < gm.NUM_LEVELS - 1:
+            add(f"max pool {i} ({s}^2 {f})", lambda p, h: gm._max_pool(h),
+                lambda h: F.max_pool2d(h, 2), [(b, s, s, f)])
+        if i == 0:  # the other form, for the figure in benchmarks/README.md
+            add(f"  max pool {i} as nn.max_pool ({s}^2 {f})",
+                lambda p, h: nn.max_pool(h, (2, 2), strides=(2, 2)),
+                lambda h: F.max_pool2d(h, 2), [(b, s, s, f)])
+    s = size // 2**(gm.NUM_LEVELS - 1)
+
+    def mid_fn(h):
+        for k, rate in enumerate(funet.dilation_rates):
+            h = gm.dilated_block(h, rate, f"mid_{k}_", False, **kw)
+        return h
+
+    def mid_torch(h):
+        for block in tg.mid:
+            h = F.leaky_relu(block(h), funet.leaky_slope)
+        return h
+    fn, p = flax_part(mid_fn, "mid_")
+    add(f"dilated bottleneck ({s}^2 {widths[-1]})", fn, mid_torch, [(b, s, s, widths[-1])], p)
+    for j in range(gm.NUM_LEVELS - 1):
+        f = widths[gm.NUM_LEVELS - 1 - j]
+        s = size // 2**(gm.NUM_LEVELS - 1 - j)
+        up = j > 0
+        fn, p = flax_part(lambda h, k, j=j, up=up: gm.decoder_block(
+            gm.upsample2x(h, funet.upsample) if up else h, k,
+            widths[gm.NUM_LEVELS - 2 - j], f"dec_{j}_", False, **kw), f"dec_{j}_")
+
+        def dec_torch(h, k, j=j, up=up):
+            h = gm_up_t(h) if up else h
+            return F.leaky_relu(tg.dec[j](torch.cat([h, k], 1)), funet.leaky_slope)
+        hs = s // 2 if up else s
+        add(f"decoder {j} ({'up + ' if up else ''}{s}^2 {f}+{f} -> "
+            f"{widths[gm.NUM_LEVELS - 2 - j]})", fn, dec_torch, [(b, hs, hs, f), (b, s, s, f)], p)
+    last = gm.NUM_LEVELS - 1
+    fn, p = flax_part(lambda h, k: gm.output_block(
+        gm.upsample2x(h, funet.upsample), k, funet.out_channels, f"dec_{last}_", False,
+        final_norm=funet.final_norm, **kw), f"dec_{last}_")
+    add(f"output block (up + {size}^2 {widths[1]}+{widths[0]} -> 3)", fn,
+        lambda h, k: torch.tanh(tg.dec[last](torch.cat([gm_up_t(h), k], 1))),
+        [(b, size // 2, size // 2, widths[0]), (b, size, size, widths[0])], p)
+    for s, f in ((size // 2, widths[0]), (size // 16, widths[-1])):
+        add(f"upsample2x ({s}^2 {f})", lambda p, h: gm.upsample2x(h, funet.upsample),
+            gm_up_t, [(b, s, s, f)])
+
+    # Discriminator, train mode (one power iteration per call), on the 7-channel input.
+    disc = create_model(names["discriminator"][0], **d_kwargs)
+    d_vars = variables["discriminator"]
+    td = torch_twin("discriminator").train()
+
+    def d_fn(p, x):
+        out, _ = disc.apply({**d_vars, "params": p}, x, True, mutable=["spectral"])
+        return out
+    add("SN discriminator (one call)", d_fn, td, [(b, size, size, 7)], d_vars["params"])
+
+    # Losses on images.
+    add("SSIM loss", lambda p, a, t: losses.ssim_loss(a, t),
+        lambda a, t: 1.0 - _ssim_torch(torch, a, t), [(b, size, size, 3)] * 2)
+    add("SmoothL1 loss", lambda p, a, t: losses.smooth_l1_loss(a, t),
+        lambda a, t: F.smooth_l1_loss(a, t, beta=1.0), [(b, size, size, 3)] * 2)
 
 
 def _masked_faces(np, b: int, size: int, seed: int):

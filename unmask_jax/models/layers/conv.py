@@ -73,23 +73,42 @@ def conv2d_gemm(
     """:func:`conv2d` as im2col + one GEMM (kernel (kH, kW, in, out) viewed as
     (kH*kW*in, out)). Faster on XLA CPU for spatially small inputs with many channels,
     where the convolution's kernel gradient is slow; the patches cost kH*kW/stride^2 times
-    the input in memory."""
+    the input in memory. Taps that only ever read padding (a dilation as large as the
+    input) are left out: they add exact zeros."""
     sh, sw = pair(strides)
     dh, dw = pair(dilation)
     kh, kw, cin, cout = kernel.shape
+    (pt, _), (pl, _) = resolved_padding(padding, x.shape[1:3], (kh, kw), (sh, sw), (dh, dw))
+    n_h, n_w = x.shape[1:3]
     x = pre_pad(x, padding, (kh, kw), (sh, sw), (dh, dw))
     b, h, w, _ = x.shape
     ho = (h - (kh - 1) * dh - 1) // sh + 1
     wo = (w - (kw - 1) * dw - 1) // sw + 1
+
+    def reads_input(tap: int, d: int, s: int, out: int, lo: int, n: int) -> bool:
+        """Whether some output position of this tap reads an input (not padding) pixel."""
+        first = tap * d - lo
+        return first + (out - 1) * s >= 0 and first < n
+
+    # Taps that read only padding (large dilations on small inputs) add exact zeros: left
+    # out of the patches and of the kernel.
+    taps = [(i, j) for i in range(kh) for j in range(kw)
+            if reads_input(i, dh, sh, ho, pt, n_h) and reads_input(j, dw, sw, wo, pl, n_w)]
+    if not taps:
+        return jnp.zeros((b, ho, wo, cout), x.dtype)
     patches = [
         lax.slice(x, (0, i * dh, j * dw, 0),
                   (b, i * dh + (ho - 1) * sh + 1, j * dw + (wo - 1) * sw + 1, cin),
                   (1, sh, sw, 1))
-        for i in range(kh) for j in range(kw)
+        for i, j in taps
     ]
-    cols = jnp.concatenate(patches, axis=-1)  # (b, ho, wo, kh*kw*cin), tap-major
-    return weight_matmul(cols.reshape(b * ho * wo, kh * kw * cin),
-                         kernel.reshape(kh * kw * cin, cout)).reshape(b, ho, wo, cout)
+    cols = jnp.concatenate(patches, axis=-1)  # (b, ho, wo, taps*cin), tap-major
+    if len(taps) == kh * kw:
+        weights = kernel.reshape(kh * kw * cin, cout)
+    else:
+        weights = jnp.concatenate([kernel[i, j] for i, j in taps], axis=0)
+    return weight_matmul(cols.reshape(b * ho * wo, len(taps) * cin),
+                         weights).reshape(b, ho, wo, cout)
 
 
 class Conv(nn.Module):
