@@ -379,3 +379,24 @@ def test_runs_recorded_before_the_predict_keys_still_resume():
     del recorded["model"]["segmenter_workdir"]
     unsafe, _ = checkpoints.compare_configs(recorded, config)
     assert unsafe == []
+
+
+def test_dlib_detector_finds_every_face():
+    """The default detector (dlib, every face, largest first) on two drawn faces."""
+    pytest.importorskip("dlib")
+    from data_pipelines.landmarks import detect
+    try:
+        detect.check_available()
+    except detect.LandmarkDetectorUnavailable as e:
+        pytest.skip(str(e))
+    img = np.full((300, 600, 3), 90, np.uint8)
+    truth = []
+    for i, x, size in ((1, 20, 240), (2, 330, 200)):
+        face, lm = render_face(0, i, i, size)
+        img[30:30 + size, x:x + size] = face
+        truth.append(lm + np.float32([x, 30]))
+    found = faces_lib.detect(faces_lib.dlib_detector(), img, max_side=1600)
+    assert len(found) == 2
+    assert faces_lib.face_size(found[0]) > faces_lib.face_size(found[1])
+    for lm, want in zip(found, truth):
+        assert np.abs(lm - want).mean() < 6

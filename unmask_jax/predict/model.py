@@ -184,10 +184,14 @@ class PredictModel:
                  ) -> dict[str, np.ndarray]:
         """Face crops (N, R, R, 3) float32 in [-1, 1], user maps (N, R, R, 1) in {0, 1} or
         None, identity crops or None, per-face indices (dropout keys of per-image BN) ->
-        {"raw": (N, R, R, 3) in [-1, 1], ["mask": (N, R, R, 1) probabilities]}. Padded to a
-        power-of-two bucket (at most ``batch_size``): one compilation per bucket."""
+        {"raw": (N, R, R, 3) in [-1, 1], ["mask": (N, R, R, 1) probabilities]}. Padded to
+        the smallest compiled bucket that fits, else to a new power-of-two bucket (at most
+        ``batch_size``): one compilation per bucket."""
         n = masked.shape[0]
-        b = _bucket(n, batch_size)
+        # A compiled bucket that fits beats a new compilation (e.g. a folder's last, short
+        # batch runs padded in the full batch's program).
+        fits = [b for b in self.buckets if n <= b]
+        b = min(fits) if fits else _bucket(n, batch_size)
 
         def pad(x):
             return x if x.shape[0] == b else np.concatenate(
