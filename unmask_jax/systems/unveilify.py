@@ -178,16 +178,17 @@ class UnVeilifySystem(base.System):
 
     # -- the step ----------------------------------------------------------------------------
 
-    def _inputs(self, batch: base.Batch) -> tuple[jax.Array, jax.Array, jax.Array]:
+    def _inputs(self, batch: base.Batch) -> tuple[jax.Array, jax.Array]:
+        """The masked face and the identity image in the networks' space."""
         n = self.input_norm
-        return (to_model_space(batch["masked"], n), to_model_space(batch["identity"], n),
-                to_model_space(batch["target"], n))
+        return to_model_space(batch["masked"], n), to_model_space(batch["identity"], n)
 
     def train_step(self, state: TrainState, batch: base.Batch, frozen: Any,
                    txs: Mapping[str, optax.GradientTransformation]
                    ) -> tuple[TrainState, dict[str, jax.Array]]:
         gen, disc = state.nets["generator"], state.nets["discriminator"]
-        masked, identity, target = self._inputs(batch)
+        masked, identity = self._inputs(batch)
+        target = to_model_space(batch["target"], self.input_norm)
 
         def generate(g_params):
             return base.apply_train(self.G, gen, masked, identity, params=g_params)
@@ -234,7 +235,7 @@ class UnVeilifySystem(base.System):
 
     def predict(self, state: TrainState, batch: base.Batch, frozen: Any = None
                 ) -> dict[str, jax.Array]:
-        masked, identity, _ = self._inputs(batch)
+        masked, identity = self._inputs(batch)
         out = base.apply_eval(self.G, state.nets["generator"], masked, identity)
         raw = from_model_space(out, self.input_norm)
         return {"output": base.composite(raw, batch), "raw": raw}
