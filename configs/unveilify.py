@@ -75,6 +75,9 @@ def get_config(variant: str = "ref"):
     c.data.vflip = True                # vertical flip of the pair
     c.data.rot90 = True                # rotation of the pair by k * 90 degrees
     c.data.identity_augment = "unveilify"  # identity image: own flips, rotation in [-90, 90]
+    # Corners the rotation uncovers: the reference fills 0 in ImageNet-normalised space, i.e.
+    # the ImageNet mean colour.
+    c.data.identity_rotation_fill = (124, 116, 104)
 
     c.model.generator = "unveilify_mask_remover"
     c.model.generator_kwargs = config_dict.ConfigDict(dict(resolution=256, latent_dim=512))

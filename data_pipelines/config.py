@@ -67,6 +67,10 @@ class DataConfig:
     # as torchvision's RandomRotation on UnVeilify's normalised tensors). Ignored without
     # ``identity_image``.
     identity_augment: str = "flip"
+    # uint8 RGB of the corners the "unveilify" rotation uncovers: mid-grey (a [-1, 1] model's
+    # 0); UnVeilify's reference rotates its ImageNet-normalised tensors, so its 0 fill is the
+    # ImageNet mean colour (124, 116, 104), which configs/unveilify.py sets.
+    identity_rotation_fill: tuple[int, int, int] = (128, 128, 128)
     num_workers: int = 0            # Grain worker processes (0: prepare in this process)
     worker_buffer_size: int = 2
     read_threads: int = 2           # Grain read threads (per process)
@@ -117,6 +121,10 @@ class DataConfig:
             if not isinstance(getattr(self, key), bool):
                 raise ValueError(f"config.data.{key}={getattr(self, key)!r}: must be True or "
                                  "False")
+        fill = tuple(self.identity_rotation_fill)
+        if len(fill) != 3 or not all(isinstance(v, int) and 0 <= v <= 255 for v in fill):
+            raise ValueError(f"config.data.identity_rotation_fill={fill!r}: three integers in "
+                             "0..255 (RGB)")
         if self.identity_augment not in IDENTITY_AUGMENTS:
             raise ValueError(f"config.data.identity_augment={self.identity_augment!r}: choose "
                              f"one of {IDENTITY_AUGMENTS}")

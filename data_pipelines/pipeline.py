@@ -93,10 +93,9 @@ def _tag_position(position: int, record: Mapping[str, Any]) -> dict[str, Any]:
     return out
 
 
-#: uint8 fill of the identity image's rotated-in corners ("unveilify"): the value the model
-#: sees as ~0 (uint8 v -> v / 127.5 - 1 = +0.004), as UnVeilify's torchvision
-#: ``RandomRotation`` fills 0 in its normalised space (there: the ImageNet mean colour).
-IDENTITY_ROTATION_FILL = 128
+#: Default uint8 fill of the identity image's rotated-in corners ("unveilify"): mid-grey,
+#: which a [-1, 1] model sees as ~0 (``DataConfig.identity_rotation_fill`` sets it).
+IDENTITY_ROTATION_FILL = (128, 128, 128)
 #: Largest identity-image rotation ("unveilify"): uniform in [-90, 90] degrees.
 IDENTITY_MAX_ROTATION_DEG = 90.0
 #: How many other images of the person are tried before the example is skipped.
@@ -126,14 +125,16 @@ def paired_augment(images: list[np.ndarray], rng: np.random.Generator, vflip: bo
 
 
 def rotate_about_centre(image: np.ndarray, angle_deg: float,
-                        fill: int = IDENTITY_ROTATION_FILL) -> np.ndarray:
+                        fill: int | tuple[int, int, int] = IDENTITY_ROTATION_FILL
+                        ) -> np.ndarray:
     """``image`` rotated by ``angle_deg`` (counter-clockwise) about its centre, same size,
     nearest neighbour, uncovered corners set to ``fill`` (torchvision ``RandomRotation``'s
     defaults: no expansion, nearest, constant fill)."""
     h, w = image.shape[:2]
     m = cv2.getRotationMatrix2D(((w - 1) / 2.0, (h - 1) / 2.0), float(angle_deg), 1.0)
     return cv2.warpAffine(image, m, (w, h), flags=cv2.INTER_NEAREST,
-                          borderMode=cv2.BORDER_CONSTANT, borderValue=(fill,) * 3)
+                          borderMode=cv2.BORDER_CONSTANT,
+                          borderValue=tuple(int(v) for v in np.broadcast_to(fill, 3)))
 
 
 def _face(record: Mapping[str, Any]) -> np.ndarray | None:
@@ -278,7 +279,7 @@ class PrepareExample:
         if vflip:
             image = image[::-1]
         if angle is not None:
-            image = rotate_about_centre(image, angle)
+            image = rotate_about_centre(image, angle, tuple(cfg.identity_rotation_fill))
         return np.ascontiguousarray(image)
 
 

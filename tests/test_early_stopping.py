@@ -51,3 +51,12 @@ def test_trainer_stops_early_and_a_rerun_stays_stopped(tmp_path):
     again = train.train_and_evaluate(config, workdir)
     assert again == {"step": 2, "eval": {}, "early_stopped": True}
     assert checkpoints.make_manager(workdir, config).latest_step() == 2
+
+
+def test_a_metric_the_evaluation_never_writes_is_refused_before_training():
+    from unmask_jax import main
+    with pytest.raises(ValueError, match="not an evaluation metric"):
+        main.validate_config(tiny_config(**{"train.early_stopping.metric": "psnrr"}))
+    main.validate_config(tiny_config(**{"train.early_stopping.metric": "gt_mask/raw_psnr"}))
+    with pytest.raises(early_stopping.EarlyStoppingMetricError, match="value None"):
+        early_stopping.EarlyStopping("fid").value({"fid": None, "psnr": 20.0})

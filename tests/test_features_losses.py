@@ -166,9 +166,9 @@ def test_embed_command_writes_json(tmp_path):
     assert emb @ ref / np.linalg.norm(emb) / np.linalg.norm(ref) >= 0.999
 
 
-def test_identity_distances_sum_and_mean_reductions():
-    """The identity term's ``reduction``: ``sum`` (UnVeilify's reference loop) is the batch
-    size times ``mean``; both are built from the same per-image distances."""
+def test_identity_term_reduction_sum_is_batch_times_mean(monkeypatch):
+    """The identity term's ``reduction`` through the config registry: ``sum`` (UnVeilify's
+    reference loop) is the batch size times ``mean``, both from ``identity_distances``."""
     from unmask_jax import loss_terms
 
     class TinyEmbedder(nn.Module):
@@ -176,18 +176,25 @@ def test_identity_distances_sum_and_mean_reductions():
         def __call__(self, x):
             return nn.Dense(8)(x.reshape(x.shape[0], -1))
 
-    net = identity.IdentityNet("irse50", TinyEmbedder(), (32, 32))
-    variables = random_variables(net.module, (1, 32, 32, 3), seed=2)
+    def load(backbone, weights=None, crop=None, resize="area"):
+        net = identity.IdentityNet(backbone, TinyEmbedder(), (32, 32))
+        return net, random_variables(net.module, (1, 32, 32, 3), seed=2)
+
+    monkeypatch.setattr(identity, "load_identity_net", load)
     rng = np.random.default_rng(1)
     x = jnp.asarray(rng.uniform(-1, 1, (3, 32, 32, 3)), jnp.float32)
     y = jnp.asarray(rng.uniform(-1, 1, (3, 32, 32, 3)), jnp.float32)
+    values = {}
+    for reduction in ("mean", "sum"):
+        objective = loss_terms.Objective.from_config(
+            {"identity": {"weight": 2.0, "reduction": reduction}})
+        total, terms = objective(objective.load(), {"output": x, "target": y})
+        values[reduction] = float(terms["g_identity"])
+        assert float(total) == pytest.approx(2.0 * values[reduction], rel=1e-6)
+    net, variables = load("dlib")
     d = identity.identity_distances(net, variables, x, y)
-    assert d.shape == (3,)
-    np.testing.assert_allclose(float(identity.identity_loss(net, variables, x, y)),
-                               float(jnp.mean(d)), rtol=1e-6)
-    assert float(loss_terms.REDUCTIONS["sum"](d)) == pytest.approx(3 * float(jnp.mean(d)),
-                                                                   rel=1e-6)
+    assert values["mean"] == pytest.approx(float(jnp.mean(d)), rel=1e-6)
+    assert values["sum"] == pytest.approx(3 * values["mean"], rel=1e-6)
+    assert values["mean"] > 0
     with pytest.raises(ValueError, match="reduction"):
         loss_terms.parse_terms({"identity": {"weight": 1.0, "reduction": "median"}})
-    terms = loss_terms.parse_terms({"lpips": {"weight": 5.0, "reduction": "sum"}})
-    assert dict(terms[0].options)["reduction"] == "sum"

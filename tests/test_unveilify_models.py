@@ -287,15 +287,6 @@ def test_export_files_load_strictly(small, tmp_path):
         prob = td(_nchw(small["out"]), _nchw(small["identity"])).numpy()
     assert _rel(small["out"], out.transpose(0, 2, 3, 1)) < 1e-5
     assert _rel(1 / (1 + np.exp(-small["logits"])), prob.transpose(0, 2, 3, 1)) < 1e-5
-    # Three separate networks: export_checkpoint's extra MaskRemover file.
-    parts = {"psp": {c: t["psp_encoder"] for c, t in small["v_mr"].items()},
-             "gen": {c: t["generator"] for c, t in small["v_mr"].items()}}
-    nets = {"psp": ("unveilify_psp", small["mr"].psp_kwargs()),
-            "gen": ("unveilify_generator", small["mr"].generator_kwargs())}
-    combined = ux.write_mask_remover(str(tmp_path), nets, parts, step=3)
-    assert combined["constructor_args"] == keymaps.torch_target(
-        "unveilify_mask_remover", SMALL, small["v_mr"]).constructor_args
-    export.load_torch_module(str(tmp_path), "mask_remover")
 
 
 # ----------------------------------------------------------------------------------------

@@ -77,6 +77,7 @@ SAFE_CONFIG_KEYS = (
     # Initial weights from PyTorch files: only used when a run starts without a checkpoint.
     "model.generator_init",
     "model.discriminator_init",
+    "model.psp_irse50_init",
     "train.early_stopping.*",
     # Prediction settings, and the frozen stage-1 run that evaluation/prediction read masks
     # from: neither changes the trained networks.
@@ -89,6 +90,10 @@ SAFE_CONFIG_KEYS = (
 ADDED_KEYS = {
     "optim.warmup_shape": "linear",
     "optim.networks.*.warmup_shape": None,
+    "data.vflip": False,
+    "data.rot90": False,
+    "data.identity_augment": "flip",
+    "data.identity_rotation_fill": [128, 128, 128],
 }
 
 

@@ -26,6 +26,10 @@ MODES = ("max", "min")
 _STEP_FILE = re.compile(r"^step_(\d+)\.json$")
 
 
+class EarlyStoppingMetricError(ValueError):
+    """``metric`` names no number of the evaluation result (a config mistake)."""
+
+
 @dataclasses.dataclass(frozen=True)
 class EarlyStopping:
     metric: str
@@ -53,11 +57,13 @@ class EarlyStopping:
         """The metric in one evaluation result; a missing key names the ones there are."""
         node: Any = result
         for part in self.metric.split("/"):
-            if not isinstance(node, Mapping) or part not in node:
-                keys = sorted(k for k, v in result.items() if isinstance(v, (int, float)))
-                raise ValueError(f"config.train.early_stopping.metric={self.metric!r} is not in "
-                               f"the evaluation result; numeric keys: {keys}")
-            node = node[part]
+            node = node.get(part) if isinstance(node, Mapping) else None
+        if isinstance(node, bool) or not isinstance(node, (int, float)):
+            keys = sorted(k for k, v in result.items()
+                          if isinstance(v, (int, float)) and not isinstance(v, bool))
+            raise EarlyStoppingMetricError(
+                f"config.train.early_stopping.metric={self.metric!r} is not a number in the "
+                f"evaluation result (value {node!r}); numeric keys: {keys}")
         return float(node)
 
     def improved(self, value: float, best: float | None) -> bool:

@@ -58,6 +58,8 @@ log = logging.getLogger(__name__)
 PIXEL_METRICS = ("psnr", "ssim", "psnr_mask", "ssim_mask")
 MASK_METRICS = ("dice", "pixel_accuracy")
 BASELINES = ("masked_input", "telea")
+#: Every per-image metric name the evaluation can write (each also as ``raw_<name>``).
+METRIC_NAMES = PIXEL_METRICS + MASK_METRICS + ("lpips", "id_sim", "id_sim_reference", "fid")
 #: Data settings that define which examples are evaluated: a ``--mode=evaluate`` that changes
 #: any of them evaluates on other data (results under ``eval/<source>-<split>/``).
 EVAL_DATA_KEYS = ("data.source", "data.data_dir", "data.eval_split", "data.source_options.*",
@@ -333,7 +335,7 @@ class Evaluator:
                     f"eval/{k}": v for k, v in _flat_numbers(result).items()
                     if k not in ("step", "num_images", "num_identities", "fid_num_images",
                                  "fid_input_size", "ms_per_image_batch", "device_count")})
-        shown = " ".join(f"{k}={v:.4f}" for k, v in scores("").items()
+        shown = " ".join(f"{k}={report.fmt(v)}" for k, v in scores("").items()
                          if not k.startswith("raw_"))
         extra = ""
         if "baselines" in result:

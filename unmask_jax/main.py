@@ -62,7 +62,14 @@ def validate_config(config, mode: str = "train") -> None:
         from unmask_jax.predict import PredictOptions
         PredictOptions.from_config(config)
     optim.resolve_steps(config.train, "num", steps_per_epoch=1)
-    early_stopping.EarlyStopping.from_config(config.train.get("early_stopping"))
+    rule = early_stopping.EarlyStopping.from_config(config.train.get("early_stopping"))
+    if rule is not None:
+        from unmask_jax.evaluate import METRIC_NAMES
+        name = rule.metric.split("/")[-1]
+        if name.removeprefix("raw_") not in METRIC_NAMES:
+            raise ValueError(f"config.train.early_stopping.metric={rule.metric!r}: not an "
+                             f"evaluation metric; choose one of {METRIC_NAMES} (raw_<name> for "
+                             "the raw output, <variant>/<name> for a variant such as gt_mask)")
     for network in system.networks:
         optim.learning_rate_schedule(optim.network_settings(config.optim, network),
                                      steps_per_epoch=1)
@@ -108,10 +115,10 @@ def summary(config, workdir: str | None) -> dict:
 def _user_error_types() -> tuple[type[BaseException], ...]:
     """Exceptions that mean the user has something to fix (message, no traceback)."""
     from data_pipelines.landmarks.detect import LandmarkDetectorUnavailable
-    from unmask_jax import checkpoints, train, workdir_lock
+    from unmask_jax import checkpoints, early_stopping, train, workdir_lock
     from unmask_jax.features import MissingWeightsError
     return (UserError, train.DataSetupError, checkpoints.CheckpointError,
-            workdir_lock.WorkdirLockedError,
+            workdir_lock.WorkdirLockedError, early_stopping.EarlyStoppingMetricError,
             MissingWeightsError, LandmarkDetectorUnavailable, FileNotFoundError,
             NotADirectoryError, PermissionError)
 
@@ -154,6 +161,8 @@ def main(argv) -> None:
         validate_config(config, mode)
     except (ValueError, TypeError, KeyError) as e:
         _fail(f"bad config {config.name!r}: {e}")
+    except _user_error_types() as e:  # e.g. a weights file the config names is missing
+        _fail(str(e))
 
     try:
         _run_mode(config, mode, workdir)

@@ -185,7 +185,7 @@ def _train(config, workdir: str) -> dict[str, Any]:
                     try:
                         history.append((step, rule.value(last_eval)))
                         stop = rule.status(history)[0]
-                    except ValueError:  # a metric the evaluation does not write: keep the work
+                    except early_stopping.EarlyStoppingMetricError:  # keep the work, then say
                         if not saved:
                             checkpoints.save(manager, step, state, data_iter, config=config)
                         raise

@@ -1,5 +1,5 @@
-"""Run-level export: a training run's checkpoint -> PyTorch weight files (for UnVeilify also
-``mask_remover``: the pSp encoder and generator in the reference's ``MaskRemover`` layout).
+"""Run-level export: a training run's checkpoint -> PyTorch weight files (UnVeilify's
+``generator`` is the reference's whole ``MaskRemover``: pSp encoder and generator).
 
 ``--mode=export`` calls :func:`export_checkpoint`. (The reverse, starting a run from PyTorch
 weights named by ``config.model.<network>_init``, is ``unmask_jax.state.init_pretrained``.)
@@ -45,14 +45,4 @@ def export_checkpoint(config, workdir: str, export_dir: str | None = None, *,
             config_json=config.to_dict(), write_pt=write_pt)
         log.info("exported %s (%s -> %s, %d tensors) to %s", network, name,
                  entries[network]["torch_class"], entries[network]["num_tensors"], out_dir)
-    # UnVeilify: the pSp encoder and the generator also as the reference's one MaskRemover.
-    from unmask_jax.export import unveilify
-
-    combined = unveilify.write_mask_remover(
-        out_dir, networks, {n: jax.device_get(state.nets[n].variables) for n in networks},
-        step=step, config_json=config.to_dict(), write_pt=write_pt)
-    if combined is not None:
-        entries["mask_remover"] = combined
-        log.info("exported mask_remover (MaskRemover, %d tensors) to %s",
-                 combined["num_tensors"], out_dir)
     return entries

@@ -533,60 +533,6 @@ def mask_remover_constructor_args(psp_kwargs: Mapping[str, Any],
     return args
 
 
-def write_mask_remover(out_dir: str, networks: Mapping[str, tuple[str, Mapping[str, Any]]],
-                       variables_by_network: Mapping[str, Mapping[str, Any]], *, step: int,
-                       config_json: Mapping[str, Any] | None = None,
-                       write_pt: bool = False) -> dict[str, Any] | None:
-    """Writes ``<out_dir>/mask_remover.safetensors`` (+ ``.pt``): the pSp encoder and the
-    generator joined into the reference's ``MaskRemover`` layout, and its manifest entry.
-    ``networks``: network -> (registry model name, kwargs), as a system's
-    ``export_networks()``. Returns the entry, or None when the networks are not UnVeilify's.
-    """
-    import datetime
-    import os
-
-    from etils import epath
-
-    from unmask_jax.export import io
-
-    model_names = {n: m for n, (m, _) in networks.items()}
-    roles = _roles(variables_by_network, model_names)
-    if PSP not in roles or GENERATOR not in roles:
-        return None  # not UnVeilify, or already one MaskRemover network (exported as such)
-    args = mask_remover_constructor_args(networks[roles[PSP]][1], networks[roles[GENERATOR]][1])
-    sd = export_unveilify(variables_by_network, model_names=model_names,
-                          num_batches_tracked=int(step))["mask_remover"]
-    epath.Path(out_dir).mkdir(parents=True, exist_ok=True)
-    files = {"safetensors": "mask_remover.safetensors"}
-    io.save_safetensors(os.fspath(epath.Path(out_dir) / files["safetensors"]), sd, metadata={
-        "network": "mask_remover", "model": f"{PSP}+{GENERATOR}", "torch_class": "MaskRemover",
-        "step": int(step)})
-    if write_pt:
-        files["pt"] = "mask_remover.pt"
-        io.save_pt(os.fspath(epath.Path(out_dir) / files["pt"]), sd)
-    entry = {
-        "network": "mask_remover",
-        "flax_networks": {"psp_encoder": roles[PSP], "generator": roles[GENERATOR]},
-        "torch_class": "MaskRemover",
-        "torch_reference": REFERENCE,
-        "torch_module": TORCH_MODULE,
-        "constructor_args": args,
-        "input_normalisation": ("forward(masked_image, identity_image), both " + _INPUT
-                                + "; output in the same normalised space"),
-        "layout": "NCHW",
-        "dtype": "float32",
-        "step": int(step),
-        "num_tensors": len(sd),
-        "num_parameters": int(sum(v.size for k, v in sd.items() if not k.endswith(
-            ("running_mean", "running_var", "num_batches_tracked")))),
-        "files": files,
-        "config": dict(config_json) if config_json is not None else None,
-        "exported_at": datetime.datetime.now(datetime.timezone.utc).isoformat(),
-    }
-    io.update_manifest(out_dir, "mask_remover", entry)
-    return entry
-
-
 __all__ = ["export_unveilify", "import_unveilify", "flax_to_torch", "torch_to_flax",
-           "torch_shapes", "torch_key", "mask_remover_constructor_args", "write_mask_remover",
+           "torch_shapes", "torch_key", "mask_remover_constructor_args",
            "mask_remover_to_torch", "mask_remover_from_torch", "mask_remover_torch_shapes"]

@@ -196,8 +196,7 @@ class PredictModel:
         def pad(x):
             return x if x.shape[0] == b else np.concatenate(
                 [x, np.repeat(x[-1:], b - x.shape[0], axis=0)])
-        # "target" is unknown on photos; systems whose predict unpacks it get the input.
-        batch = {"masked": pad(masked), "target": pad(masked),
+        batch = {"masked": pad(masked),
                  "index": pad(index.astype(np.int32)),
                  "mask": pad(mask if mask is not None
                              else np.ones(masked.shape[:3] + (1,), np.float32))}

@@ -137,6 +137,10 @@ class UnVeilifySystem(base.System):
         self.G = self.networks["generator"].module
         self.D = self.networks["discriminator"].module
         self.psp_irse50_init = m.get("psp_irse50_init")
+        if self.psp_irse50_init and m.get("generator_init"):
+            raise ValueError("config.model.psp_irse50_init and config.model.generator_init both "
+                             "set: the PyTorch MaskRemover weights already hold the pSp encoder; "
+                             "set one of them")
 
     def describe(self) -> str:
         return (f"masked face + identity image ({self.input_norm} input), pSp styles -> "
