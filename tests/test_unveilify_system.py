@@ -57,6 +57,10 @@ def test_config_checks():
     c.model.input_norm = "zscore"
     with pytest.raises(ValueError, match="input_norm"):
         systems.build(c)
+    c = tiny()
+    c.data.resolution = 128
+    with pytest.raises(ValueError, match="must equal config.data.resolution"):
+        systems.build(c)
     with pytest.raises(ValueError, match="variant"):
         unveilify.get_config("full")
 

@@ -55,7 +55,7 @@ def _resolve_perceptual(terms: dict[str, Any]) -> tuple[dict[str, Any], str | No
             if spec.get("weights"):
                 raise  # a file the user named and that is not there is an error
             log.warning("perceptual loss: no converted VGG19 weights (%s); using the offline "
-                        "ImageNet VGG16 with the same layers instead", str(e).splitlines()[0])
+                        "ImageNet VGG16 with the same layers instead", " ".join(str(e).split()))
             spec["backbone"] = "vgg16"
             return terms, "vgg16"
     backbones = [v.get("backbone", "vgg16") for k, v in terms.items()

@@ -91,7 +91,7 @@ def _resolve_identity(terms: dict[str, Any]) -> tuple[dict[str, Any], str | None
             if spec.get("weights"):
                 raise
             log.warning("identity loss: no converted %s weights (%s); using the offline dlib "
-                        "face-recognition ResNet instead", backbone, str(e).splitlines()[0])
+                        "face-recognition ResNet instead", backbone, " ".join(str(e).split()))
             spec["backbone"] = "dlib"
             return terms, "dlib"
     return terms, None
@@ -126,6 +126,11 @@ class UnVeilifySystem(base.System):
         self.gan_kind = dict(gan_terms[0].options)["kind"]
         dtype = base.compute_dtype(config)
         g_kwargs, d_kwargs = dict(m.generator_kwargs), dict(m.discriminator_kwargs)
+        if g_kwargs.get("resolution", 256) != config.data.resolution:
+            raise ValueError(
+                f"config.model.generator_kwargs.resolution={g_kwargs.get('resolution', 256)} "
+                f"must equal config.data.resolution={config.data.resolution} (the pSp encoder "
+                "and the generator are built for one input size)")
         self.networks = {
             "generator": base.Network(
                 models.create_model(m.generator, dtype=dtype, **g_kwargs),
