@@ -401,3 +401,13 @@ def test_runs_recorded_by_the_previous_release_still_resume():
     for name, config in current.items():
         unsafe, _ = checkpoints.compare_configs(recorded[name], config)
         assert unsafe == [], (name, unsafe)
+
+
+def test_a_relative_workdir_saves_and_restores(tmp_path, monkeypatch):
+    """The README's --workdir=runs/<name>: Orbax refuses relative paths when it writes."""
+    monkeypatch.chdir(tmp_path)
+    config = write_run(Path("runs") / "rel", steps=(1, 2))
+    assert (tmp_path / "runs" / "rel" / "checkpoints" / "2").is_dir()
+    manager = checkpoints.make_manager("runs/rel", config)
+    state, restored = checkpoints.restore_latest(manager, make_state(), config=config)
+    assert restored and int(state["step"]) == 2

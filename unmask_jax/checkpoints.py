@@ -110,6 +110,11 @@ class NoCheckpointError(CheckpointError, FileNotFoundError):
 # Manager and save
 
 def checkpoint_dir(workdir: str | os.PathLike) -> epath.Path:
+    """``<workdir>/checkpoints``; a relative local workdir is made absolute (Orbax refuses
+    relative checkpoint paths when it writes; ``gs://`` paths are left as they are)."""
+    workdir = os.fspath(workdir)
+    if "://" not in workdir:
+        workdir = os.path.abspath(workdir)
     return epath.Path(workdir) / "checkpoints"
 
 
