@@ -116,6 +116,10 @@ def get_config() -> config_dict.ConfigDict:
     c.eval.num_images = 100
     c.eval.batch_size = 8
     c.eval.checkpoint_step = config_dict.placeholder(int)  # evaluate mode: default latest
+    # The first N evaluated images (masked, target, output, raw, maps) are kept in
+    # eval/step_N.samples.npz and eval/latest.samples.npz (benchmarks/reproduce.py's
+    # samples.png); 0 = none.
+    c.eval.num_sample_images = 8
     c.eval.lpips_net = "alex"             # LPIPS v0.1 backbone (alex | vgg16); "" = off
     # Identity similarity backbone: dlib (real weights ship offline) | arcface_iresnet50 |
     # arcface_iresnet100 | irse50 (these need eval.id_weights, see unmask_jax.features).
@@ -144,6 +148,9 @@ def get_config() -> config_dict.ConfigDict:
     c.predict.max_pixels = 100_000_000    # larger images are not decoded (status too_large)
     c.predict.detect_max_side = 1600      # px: larger images are downscaled for detection only
     c.predict.detect_upsample = True      # retry dlib on a 2x image when no face is found
+    # Face detector: hog (dlib HOG) | cnn (dlib's MMOD CNN, slower) | hog+cnn (the CNN where
+    # HOG finds no face: HOG misses many masked faces; benchmarks/masked_face_detection.py).
+    c.predict.detector = "hog+cnn"
 
     # ---- distributed start-up ----
     # Keys and defaults are those of unmask_jax.parallel.DistributedConfig (their one home):

@@ -155,7 +155,8 @@ def test_evaluating_on_other_data_keeps_the_runs_own_record(tmp_path, monkeypatc
     evaluate.evaluate_checkpoint(own, str(tmp_path))
     assert calls == [True]
     own_files = {p.name: p.read_bytes() for p in (tmp_path / "eval").iterdir() if p.is_file()}
-    assert set(own_files) == {"step_7.json", "latest.json", "step_7.md", "latest.md"}
+    assert set(own_files) == {"step_7.json", "latest.json", "step_7.md", "latest.md",
+                              "step_7.samples.npz", "latest.samples.npz"}
 
     other = _config()
     other.data.source_options.num_records = 40  # another synthetic data set
@@ -164,12 +165,29 @@ def test_evaluating_on_other_data_keeps_the_runs_own_record(tmp_path, monkeypatc
     assert calls == [True, False]  # only data settings changed: restored without the check
     assert result["eval_name"] == "synthetic-train"
     sub = tmp_path / "eval" / "synthetic-train"
-    assert sorted(p.name for p in sub.iterdir()) == ["latest.json", "latest.md",
-                                                      "step_7.json", "step_7.md"]
+    assert sorted(p.name for p in sub.iterdir()) == [
+        "latest.json", "latest.md", "latest.samples.npz", "step_7.json", "step_7.md",
+        "step_7.samples.npz"]
     assert json.loads((sub / "latest.json").read_text())["data"]["eval_split"] == "train"
     assert "`synthetic-train`" in (sub / "latest.md").read_text()
+    assert "eval_data" not in (sub / "latest.md").read_text()  # settings, not a variant
     assert {p.name: p.read_bytes() for p in (tmp_path / "eval").iterdir()
             if p.is_file()} == own_files
+
+    # The same source and split with other settings (here the masks) get their own name;
+    # the first evaluation of that name is left as it is, and is reused by its settings.
+    masks = _config()
+    masks.data.source_options.num_records = 40
+    masks.data.eval_split = "train"
+    masks.data.mask.types = ("surgical",)
+    result = evaluate.evaluate_checkpoint(masks, str(tmp_path))
+    assert result["eval_name"].startswith("synthetic-train-") and len(result["eval_name"]) == 24
+    assert result["eval_data"]["data.mask.types"] == ["surgical"]
+    first = json.loads((sub / "latest.json").read_text())
+    assert "data.mask.types" not in first["eval_data"] or first["eval_data"][
+        "data.mask.types"] != ["surgical"]
+    assert evaluate.evaluate_checkpoint(other, str(tmp_path))["eval_name"] == "synthetic-train"
+    assert evaluate.evaluate_checkpoint(masks, str(tmp_path))["eval_name"] == result["eval_name"]
 
     # A change beyond the data (another network) still goes through the resume check.
     changed = _config()

@@ -39,6 +39,8 @@ from __future__ import annotations
 
 import fnmatch
 import functools
+import hashlib
+import io
 import json
 import logging
 import math
@@ -238,6 +240,8 @@ class Evaluator:
             real_fid = fid_lib.GaussianStats(self.fid.dim)
         empty = empty_batch(self.data_cfg)
         main = "" if "" in self._predict_sharded else next(iter(self._predict_sharded))
+        num_samples = int(config.eval.get("num_sample_images") or 0)
+        samples: dict[str, np.ndarray] = {}
         predict_seconds, predict_rows = 0.0, 0
         for _ in range(num_batches):
             local = next(it, None)
@@ -274,6 +278,15 @@ class Evaluator:
                         local_rows(out["raw"])[:valid])
                 if "mask" in out:
                     sums.add(prefix, metrics.mask_metrics(local_rows(out["mask"])[:valid], mask))
+            if len(samples.get("target", ())) < num_samples:
+                _add_samples(samples, num_samples, masked=masked, target=target,
+                             mask=np.asarray(mask, np.float32), **{
+                                 k: v for k, v in (("output", images.get("")),
+                                                   ("raw", images.get("raw_")))
+                                 if v is not None},
+                             **({"mask_pred": np.asarray(local_rows(outs[main]["mask"])[:valid],
+                                                         np.float32)}
+                                if "mask" in outs[main] else {}))
             if images:
                 images.update({"masked_input/": masked,
                                "telea/": metrics.telea_inpaint(masked, mask)})
@@ -301,6 +314,7 @@ class Evaluator:
                   "bn_statistics": config.eval.get("bn_statistics"),
                   "data": {"source": self.data_cfg.source, "eval_split": self.data_cfg.eval_split,
                            "data_dir": self.data_cfg.data_dir},
+                  "eval_data": eval_data_settings(config),
                   **self.system.eval_info()}
         if eval_name:
             result["eval_name"] = eval_name
@@ -329,10 +343,11 @@ class Evaluator:
             result["baselines"] = {b: {k: means[f"{b}/{k}"] for k in image_keys}
                                    for b in BASELINES}
         if parallel.is_main_process():
-            _write_results(workdir, result, eval_name)
+            _write_results(workdir, result, eval_name, samples)
             if writer is not None:
                 writer.write_scalars(result["step"], {
-                    f"eval/{k}": v for k, v in _flat_numbers(result).items()
+                    f"eval/{k}": v for k, v in _flat_numbers(
+                        {k: v for k, v in result.items() if k != "eval_data"}).items()
                     if k not in ("step", "num_images", "num_identities", "fid_num_images",
                                  "fid_input_size", "ms_per_image_batch", "device_count")})
         shown = " ".join(f"{k}={report.fmt(v)}" for k, v in scores("").items()
@@ -405,31 +420,91 @@ def eval_dir(workdir: str, eval_name: str | None = None) -> epath.Path:
     return out / eval_name if eval_name else out
 
 
-def _write_results(workdir: str, result: dict[str, Any], eval_name: str | None = None) -> None:
+def _add_samples(samples: dict[str, np.ndarray], limit: int, **rows: np.ndarray) -> None:
+    """Appends a batch's rows to ``samples`` up to ``limit`` rows per key."""
+    for k, v in rows.items():
+        have = samples.get(k)
+        room = limit - (0 if have is None else len(have))
+        if room > 0:
+            samples[k] = v[:room] if have is None else np.concatenate([have, v[:room]])
+
+
+def _write_results(workdir: str, result: dict[str, Any], eval_name: str | None = None,
+                   samples: dict[str, np.ndarray] | None = None) -> None:
+    """``step_N`` and ``latest`` .json / .md, and with ``samples`` (the first
+    ``eval.num_sample_images`` evaluated images: uint8 ``masked``, ``target``, ``output``,
+    ``raw``; float ``mask`` and, for segmenting systems, ``mask_pred``) ``.samples.npz``."""
     out_dir = eval_dir(workdir, eval_name)
     out_dir.mkdir(parents=True, exist_ok=True)
     text = json.dumps(result, indent=2, sort_keys=True) + "\n"
     markdown = report.evaluation_markdown(result)
+    blob = None
+    if samples:
+        buffer = io.BytesIO()
+        np.savez_compressed(buffer, **samples)
+        blob = buffer.getvalue()
     for stem in (f"step_{result['step']}", "latest"):
         (out_dir / f"{stem}.json").write_text(text)
         (out_dir / f"{stem}.md").write_text(markdown)
+        if blob is not None:
+            (out_dir / f"{stem}.samples.npz").write_bytes(blob)
+
+
+def read_samples(workdir: str, eval_name: str | None = None) -> dict[str, np.ndarray] | None:
+    """The latest evaluation's ``latest.samples.npz`` arrays, or None."""
+    path = eval_dir(workdir, eval_name) / "latest.samples.npz"
+    if not path.exists():
+        return None
+    with np.load(io.BytesIO(path.read_bytes())) as data:
+        return {k: data[k] for k in data.files}
 
 
 def _is_eval_data_key(key: str) -> bool:
     return any(fnmatch.fnmatchcase(key, pattern) for pattern in EVAL_DATA_KEYS)
 
 
-def other_data_name(recorded: dict[str, Any] | None, config) -> str | None:
+def eval_data_settings(config) -> dict[str, Any]:
+    """The config's values of :data:`EVAL_DATA_KEYS` (dotted key -> JSON value): what decides
+    which images an evaluation scores (kept in the evaluation JSON as ``eval_data``)."""
+    from unmask_jax import checkpoints
+
+    def flat(d, prefix):
+        for k, v in d.items():
+            if isinstance(v, dict):
+                yield from flat(v, f"{prefix}{k}.")
+            else:
+                yield f"{prefix}{k}", v
+
+    data = checkpoints.config_to_json(config.data)
+    return {k: v for k, v in flat(data, "data.") if _is_eval_data_key(k)}
+
+
+def other_data_name(recorded: dict[str, Any] | None, config,
+                    workdir: str | None = None) -> str | None:
     """``<source>-<eval_split>`` when ``config`` evaluates other data than the recorded
-    (training) config of the run, else None (the run's own data)."""
+    (training) config of the run, else None (the run's own data). With ``workdir``: when that
+    name already holds an evaluation of other settings (another ``data_dir``, source options,
+    masks, framing), ``<source>-<eval_split>-<8 hex digits of the settings>``, so that one
+    does not overwrite the other."""
     if recorded is None:
         return None
     from unmask_jax import checkpoints
     unsafe, safe = checkpoints.compare_configs(recorded, config)
     if not any(_is_eval_data_key(k) for k, _, _ in unsafe + safe):
         return None
-    name = f"{config.data.source}-{config.data.eval_split}"
-    return re.sub(r"[^A-Za-z0-9._-]+", "_", name)
+    name = re.sub(r"[^A-Za-z0-9._-]+", "_", f"{config.data.source}-{config.data.eval_split}")
+    if workdir is None:
+        return name
+    settings = eval_data_settings(config)
+    latest = eval_dir(workdir, name) / "latest.json"
+    try:
+        previous = json.loads(latest.read_text()).get("eval_data") if latest.exists() else None
+    except (OSError, json.JSONDecodeError):
+        previous = None
+    if previous is None or previous == settings:
+        return name
+    digest = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:8]
+    return f"{name}-{digest}"
 
 
 def _recorded_config(workdir: str, step: int | None) -> dict[str, Any] | None:
@@ -454,7 +529,7 @@ def evaluate_checkpoint(config, workdir: str) -> dict[str, Any]:
     from unmask_jax import checkpoints, state as state_lib
     step = config.eval.checkpoint_step
     recorded = _recorded_config(workdir, step)
-    eval_name = other_data_name(recorded, config)
+    eval_name = other_data_name(recorded, config, workdir)
     check_config = True
     if eval_name:
         unsafe, safe = checkpoints.compare_configs(recorded, config)

@@ -35,7 +35,7 @@ METRIC_KEYS = tuple(k for k, _, _ in METRICS)
 _TITLES = {k: t for k, t, _ in METRICS}
 _FORMATS = {k: f for k, _, f in METRICS}
 #: Result keys that are not evaluation variants although their values are dicts.
-NON_VARIANT_DICTS = ("baselines", "data")
+NON_VARIANT_DICTS = ("baselines", "data", "eval_data")
 BASELINE_TITLES = {"masked_input": "masked input", "telea": "Telea (OpenCV)"}
 
 
@@ -56,6 +56,11 @@ def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
         return "|" + "|".join(f" {c} " if c else " " for c in cells) + "|"
 
     return [line(header), "|" + "---|" * len(header)] + [line(r) for r in rows]
+
+
+def markdown_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    """A Markdown table (header row, separator, rows) ending in a newline."""
+    return "\n".join(_table(header, rows)) + "\n"
 
 
 def _system_rows(scores: Mapping[str, Any], label: str) -> list[tuple[str, dict[str, Any]]]:

@@ -16,6 +16,7 @@ message and the last good checkpoint stays the latest.
 from __future__ import annotations
 
 import functools
+import json
 import logging
 import math
 import os
@@ -24,6 +25,7 @@ from typing import Any, Callable
 
 import jax
 import numpy as np
+from etils import epath
 
 from data_pipelines import pipeline
 from unmask_jax import checkpoints, early_stopping, evaluate, optim, parallel
@@ -127,6 +129,7 @@ def _train(config, workdir: str) -> dict[str, Any]:
     pending: list[dict[str, jax.Array]] = []
     last_eval: dict[str, Any] = {}
     t_log, n_log = time.perf_counter(), 0
+    first_window = True  # the first logging window after a start includes compilation
     t_start = time.perf_counter()
     step = start
     log.info("training %s (system %s: %s): steps %d -> %d of %d, global batch %d (%d per "
@@ -155,12 +158,15 @@ def _train(config, workdir: str) -> dict[str, Any]:
                             else f"lr_{name}"] = float(fn(step - 1))
                 summary.update({"step_time_s": dt, "images_per_s": config.train.batch_size / dt})
                 writer.write_scalars(step, summary)
+                if parallel.is_main_process():
+                    record_speed(workdir, config.train.batch_size, step, dt,
+                                 first_window=first_window)
                 eta = (num_steps - step) * dt
                 shown = [k for k in summary if k.endswith("_loss")]
                 log.info("step %d/%d  %s  %.3fs/step  %.1f img/s  ETA %s", step, num_steps,
                          "  ".join(f"{k}={summary[k]:.4f}" for k in shown),
                          dt, summary["images_per_s"], _fmt_time(eta))
-                t_log, n_log = now, 0
+                t_log, n_log, first_window = now, 0, False
                 if summary.get("nonfinite", 0) > 0:
                     manager.wait_until_finished()
                     raise NonFiniteLossError(
@@ -200,6 +206,37 @@ def _train(config, workdir: str) -> dict[str, Any]:
         writer.flush()
     log.info("done: %d steps in %s", step - start, _fmt_time(time.perf_counter() - t_start))
     return {"step": step, "eval": last_eval}
+
+
+SPEED_FILE = "train_speed.json"
+#: Logging windows kept in ``train_speed.json`` (the newest ones).
+SPEED_WINDOWS = 1000
+
+
+def record_speed(workdir: str, batch_size: int, step: int, step_time_s: float, *,
+                 first_window: bool) -> dict[str, Any]:
+    """Adds one logging window's mean step time to ``<workdir>/train_speed.json`` and
+    rewrites its summary: ``step_time_s`` / ``images_per_s`` are the median over the windows
+    (across resumes). The first window after each start holds the compilation and is kept
+    apart (``first_windows``); it counts only while no other window exists."""
+    path = epath.Path(workdir) / SPEED_FILE
+    record: dict[str, Any] = {"windows": [], "first_windows": []}
+    if path.exists():
+        try:
+            record.update(json.loads(path.read_text()))
+        except (json.JSONDecodeError, OSError):
+            log.warning("%s is unreadable; the training speed record starts again", path)
+    key = "first_windows" if first_window else "windows"
+    record[key] = [w for w in record[key] if w[0] != step][-(SPEED_WINDOWS - 1):]
+    record[key].append([int(step), float(step_time_s)])
+    times = [t for _, t in (record["windows"] or record["first_windows"])]
+    median = float(np.median(times))
+    record.update({"batch_size": int(batch_size), "step_time_s": median,
+                   "images_per_s": batch_size / median if median > 0 else None,
+                   "includes_compilation": not record["windows"],
+                   **evaluate.device_description()})
+    path.write_text(json.dumps(record, indent=1) + "\n")
+    return record
 
 
 def _log_early_stop(rule, history, step: int) -> None:
