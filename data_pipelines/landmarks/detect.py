@@ -35,6 +35,12 @@ from typing import Any
 import numpy as np
 
 PREDICTOR_FILE = "shape_predictor_68_face_landmarks.dat"
+#: dlib's CNN (MMOD) face detector in the same package: slower, but finds faces whose lower
+#: half is covered (a face mask), where the HOG detector often finds none.
+CNN_DETECTOR_FILE = "mmod_human_face_detector.dat"
+#: Face detectors of ``detect_faces``: HOG only, the CNN only, or HOG and, where HOG finds no
+#: face, the CNN.
+DETECTORS = ("hog", "cnn", "hog+cnn")
 INSTALL_HINT = "pip install 'unmask-jax[landmarks]'  (dlib-bin and face-recognition-models)"
 
 
@@ -42,14 +48,15 @@ class LandmarkDetectorUnavailable(ImportError):
     """dlib or the face-recognition-models weights are not installed."""
 
 
-def predictor_path() -> str:
-    """Path of the 68-point shape predictor in the installed ``face_recognition_models``."""
+def predictor_path(name: str = PREDICTOR_FILE) -> str:
+    """Path of a model file (default the 68-point shape predictor) in the installed
+    ``face_recognition_models``."""
     spec = importlib.util.find_spec("face_recognition_models")
     if spec is None or not spec.submodule_search_locations:
         raise LandmarkDetectorUnavailable(
             "dlib landmark detection needs the 'face_recognition_models' package (the "
             f"68-point predictor weights), which is not installed: {INSTALL_HINT}")
-    path = os.path.join(list(spec.submodule_search_locations)[0], "models", PREDICTOR_FILE)
+    path = os.path.join(list(spec.submodule_search_locations)[0], "models", name)
     if not os.path.isfile(path):
         raise LandmarkDetectorUnavailable(
             f"face_recognition_models is installed but {path} is missing; reinstall it: "
@@ -218,19 +225,44 @@ def detect_landmarks(image: np.ndarray, upsample_retry: bool = True) -> np.ndarr
     return points
 
 
-def detect_faces(image: np.ndarray, upsample_retry: bool = True) -> list[np.ndarray]:
+_CNN_LOCK = threading.Lock()
+_CNN: list[Any] = []  # the loaded CNN detector (one per process, calls serialised)
+
+
+def _cnn_rects(arr: np.ndarray, upsample: int) -> list[Any]:
+    """Face rectangles of dlib's CNN (MMOD) detector. One detector per process, loaded at
+    the first call (~1 s); calls are serialised (a fallback for the faces HOG misses)."""
+    with _CNN_LOCK:
+        if not _CNN:
+            _CNN.append(_import_dlib().cnn_face_detection_model_v1(
+                predictor_path(CNN_DETECTOR_FILE)))
+        return [d.rect for d in _CNN[0](arr, upsample)]
+
+
+def detect_faces(image: np.ndarray, upsample_retry: bool = True,
+                 detector: str = "hog") -> list[np.ndarray]:
     """68 landmarks (float32 (68, 2), pixels of ``image``) of every face dlib finds, the
-    largest first; [] when none. Same detector, retry and thread safety as
-    ``detect_landmarks`` (which returns only the largest)."""
+    largest first; [] when none. ``detector`` (:data:`DETECTORS`): ``hog`` (the detector
+    of ``detect_landmarks``, with its 2x retry), ``cnn`` (dlib's MMOD CNN; retried on a 2x
+    image too) or ``hog+cnn`` (the CNN only where HOG, retry included, found nothing).
+    Thread safety as ``detect_landmarks`` (which returns only the largest)."""
+    if detector not in DETECTORS:
+        raise ValueError(f"detector must be one of {DETECTORS}, got {detector!r}")
     arr = np.asarray(image)
     if arr.dtype != np.uint8 or arr.ndim not in (2, 3) or (arr.ndim == 3 and arr.shape[2] != 3):
         raise ValueError(f"image must be uint8 (H, W, 3) or (H, W), got {arr.dtype} {arr.shape}")
     arr = np.ascontiguousarray(arr)
     out = []
-    with pooled_models() as (detector, predictor):
-        rects = list(detector(arr, 0))
-        if not rects and upsample_retry:
-            rects = list(detector(arr, 1))
+    with pooled_models() as (hog, predictor):
+        rects = []
+        for run in (("hog",) if detector == "hog" else ("cnn",) if detector == "cnn"
+                    else ("hog", "cnn")):
+            find = hog if run == "hog" else _cnn_rects
+            rects = list(find(arr, 0))
+            if not rects and upsample_retry:
+                rects = list(find(arr, 1))
+            if rects:
+                break
         rects.sort(key=lambda r: -max(r.width(), 0) * max(r.height(), 0))
         for rect in rects:
             shape = predictor(arr, rect)

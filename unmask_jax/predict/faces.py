@@ -24,13 +24,17 @@ Detector = Callable[[np.ndarray], Sequence[np.ndarray]]
 LOWER_FACE = (*range(1, 16), 28)
 
 
-def dlib_detector(upsample_retry: bool = True) -> Detector:
-    """The project's dlib detector (``data_pipelines.landmarks.detect``), every face."""
+def dlib_detector(upsample_retry: bool = True, detector: str = "hog+cnn") -> Detector:
+    """The project's dlib detector (``data_pipelines.landmarks.detect``), every face;
+    ``detector``: hog | cnn | hog+cnn (the CNN where HOG finds no face: masked faces)."""
     from data_pipelines.landmarks import detect
     detect.check_available()  # LandmarkDetectorUnavailable (a user error) up front
+    if detector not in detect.DETECTORS:
+        raise ValueError(f"config.predict.detector must be one of {detect.DETECTORS}, got "
+                         f"{detector!r}")
 
     def run(rgb: np.ndarray) -> list[np.ndarray]:
-        return detect.detect_faces(rgb, upsample_retry=upsample_retry)
+        return detect.detect_faces(rgb, upsample_retry=upsample_retry, detector=detector)
     return run
 
 

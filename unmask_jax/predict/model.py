@@ -63,8 +63,6 @@ class PredictModel:
 
     def __init__(self, config, workdir: str):
         from unmask_jax import systems
-        from unmask_jax.systems.ganmasker import GANMaskerSegSystem, GANMaskerSystem
-        from unmask_jax.systems.unveilify import UnVeilifySystem
 
         t0 = time.perf_counter()
         config, self.pretrained = _effective_config(config, workdir)
@@ -76,18 +74,19 @@ class PredictModel:
                         "(data.framing=center); photos are framed by the detected face box "
                         "at data.face_scale=%.2f instead", self.geometry.face_scale)
         system = systems.build(config)
-        if isinstance(system, GANMaskerSegSystem):
+        needs = system.predict_needs()
+        if not needs.unmasks:
             raise PredictSetupError(
                 "this is a GANMasker stage-1 run (M-Seg): it finds masks but does not unmask "
                 "them. Predict with a stage-2 run and name this one with "
                 f"--config.model.segmenter_workdir={workdir}")
         self.system = system
         inputs = tuple(getattr(system, "generator_inputs", ()))
-        self.needs_identity = isinstance(system, UnVeilifySystem) or "identity" in inputs
+        self.needs_identity = needs.identity
         p = config.predict
         seg_workdir = config.model.get("segmenter_workdir")
-        two_stage = isinstance(system, GANMaskerSystem) and system.stage == "unmask"
-        needs_map = "mask" in inputs
+        two_stage = needs.finds_map
+        needs_map = needs.mask_map
         if p.mask:
             self.plan = MaskPlan("user", needs_map)
         elif two_stage and seg_workdir:

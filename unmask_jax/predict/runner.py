@@ -18,6 +18,7 @@ from typing import Any
 
 import numpy as np
 
+from data_pipelines.landmarks import detect
 from unmask_jax.predict import faces as faces_lib
 from unmask_jax.predict import io
 from unmask_jax.predict.model import PredictModel, PredictSetupError
@@ -25,6 +26,7 @@ from unmask_jax.predict.model import PredictModel, PredictSetupError
 log = logging.getLogger(__name__)
 
 FACES = ("all", "largest")
+DETECTORS = detect.DETECTORS
 STAGES = ("decode", "detection", "model", "paste", "encode")
 REPORT_NAME = "report.json"
 
@@ -44,6 +46,7 @@ class PredictOptions:
     max_pixels: int = 100_000_000
     detect_max_side: int = 1600
     detect_upsample: bool = True
+    detector: str = "hog+cnn"
 
     @classmethod
     def from_config(cls, config) -> "PredictOptions":
@@ -55,6 +58,9 @@ class PredictOptions:
         o = cls(**p)
         if o.faces not in FACES:
             raise ValueError(f"config.predict.faces={o.faces!r}: choose one of {FACES}")
+        if o.detector not in DETECTORS:
+            raise ValueError(f"config.predict.detector={o.detector!r}: choose one of "
+                             f"{DETECTORS}")
         for key in ("batch_size", "min_face", "max_pixels", "detect_max_side"):
             if int(getattr(o, key)) < 1:
                 raise ValueError(f"config.predict.{key}={getattr(o, key)} must be >= 1")
@@ -150,7 +156,8 @@ class Predictor:
         self.identities = _Side(self.opts.identity, "identity")
         self.model = PredictModel(config, workdir)
         self.geometry = self.model.geometry
-        self.detector = detector or faces_lib.dlib_detector(self.opts.detect_upsample)
+        self.detector = detector or faces_lib.dlib_detector(
+            self.opts.detect_upsample, self.opts.detector)
         self.progress = progress
 
     # -- per file ------------------------------------------------------------------------

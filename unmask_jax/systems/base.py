@@ -63,6 +63,23 @@ def compute_dtype(config) -> Any:
     return COMPUTE_DTYPES[name]
 
 
+@dataclasses.dataclass(frozen=True)
+class PredictNeeds:
+    """What a system's ``predict`` needs to run on photos (``--mode=predict``).
+
+    unmasks     it removes masks (False: a segmenter, whose output is only a map);
+    mask_map    its generator takes the mask map (a stage-1 run or the user's masks give it);
+    finds_map   it finds the map itself when its stage-1 run is configured
+                (``predict(..., mask_source="segmenter")``, GANMasker two-stage);
+    identity    it conditions on another photo of the same person.
+    """
+
+    unmasks: bool = True
+    mask_map: bool = False
+    finds_map: bool = False
+    identity: bool = False
+
+
 class System:
     """Base class: subclasses set ``networks`` in ``__init__`` and implement the step."""
 
@@ -121,6 +138,10 @@ class System:
     def eval_info(self) -> dict[str, Any]:
         """Facts about the run that the evaluation JSON records (e.g. which backbone ran)."""
         return {}
+
+    def predict_needs(self) -> PredictNeeds:
+        """What ``predict`` needs on photos (see :class:`PredictNeeds`)."""
+        return PredictNeeds()
 
     # -- the step and inference --------------------------------------------------------------
 

@@ -113,6 +113,9 @@ class GANMaskerSegSystem(base.System):
             lambda r: ((1, r, r, 3),), m.segmenter, kwargs)}
         self.S = self.networks["segmenter"].module
 
+    def predict_needs(self) -> base.PredictNeeds:
+        return base.PredictNeeds(unmasks=False)
+
     def describe(self) -> str:
         return "stage 1 (M-Seg): masked face -> mask map, " + " + ".join(
             self.objective.names())
@@ -158,6 +161,10 @@ class GANMaskerSystem(Pix2PixSystem):
         self.threshold = float(config.model.mask_threshold)
         self.segmenter_workdir = config.model.segmenter_workdir
         self._segmenter = None
+
+    def predict_needs(self) -> base.PredictNeeds:
+        return base.PredictNeeds(mask_map="mask" in self.generator_inputs,
+                                 finds_map=self.stage == "unmask")
 
     def describe(self) -> str:
         what = ("stage 2 (FU-Net, MURF, SN discriminator)" if self.stage == "unmask"

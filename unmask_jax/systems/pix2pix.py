@@ -83,6 +83,10 @@ class Pix2PixSystem(base.System):
     def input_channels(self) -> int:
         return sum(GENERATOR_INPUTS[n] for n in self.generator_inputs)
 
+    def predict_needs(self) -> base.PredictNeeds:
+        return base.PredictNeeds(mask_map="mask" in self.generator_inputs,
+                                 identity="identity" in self.generator_inputs)
+
     def describe(self) -> str:
         return (f"{self.input_channels()}-channel generator input "
                 f"({' + '.join(self.generator_inputs)}), {self.update_order} G/D updates")

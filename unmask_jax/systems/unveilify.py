@@ -147,6 +147,9 @@ class UnVeilifySystem(base.System):
                              "set: the PyTorch MaskRemover weights already hold the pSp encoder; "
                              "set one of them")
 
+    def predict_needs(self) -> base.PredictNeeds:
+        return base.PredictNeeds(identity=True)
+
     def describe(self) -> str:
         return (f"masked face + identity image ({self.input_norm} input), pSp styles -> "
                 f"StyleGAN2-style U-Net; identity-conditioned PatchGAN; identity loss "
