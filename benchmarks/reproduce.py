@@ -130,10 +130,11 @@ def finished(out: str, system: str, cmd: list[str]) -> bool:
     marker = _read_json(os.path.join(run_dir(out, system), MARKER))
     if not marker:
         return False
-    if marker.get("command")[2:] != cmd[2:]:  # the interpreter may differ
+    recorded = list(marker.get("command") or [])[2:]
+    if recorded != cmd[2:]:  # the interpreter may differ
         raise UsageError(
-            f"{run_dir(out, system)} holds a finished run of another protocol "
-            f"({shlex.join(marker.get('command')[2:])}); use another --out")
+            f"{run_dir(out, system)} holds a run of another protocol "
+            f"({shlex.join(recorded) or 'unknown command'}); use another --out")
     return marker.get("status") == "ok"
 
 
@@ -408,16 +409,21 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return USER_ERROR_STATUS
     failed = []
-    for system, cmd in todo:
-        if system in done:
-            print(f"reproduce: {system}: finished earlier, not trained again")
-            continue
-        if system == "ganmasker" and "ganmasker_seg" in failed:
-            print("reproduce: ganmasker: skipped, its stage 1 (ganmasker_seg) failed")
-            failed.append(system)
-            continue
-        if train(system, cmd, out)["status"] != "ok":
-            failed.append(system)
+    try:
+        for system, cmd in todo:
+            if system in done:
+                print(f"reproduce: {system}: finished earlier, not trained again")
+                continue
+            if system == "ganmasker" and "ganmasker_seg" in failed:
+                print("reproduce: ganmasker: skipped, its stage 1 (ganmasker_seg) failed")
+                failed.append(system)
+                continue
+            if train(system, cmd, out)["status"] != "ok":
+                failed.append(system)
+    except KeyboardInterrupt:
+        print("\nreproduce: interrupted; the same command resumes (finished systems are kept, "
+              "the interrupted one continues from its last checkpoint)", file=sys.stderr)
+        return 130
     write_results(out, args, systems)
     print(f"reproduce: wrote {os.path.join(out, 'results.md')}, results.json, samples.png"
           + (f"; failed: {', '.join(failed)}" if failed else ""))

@@ -413,6 +413,17 @@ def test_cnn_detector_finds_a_drawn_face_with_the_real_model():
     assert len(found) == 1 and np.abs(found[0] - (lm + 30)).mean() < 6
 
 
+def test_cnn_detector_on_a_large_image_runs_shrunk_and_maps_back():
+    """A 1300-px image: the CNN sees it at CNN_MAX_SIDE and its box comes back in full-size
+    pixels (the landmarks land on the face)."""
+    from data_pipelines.landmarks import detect
+    face, lm = render_face(0, 1, 1, 520)
+    img = np.full((900, 1300, 3), 90, np.uint8)
+    img[200:720, 600:1120] = face
+    found = detect.detect_faces(img, upsample_retry=True, detector="cnn")
+    assert len(found) == 1 and np.abs(found[0] - (lm + np.float32([600, 200]))).mean() < 15
+
+
 class _Rect:
     def __init__(self, size):
         self.size = size
