@@ -130,12 +130,19 @@ def finished(out: str, system: str, cmd: list[str]) -> bool:
     marker = _read_json(os.path.join(run_dir(out, system), MARKER))
     if not marker:
         return False
-    recorded = list(marker.get("command") or [])[2:]
-    if recorded != cmd[2:]:  # the interpreter may differ
+    recorded = _protocol(marker.get("command") or [])
+    if recorded != _protocol(cmd):
         raise UsageError(
             f"{run_dir(out, system)} holds a run of another protocol "
             f"({shlex.join(recorded) or 'unknown command'}); use another --out")
     return marker.get("status") == "ok"
+
+
+def _protocol(cmd: Sequence[str]) -> list[str]:
+    """The arguments that define a run's protocol: not the interpreter, nor the paths
+    inside DIR (a moved DIR still resumes)."""
+    return [a for a in list(cmd)[2:]
+            if not a.startswith(("--workdir=", "--config.model.segmenter_workdir="))]
 
 
 def train(system: str, cmd: list[str], out: str) -> dict[str, Any]:

@@ -204,6 +204,10 @@ def test_smoke_run_writes_every_file_and_resumes(tmp_path):
     r = _run(args, env=env, timeout=300)
     assert r.returncode == 0 and "finished earlier, not trained again" in r.stdout
     assert marker.read_text() == before  # no second attempt
-    r = _run(["--scale=cpu", "--data=synthetic", f"--out={tmp_path}", "--systems=ye_b"],
+    moved = tmp_path.parent / (tmp_path.name + "_moved")
+    os.rename(tmp_path, moved)  # a moved DIR still resumes
+    r = _run(args[:2] + [f"--out={moved}", "--systems=ye_b"], env=env, timeout=300)
+    assert r.returncode == 0 and "finished earlier, not trained again" in r.stdout
+    r = _run(["--scale=cpu", "--data=synthetic", f"--out={moved}", "--systems=ye_b"],
              env=env, timeout=300)
     assert r.returncode == 2 and "another protocol" in r.stderr
