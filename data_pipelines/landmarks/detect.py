@@ -2,7 +2,9 @@
 
 Uses dlib's HOG frontal face detector and the iBUG 68-point shape predictor that ships in
 the PyPI package ``face-recognition-models`` (file
-``models/shape_predictor_68_face_landmarks.dat``). Both dlib and that package are optional
+``models/shape_predictor_68_face_landmarks.dat``); ``detect_faces`` can also use dlib's CNN
+(MMOD) face detector from the same package (``models/mmod_human_face_detector.dat``), which
+finds many masked faces that HOG misses (``--mode=predict``). Both dlib and that package are optional
 (the ``landmarks`` extra); they are imported only when a detection is first requested, and a
 missing one raises ``LandmarkDetectorUnavailable`` naming the extra to install.
 
