@@ -176,12 +176,12 @@ def abstract_like(tree: Any) -> Any:
 _UNSET = "<unset>"
 
 
-def _flatten(data: Any, prefix: str = "") -> dict[str, Any]:
+def flatten(data: Any, prefix: str = "") -> dict[str, Any]:
     """Dotted keys of the leaves; an empty section contributes nothing."""
     if isinstance(data, Mapping):
         out: dict[str, Any] = {}
         for key, value in data.items():
-            out.update(_flatten(value, f"{prefix}{key}."))
+            out.update(flatten(value, f"{prefix}{key}."))
         return out
     return {prefix[:-1]: data}
 
@@ -198,8 +198,8 @@ def compare_configs(recorded: Mapping[str, Any], current: Any
     Each change is (dotted key, recorded value, current value); a side that lacks the key has
     the value ``"<unset>"``.
     """
-    old = _flatten(recorded)
-    new = _flatten(config_to_json(current))
+    old = flatten(recorded)
+    new = flatten(config_to_json(current))
     unsafe, safe = [], []
     for key in sorted(set(old) | set(new)):
         before, after = old.get(key, _UNSET), new.get(key, _UNSET)

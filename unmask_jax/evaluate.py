@@ -467,16 +467,8 @@ def eval_data_settings(config) -> dict[str, Any]:
     """The config's values of :data:`EVAL_DATA_KEYS` (dotted key -> JSON value): what decides
     which images an evaluation scores (kept in the evaluation JSON as ``eval_data``)."""
     from unmask_jax import checkpoints
-
-    def flat(d, prefix):
-        for k, v in d.items():
-            if isinstance(v, dict):
-                yield from flat(v, f"{prefix}{k}.")
-            else:
-                yield f"{prefix}{k}", v
-
-    data = checkpoints.config_to_json(config.data)
-    return {k: v for k, v in flat(data, "data.") if _is_eval_data_key(k)}
+    flat = checkpoints.flatten(checkpoints.config_to_json(config.data), "data.")
+    return {k: v for k, v in flat.items() if _is_eval_data_key(k)}
 
 
 def other_data_name(recorded: dict[str, Any] | None, config,

@@ -109,7 +109,8 @@ def _train(config, workdir: str) -> dict[str, Any]:
     writer = metric_writers.create_default_writer(
         workdir, just_logging=not parallel.is_main_process())
     if start == 0:
-        writer.write_hparams({k: str(v) for k, v in _flatten(config.to_dict()).items()})
+        writer.write_hparams({k: str(v) for k, v in
+                             checkpoints.flatten(config.to_dict()).items()})
     step_fn = make_train_step(system, txs, mesh, state_sharding)
     evaluator = evaluate.Evaluator(config, system, mesh, frozen=frozen, source=eval_source)
     lr_fns = {name: optim.learning_rate_schedule(optim.network_settings(config.optim, name),
@@ -265,16 +266,6 @@ def _write_samples(writer, workdir, step, generated: dict[str, jax.Array], n: in
         grid = visualize.sample_grid(*rows, g["input_target"])
         writer.write_images(step, {"samples": grid[None]})
         visualize.write_png(os.path.join(workdir, "samples", f"step_{step:08d}.png"), grid)
-
-
-def _flatten(d: dict, prefix: str = "") -> dict[str, Any]:
-    out = {}
-    for k, v in d.items():
-        if isinstance(v, dict):
-            out.update(_flatten(v, f"{prefix}{k}."))
-        else:
-            out[f"{prefix}{k}"] = v
-    return out
 
 
 def _fmt_time(seconds: float) -> str:

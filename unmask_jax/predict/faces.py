@@ -29,9 +29,6 @@ def dlib_detector(upsample_retry: bool = True, detector: str = "hog+cnn") -> Det
     ``detector``: hog | cnn | hog+cnn (the CNN where HOG finds no face: masked faces)."""
     from data_pipelines.landmarks import detect
     detect.check_available()  # LandmarkDetectorUnavailable (a user error) up front
-    if detector not in detect.DETECTORS:
-        raise ValueError(f"config.predict.detector must be one of {detect.DETECTORS}, got "
-                         f"{detector!r}")
 
     def run(rgb: np.ndarray) -> list[np.ndarray]:
         return detect.detect_faces(rgb, upsample_retry=upsample_retry, detector=detector)
