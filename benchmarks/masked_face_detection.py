@@ -1,7 +1,7 @@
 """How often each face detector of ``--mode=predict`` finds a face that wears a mask.
 
     python benchmarks/masked_face_detection.py --data_dir=../shared/data/lfw [--images=100]
-        [--detectors=hog,cnn,hog+cnn] [--seed=0] [--write_dir=DIR]
+        [--detectors=hog,cnn,hog+cnn] [--cnn_backends=jax,dlib] [--seed=0] [--write_dir=DIR]
 
 Takes ``--images`` photos of different people (LFW layout ``<Name>/<Name>_NNNN.jpg``, or
 any folder of photos; the first photo of each person, in name order), finds the 68
@@ -12,7 +12,10 @@ per photo), and runs each detector (``data_pipelines.landmarks.detect.detect_fac
 masked photo. A face counts as found when the largest detection's landmark centre lies within
 a quarter of the reference face's width of the reference centre. Prints, per detector, the
 found rate on masked photos, the rate on the same photos unmasked, and milliseconds per
-photo (wall, this process, one thread).
+photo (wall, this process, one thread). The detectors that use the MMOD CNN run once per
+``--cnn_backends`` entry: ``jax`` (``unmask_jax.features.dlib_mmod``, compiled outside the
+timing) and ``dlib`` (dlib's own), the two implementations ``predict.cnn_backend`` chooses
+from; the table also counts the photos where the two return different landmarks.
 """
 from __future__ import annotations
 
@@ -62,6 +65,7 @@ def main(argv=None) -> int:
     p.add_argument("--data_dir", required=True)
     p.add_argument("--images", type=int, default=100)
     p.add_argument("--detectors", default="hog,cnn,hog+cnn")
+    p.add_argument("--cnn_backends", default="jax,dlib")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--write_dir", default=None,
                    help="also save the masked photos there (JPEG, quality 95): a folder of "
@@ -85,23 +89,43 @@ def main(argv=None) -> int:
                 quality=95)
     print(f"{len(pairs)} photos with a reference face (HOG on the unmasked photo) of "
           f"{args.images} read from {args.data_dir}")
-    detect.detect_faces(pairs[0][1], detector="cnn")  # load the models outside the timing
+    backends = {"dlib": None}
+    if "jax" in args.cnn_backends.split(","):
+        from unmask_jax.predict.faces import jax_cnn
+        backends["jax"] = jax_cnn()
+    backends = {b: backends[b] for b in args.cnn_backends.split(",")}
+    for cnn in backends.values():  # load the models (and compile) outside the timing
+        detect.detect_faces(pairs[0][1], detector="cnn", cnn=cnn)
+        detect._cnn_rects(pairs[0][1], 1, cnn=cnn)  # pylint: disable=protected-access
     types = sorted({t for *_, t in pairs})
-    print("| detector | found, masked | " + " | ".join(types)
+    print("| detector | CNN | found, masked | " + " | ".join(types)
           + " | found, unmasked | ms / masked photo |")
-    print("|---|---|" + "---|" * len(types) + "---|---|")
+    print("|---|---|---|" + "---|" * len(types) + "---|---|")
+    results = {}
     for name in detectors:
-        hits, hits_plain = {t: 0 for t in types}, 0
-        start = time.perf_counter()
-        for _, masked, reference, kind in pairs:
-            hits[kind] += found(detect.detect_faces(masked, detector=name), reference)
-        ms = 1000 * (time.perf_counter() - start) / len(pairs)
-        for rgb, _, reference, _ in pairs:
-            hits_plain += found(detect.detect_faces(rgb, detector=name), reference)
-        total = sum(hits.values())
-        per_type = " | ".join(f"{hits[t]}/{sum(k == t for *_, k in pairs)}" for t in types)
-        print(f"| {name} | {total}/{len(pairs)} ({100 * total / len(pairs):.0f}%) | "
-              f"{per_type} | {hits_plain}/{len(pairs)} | {ms:.0f} |")
+        for backend in (["-"] if name == "hog" else list(backends)):
+            cnn = backends.get(backend)
+            hits, hits_plain, out = {t: 0 for t in types}, 0, []
+            start = time.perf_counter()
+            for _, masked, reference, kind in pairs:
+                out.append(detect.detect_faces(masked, detector=name, cnn=cnn))
+                hits[kind] += found(out[-1], reference)
+            ms = 1000 * (time.perf_counter() - start) / len(pairs)
+            results[name, backend] = out
+            for rgb, _, reference, _ in pairs:
+                hits_plain += found(detect.detect_faces(rgb, detector=name, cnn=cnn), reference)
+            total = sum(hits.values())
+            per_type = " | ".join(f"{hits[t]}/{sum(k == t for *_, k in pairs)}" for t in types)
+            print(f"| {name} | {backend} | {total}/{len(pairs)} "
+                  f"({100 * total / len(pairs):.0f}%) | {per_type} | {hits_plain}/{len(pairs)} "
+                  f"| {ms:.0f} |")
+    for name in detectors:
+        if (name, "jax") in results and (name, "dlib") in results:
+            differ = sum(
+                len(a) != len(b) or any(np.abs(x - y).max() > 1.0 for x, y in zip(a, b))
+                for a, b in zip(results[name, "jax"], results[name, "dlib"]))
+            print(f"{name}: jax and dlib CNN give different landmarks (> 1 px) on {differ} of "
+                  f"{len(pairs)} masked photos")
     return 0
 
 

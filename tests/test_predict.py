@@ -452,7 +452,7 @@ def _fake_dlib(monkeypatch, hog_rects, cnn_rects):
         calls.append(("hog", upsample))
         return list(hog_rects)
 
-    def cnn(arr, upsample):
+    def cnn(arr, upsample, cnn=None):
         calls.append(("cnn", upsample))
         return list(cnn_rects)
 
@@ -488,3 +488,24 @@ def test_predict_detector_option_is_checked():
         PredictOptions.from_config(config)
     config.predict.detector = "hog"
     assert PredictOptions.from_config(config).detector == "hog"
+    assert PredictOptions.from_config(config).cnn_backend == "jax"  # the default
+    config.predict.cnn_backend = "opencv"
+    with pytest.raises(ValueError, match=r"config.predict.cnn_backend='opencv'.*jax.*dlib"):
+        PredictOptions.from_config(config)
+
+
+def test_predict_cnn_backends_find_the_same_faces():
+    """predict's detector with either CNN implementation: the same landmarks on a face HOG
+    does not find (the CNN runs), dlib's shape predictor on the CNN's rectangle."""
+    from data_pipelines.sources.synthetic import SyntheticFaces
+    from unmask_jax.predict import faces as faces_lib
+
+    img = np.asarray(SyntheticFaces(seed=0, num_records=8, resolution=256,
+                                    images_per_identity=1)[4]["image"])  # HOG misses it
+    from data_pipelines.landmarks import detect
+    assert detect.detect_faces(img, detector="hog") == []
+    found = {b: faces_lib.dlib_detector(True, "hog+cnn", b)(img) for b in ("jax", "dlib")}
+    assert len(found["jax"]) == len(found["dlib"]) == 1
+    np.testing.assert_allclose(found["jax"][0], found["dlib"][0], atol=1.0)
+    with pytest.raises(ValueError, match="cnn_backend must be one of"):
+        faces_lib.dlib_detector(True, "hog+cnn", "opencv")

@@ -28,10 +28,11 @@ installed package.
 from __future__ import annotations
 
 import contextlib
+import functools
 import importlib.util
 import os
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import numpy as np
@@ -236,14 +237,32 @@ _CNN: list[Any] = []  # the loaded CNN detector (one per process, calls serialis
 #: CNN_RETRY_MAX_SIDE (faces below ~80 px there are missed without it).
 CNN_MAX_SIDE = 640
 CNN_RETRY_MAX_SIDE = 400
+#: Images with a side below this (after the retry's 2x) are not given to the CNN.
+CNN_MIN_SIDE = 32
 
 
-def _cnn_rects(arr: np.ndarray, upsample: int) -> list[Any]:
-    """Face rectangles (in ``arr``'s pixels) of dlib's CNN (MMOD) detector, run on ``arr``
-    shrunk to :data:`CNN_MAX_SIDE`; ``upsample`` > 0 only for images up to
-    :data:`CNN_RETRY_MAX_SIDE` after shrinking (else no rectangles). One detector per
-    process, loaded at the first call (~1 s); calls are serialised (a fallback for the faces
-    HOG misses)."""
+#: A CNN face detector: (uint8 RGB (H, W, 3), upsample count) -> [(left, top, right,
+#: bottom, ...)] in that image's pixels. ``None`` = dlib's own (:func:`dlib_cnn`).
+CnnDetector = Callable[[np.ndarray, int], Sequence[Sequence[float]]]
+
+
+def dlib_cnn(arr: np.ndarray, upsample: int) -> list[tuple[int, int, int, int, float]]:
+    """dlib's CNN (MMOD) detector: (left, top, right, bottom, confidence) per face. One
+    detector per process, loaded at the first call (~1 s); calls are serialised."""
+    dlib = _import_dlib()
+    with _CNN_LOCK:
+        if not _CNN:
+            _CNN.append(dlib.cnn_face_detection_model_v1(predictor_path(CNN_DETECTOR_FILE)))
+        found = _CNN[0](arr, upsample)
+    return [(d.rect.left(), d.rect.top(), d.rect.right(), d.rect.bottom(), d.confidence)
+            for d in found]
+
+
+def _cnn_rects(arr: np.ndarray, upsample: int, cnn: CnnDetector | None = None) -> list[Any]:
+    """Face rectangles (dlib rectangles in ``arr``'s pixels) of a CNN (MMOD) detector
+    (``cnn``, default :func:`dlib_cnn`), run on ``arr`` shrunk to :data:`CNN_MAX_SIDE`;
+    ``upsample`` > 0 only for images up to :data:`CNN_RETRY_MAX_SIDE` after shrinking (else
+    no rectangles)."""
     dlib = _import_dlib()
     h, w = arr.shape[:2]
     scale = min(1.0, CNN_MAX_SIDE / max(h, w))
@@ -254,24 +273,22 @@ def _cnn_rects(arr: np.ndarray, upsample: int) -> list[Any]:
         import cv2
         small = cv2.resize(arr, (max(1, round(w * scale)), max(1, round(h * scale))),
                            interpolation=cv2.INTER_AREA)
-    with _CNN_LOCK:
-        if not _CNN:
-            _CNN.append(dlib.cnn_face_detection_model_v1(predictor_path(CNN_DETECTOR_FILE)))
-        rects = [d.rect for d in _CNN[0](small, upsample)]
-    if scale < 1.0:
-        rects = [dlib.rectangle(int(r.left() / scale), int(r.top() / scale),
-                                int(r.right() / scale), int(r.bottom() / scale))
-                 for r in rects]
-    return rects
+    if min(small.shape[:2]) * 2 ** upsample < CNN_MIN_SIDE:
+        return []  # no 80 px window fits; dlib's own raises on such images
+    boxes = (cnn or dlib_cnn)(small, upsample)
+    return [dlib.rectangle(*(int(round(v / scale)) for v in box[:4])) for box in boxes]
 
 
 def detect_faces(image: np.ndarray, upsample_retry: bool = True,
-                 detector: str = "hog") -> list[np.ndarray]:
+                 detector: str = "hog", cnn: CnnDetector | None = None) -> list[np.ndarray]:
     """68 landmarks (float32 (68, 2), pixels of ``image``) of every face dlib finds, the
     largest first; [] when none. ``detector`` (:data:`DETECTORS`): ``hog`` (the detector
-    of ``detect_landmarks``, with its 2x retry), ``cnn`` (dlib's MMOD CNN; retried on a 2x
+    of ``detect_landmarks``, with its 2x retry), ``cnn`` (the MMOD CNN; retried on a 2x
     image too) or ``hog+cnn`` (the CNN only where HOG, retry included, found nothing).
-    Thread safety as ``detect_landmarks`` (which returns only the largest)."""
+    ``cnn``: which implementation of the MMOD CNN finds the rectangles (default dlib's,
+    :func:`dlib_cnn`; ``unmask_jax.features.dlib_mmod`` is the same network in JAX).
+    Thread safety as ``detect_landmarks`` (which returns only the largest), provided ``cnn``
+    is thread safe."""
     if detector not in DETECTORS:
         raise ValueError(f"detector must be one of {DETECTORS}, got {detector!r}")
     arr = np.asarray(image)
@@ -283,7 +300,7 @@ def detect_faces(image: np.ndarray, upsample_retry: bool = True,
         rects = []
         for run in (("hog",) if detector == "hog" else ("cnn",) if detector == "cnn"
                     else ("hog", "cnn")):
-            find = hog if run == "hog" else _cnn_rects
+            find = hog if run == "hog" else functools.partial(_cnn_rects, cnn=cnn)
             rects = list(find(arr, 0))
             if not rects and upsample_retry:
                 rects = list(find(arr, 1))

@@ -18,8 +18,14 @@ dlib writes a network as nested objects, outermost (loss) layer first:
 
 Because sub-networks are written before a layer's own details, the details appear in input
 -> output order, after a prefix of version numbers (one per layer, outermost first). This
-module returns that flat sequence as :class:`DlibLayer` records; :mod:`dlib_resnet` turns it
-into a network.
+module returns that flat sequence as :class:`DlibLayer` records; :mod:`dlib_resnet` (the
+face-recognition ResNet, ``loss_metric``) and :mod:`dlib_mmod` (the MMOD face detector,
+``loss_mmod``) turn it into networks.
+
+Also read: ``bn_con2`` (batch norm in its trained form: gamma, beta, running means and
+variances, eps; dlib folds it into an affine layer when it loads it for inference) and the
+``input_rgb_image_pyramid`` input (means; version 2 also stores the pyramid paddings, version
+1 implies 10 and 11).
 """
 
 from __future__ import annotations
@@ -190,6 +196,34 @@ def _read_details(r: DlibReader) -> DlibLayer:
         if fields["bias_mode"] == 0:
             arrays["biases"] = flat[nw:nw + int(np.prod(b_shape))].reshape(-1)
         return DlibLayer("fc", fields, arrays)
+    if tag == "bn_con2":
+        params = r.tensor()
+        g_shape = r.alias_tensor()
+        b_shape = r.alias_tensor()
+        r.tensor()  # means and inverse std devs of the last training batch
+        r.tensor()
+        running_means = r.tensor().reshape(-1)
+        running_variances = r.tensor().reshape(-1)
+        fields = {"num_updates": r.int(), "running_stats_window_size": r.int()}
+        fields.update(_read_multipliers(r, (
+            "learning_rate_multiplier", "weight_decay_multiplier",
+            "bias_learning_rate_multiplier", "bias_weight_decay_multiplier")))
+        fields["eps"] = r.float()
+        flat = params.reshape(-1)
+        ng, nb = int(np.prod(g_shape)), int(np.prod(b_shape))
+        if flat.size != ng + nb or running_means.size != ng or running_variances.size != ng:
+            raise DlibFormatError(f"bn_con2 sizes disagree: params {flat.size}, gamma {ng}, "
+                                  f"beta {nb}, running stats {running_means.size}")
+        arrays = {"gamma": flat[:ng], "beta": flat[ng:], "running_means": running_means,
+                  "running_variances": running_variances}
+        return DlibLayer("bn_con", fields, arrays)
+    if tag in ("input_rgb_image_pyramid", "input_rgb_image_pyramid2"):
+        fields = {"avg_red": r.float(), "avg_green": r.float(), "avg_blue": r.float(),
+                  "pyramid_padding": 10, "pyramid_outer_padding": 11}
+        if tag.endswith("2"):
+            fields["pyramid_padding"] = r.int()
+            fields["pyramid_outer_padding"] = r.int()
+        return DlibLayer("input_rgb_image_pyramid", fields)
     if tag == "input_rgb_image_sized":
         fields = {"avg_red": r.float(), "avg_green": r.float(), "avg_blue": r.float(),
                   "nr": r.int(), "nc": r.int()}
@@ -206,19 +240,41 @@ def _skip_training_state(r: DlibReader, version: int) -> None:
         r.int()  # the input-facing add_layer also stores its sample expansion factor
 
 
-def read_dlib_network(data: bytes) -> list[DlibLayer]:
-    """Parses a serialised ``loss_metric`` network into layers, input first.
+def _read_loss(r: DlibReader) -> DlibLayer:
+    """The loss layer's details: ``loss_metric_2`` (margin, distance threshold) or
+    ``loss_mmod_`` with version-1 options (one detector window; NMS and ignore overlaps as
+    (IoU, percent covered) thresholds)."""
+    tag = r.string()
+    if tag == "loss_metric_2":
+        return DlibLayer("loss_metric", {"margin": r.float(), "distance_threshold": r.float()})
+    if tag == "loss_mmod_":
+        version = r.int()
+        if version != 1:
+            raise DlibFormatError(f"unsupported mmod_options version {version} (this reader "
+                                  f"knows version 1: one detector window)")
+        fields = {"detector_width": r.int(), "detector_height": r.int()}
+        fields.update(_read_multipliers(r, (
+            "loss_per_false_alarm", "loss_per_missed_target", "truth_match_iou_threshold",
+            "nms_iou_thresh", "nms_percent_covered_thresh",
+            "ignore_iou_thresh", "ignore_percent_covered_thresh")))
+        return DlibLayer("loss_mmod", fields)
+    raise DlibFormatError(f"unsupported loss layer {tag!r} (want loss_metric_2 or loss_mmod_)")
 
-    The last element is the loss layer (``loss_metric``, fields margin / distance_threshold).
-    Raises :class:`DlibFormatError` when the stream does not parse to its end.
+
+INPUT_KINDS = ("input_rgb_image_sized", "input_rgb_image_pyramid")
+
+
+def read_dlib_network(data: bytes) -> list[DlibLayer]:
+    """Parses a serialised network into layers, input first.
+
+    The last element is the loss layer (``loss_metric``: fields margin / distance_threshold;
+    ``loss_mmod``: the detector window and overlap thresholds). Raises
+    :class:`DlibFormatError` when the stream does not parse to its end.
     """
     r = DlibReader(data)
     if r.int() != 1:
         raise DlibFormatError("expected add_loss_layer version 1 at the start")
-    loss_tag = r.string()
-    if loss_tag != "loss_metric_2":
-        raise DlibFormatError(f"unsupported loss layer {loss_tag!r} (want loss_metric_2)")
-    loss = DlibLayer("loss_metric", {"margin": r.float(), "distance_threshold": r.float()})
+    loss = _read_loss(r)
 
     # Prefix of versions, outermost first: 2 = add_layer, 1 = tag/skip, 3 = add_layer on input.
     versions: list[int] = []
@@ -230,7 +286,7 @@ def read_dlib_network(data: bytes) -> list[DlibLayer]:
         if v not in (1, 2):
             raise DlibFormatError(f"unexpected layer version {v} at byte {r.pos}")
     layers = [_read_details(r)]          # the input layer
-    if layers[0].kind != "input_rgb_image_sized":
+    if layers[0].kind not in INPUT_KINDS:
         raise DlibFormatError(f"unsupported input layer {layers[0].kind!r}")
     # Innermost add_layer (version 3) wraps the input: its details come right after.
     for v in reversed(versions):

@@ -47,6 +47,7 @@ class PredictOptions:
     detect_max_side: int = 1600
     detect_upsample: bool = True
     detector: str = "hog+cnn"
+    cnn_backend: str = "jax"
 
     @classmethod
     def from_config(cls, config) -> "PredictOptions":
@@ -61,6 +62,9 @@ class PredictOptions:
         if o.detector not in DETECTORS:
             raise ValueError(f"config.predict.detector={o.detector!r}: choose one of "
                              f"{DETECTORS}")
+        if o.cnn_backend not in faces_lib.CNN_BACKENDS:
+            raise ValueError(f"config.predict.cnn_backend={o.cnn_backend!r}: choose one of "
+                             f"{faces_lib.CNN_BACKENDS}")
         for key in ("batch_size", "min_face", "max_pixels", "detect_max_side"):
             if int(getattr(o, key)) < 1:
                 raise ValueError(f"config.predict.{key}={getattr(o, key)} must be >= 1")
@@ -157,7 +161,7 @@ class Predictor:
         self.model = PredictModel(config, workdir)
         self.geometry = self.model.geometry
         self.detector = detector or faces_lib.dlib_detector(
-            self.opts.detect_upsample, self.opts.detector)
+            self.opts.detect_upsample, self.opts.detector, self.opts.cnn_backend)
         self.progress = progress
 
     # -- per file ------------------------------------------------------------------------
