@@ -97,7 +97,7 @@ def test_detections_match_dlib(detector, reference, faces):
         ours = detector(img, 0)
         assert len(ours) == len(ref), (img.shape, ours, ref)
         for a, b in zip(ours, ref):
-            assert [round(v) for v in a[:4]] == list(b[:4]), (a, b)
+            assert [int(np.floor(v + 0.5)) for v in a[:4]] == list(b[:4]), (a, b)
             assert abs(a[4] - b[4]) < 1e-3, (a, b)  # measured ~1e-6
         found += bool(ref)
     assert found >= 7  # the faces are found at all: the comparison means something
@@ -114,16 +114,32 @@ def test_bucket_padding_keeps_dlibs_scores(path, faces):
         assert a.max() > 0  # a face is there
 
 
-def test_upsample_finds_small_faces(detector, reference, faces):
+def test_upsample_matches_dlib(detector, reference, faces):
     import cv2
 
-    small = cv2.resize(faces[1], (96, 96), interpolation=cv2.INTER_AREA)
-    assert detector(small, 0) == [] and len(reference(small, 0)) == 0  # below 80 px
-    ours, ref = detector(small, 1), reference(small, 1)
-    assert len(ours) == len(ref) == 1
-    a, b = ours[0], ref[0].rect  # dlib upsamples with its own filter: boxes agree roughly
-    assert abs(a[0] - b.left()) < 4 and abs(a[2] - b.right()) < 4
-    assert abs(a[1] - b.top()) < 4 and abs(a[3] - b.bottom()) < 4
+    found = 0
+    for img in (faces[1], faces[3], faces[5]):
+        small = cv2.resize(img, (96, 88), interpolation=cv2.INTER_AREA)
+        assert detector(small, 0) == [] and len(reference(small, 0)) == 0  # below 80 px
+        ours, ref = detector(small, 1), reference(small, 1)
+        assert len(ours) == len(ref)
+        for a, b in zip(ours, ref):  # dlib's pyramid_up and its box mapping
+            assert [int(np.floor(v + 0.5)) for v in a[:4]] == [
+                b.rect.left(), b.rect.top(), b.rect.right(), b.rect.bottom()]
+            assert abs(a[4] - b.confidence) < 2e-2  # upsampled pixels within 1 grey level
+        found += len(ref)
+    assert found >= 2
+
+
+def test_pyramid_up2_is_dlibs_resize():
+    rgb = np.random.default_rng(0).integers(0, 256, (23, 31, 3), dtype=np.uint8)
+    up = mm.pyramid_up2(rgb)
+    # dlib's rect_up of the image rectangle: last row (22 + 0.75) * 2 = 45.5 -> 46, last
+    # column (30 + 1.25) * 2 = 62.5 -> 63
+    assert up.shape == (47, 64, 3)
+    ref = np.asarray(dlib.resize_image(rgb, 47, 64))
+    diff = np.abs(up.astype(int) - ref.astype(int))
+    assert diff.max() <= 1 and (diff > 0).mean() < 0.02
 
 
 def test_tiny_and_grey_images(detector, reference):

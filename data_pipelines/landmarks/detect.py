@@ -276,7 +276,9 @@ def _cnn_rects(arr: np.ndarray, upsample: int, cnn: CnnDetector | None = None) -
     if min(small.shape[:2]) * 2 ** upsample < CNN_MIN_SIDE:
         return []  # no 80 px window fits; dlib's own raises on such images
     boxes = (cnn or dlib_cnn)(small, upsample)
-    return [dlib.rectangle(*(int(round(v / scale)) for v in box[:4])) for box in boxes]
+    # Rounded half away from zero, as dlib turns its boxes into integer rectangles.
+    return [dlib.rectangle(*(int(np.floor(v / scale + 0.5)) for v in box[:4]))
+            for box in boxes]
 
 
 def detect_faces(image: np.ndarray, upsample_retry: bool = True,

@@ -26,8 +26,9 @@ that photos of similar size share one compiled program; every layer's output bey
 real canvas is zeroed, so each convolution sees there the zeros its own padding would give,
 and the scores are those of dlib's canvas.
 
-Upsampling (``upsample`` > 0, dlib's ``upsample_num_times``) doubles the image with OpenCV's
-bilinear resize per step, where dlib uses its own ``pyramid_up``: slightly different pixels.
+Upsampling (``upsample`` > 0, dlib's ``upsample_num_times``) doubles the image per step
+as dlib's ``pyramid_up`` does (:func:`pyramid_up2`; pixels within one grey level of dlib's)
+and maps the boxes back with ``pyramid_down<2>``'s ``point_down``.
 """
 
 from __future__ import annotations
@@ -252,6 +253,32 @@ def _overlaps(a: np.ndarray, b: np.ndarray, iou: float, covered: float) -> bool:
     return inner / (aa + ab - inner) > iou or inner / aa > covered or inner / ab > covered
 
 
+#: (x, y) offset of dlib's pyramid_down<2> between an image and its 2x upsampling:
+#: point_up(p) = (p + offset) * 2, point_down(p) = p / 2 - offset.
+_UP2_OFFSET = np.array([1.25, 0.75, 1.25, 0.75])
+
+
+def pyramid_up2(rgb: np.ndarray) -> np.ndarray:
+    """The image doubled as dlib's ``pyramid_up`` with ``pyramid_down<2>`` does it (what its
+    CNN detector's ``upsample_num_times`` runs): the size of the image rectangle's
+    ``rect_up`` (``(h - 1 + 0.75) * 2`` by ``(w - 1 + 1.25) * 2`` as the last row/column,
+    rounded half away from zero), bilinear with aligned corners, truncated to uint8 (pixels
+    within 1 grey level of dlib's)."""
+    h, w = rgb.shape[:2]
+    out_h = int(np.floor((h - 1 + 0.75) * 2 + 0.5)) + 1
+    out_w = int(np.floor((w - 1 + 1.25) * 2 + 0.5)) + 1
+    y = np.arange(out_h) * ((h - 1) / max(out_h - 1, 1))
+    x = np.arange(out_w) * ((w - 1) / max(out_w - 1, 1))
+    top, left = np.floor(y).astype(np.int64), np.floor(x).astype(np.int64)
+    bottom, right = np.minimum(top + 1, h - 1), np.minimum(left + 1, w - 1)
+    fy, fx = (y - top)[:, None, None], (x - left)[None, :, None]
+    im = rgb.astype(np.float64)
+    rows_t, rows_b = im[top], im[bottom]
+    out = ((1 - fy) * ((1 - fx) * rows_t[:, left] + fx * rows_t[:, right])
+           + fy * ((1 - fx) * rows_b[:, left] + fx * rows_b[:, right]))
+    return np.clip(np.floor(out), 0, 255).astype(np.uint8)
+
+
 def output_size(spec: MmodSpec, h: int, w: int) -> tuple[int, int]:
     """The score map's size for an ``h`` x ``w`` canvas."""
     for (kh, kw), (sy, sx), (py, px), _ in spec.convs:
@@ -318,10 +345,8 @@ class MmodDetector:
         h, w = rgb.shape[:2]
         if h * w == 0:
             return []
-        factor = 2 ** int(upsample)
-        if factor > 1:
-            import cv2
-            rgb = cv2.resize(rgb, (w * factor, h * factor), interpolation=cv2.INTER_LINEAR)
+        for _ in range(int(upsample)):
+            rgb = pyramid_up2(rgb)
         scores, rects = self.scores(rgb)
         rows, cols = np.nonzero(scores > self.threshold)
         order = np.argsort(-scores[rows, cols], kind="stable")
@@ -337,7 +362,8 @@ class MmodDetector:
             box = np.array([x - ww - left, y - wh - top, x + ww - left, y + wh - top])
             for _ in range(level):
                 box = box * ratio + 0.3
-            box = (box + 0.5) / factor - 0.5 if factor > 1 else box
+            for _ in range(int(upsample)):  # pyramid_down<2>::point_down per step
+                box = box / 2 - _UP2_OFFSET
             if any(_overlaps(k, box, *self.spec.nms) for k in kept):
                 continue
             kept.append(box)
