@@ -189,7 +189,7 @@ def test_weight_matmul_values_and_gradients():
             np.testing.assert_allclose(g, r, rtol=1e-5, atol=1e-5)
 
 
-@pytest.mark.parametrize("impl", ["auto", "subpixel", "gemm", "xla"])
+@pytest.mark.parametrize("impl", ["auto", "subpixel", "gemm", "xla", "subpixel/gemm"])
 def test_conv_transpose_module_matches_torch_module(impl):
     rng = np.random.default_rng(1)
     x = rng.standard_normal((1, 4, 4, 6)).astype(np.float32)
@@ -223,6 +223,44 @@ def test_conv_matches_torch(stride, padding, impl):
         torch.from_numpy(bias), stride=stride, padding=1,
     ).numpy().transpose(0, 2, 3, 1)
     np.testing.assert_allclose(layer.apply(variables, jnp.asarray(x)), ref, rtol=1e-5, atol=1e-5)
+
+
+def test_forward_with_gradients_of_another_form():
+    """'subpixel/gemm' (and 'conv/gemm'): the first form's output, the second form's
+    gradients (w.r.t. input and kernel); both equal the plain forms' up to rounding, and
+    the backward pass really is the GEMM form's (no convolution in it)."""
+    rng = np.random.default_rng(7)
+    x = jnp.asarray(rng.standard_normal((3, 20, 20, 6)), jnp.float32)
+    cot = jnp.asarray(rng.standard_normal((3, 40, 40, 5)), jnp.float32)
+    mixed, plain = ConvTranspose(5, impl="subpixel/gemm"), ConvTranspose(5, impl="subpixel")
+    v = plain.init(jax.random.key(0), x)
+
+    def loss(module):
+        return lambda v, x: jnp.sum(module.apply(v, x) * cot)
+
+    np.testing.assert_allclose(mixed.apply(v, x), plain.apply(v, x), rtol=1e-6, atol=1e-6)
+    for got, want in zip(jax.tree.leaves(jax.grad(loss(mixed), argnums=(0, 1))(v, x)),
+                         jax.tree.leaves(jax.grad(loss(plain), argnums=(0, 1))(v, x))):
+        np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
+    bwd = jax.make_jaxpr(jax.grad(loss(mixed)))(v, x)
+    assert "custom_vjp_call" in str(bwd) or "custom_vjp" in str(bwd)
+    conv_mixed, conv_plain = Conv(4, impl="conv/gemm"), Conv(4, impl="conv")
+    cv = conv_plain.init(jax.random.key(1), x)
+    g1 = jax.grad(lambda v: jnp.sum(conv_mixed.apply(v, x) ** 2))(cv)
+    g2 = jax.grad(lambda v: jnp.sum(conv_plain.apply(v, x) ** 2))(cv)
+    np.testing.assert_allclose(g1["params"]["kernel"], g2["params"]["kernel"], rtol=1e-4,
+                               atol=1e-4)
+    with pytest.raises(ValueError, match="FORWARD/GRADS"):
+        ConvTranspose(5, impl="subpixel/winograd").init(jax.random.key(0), x)
+
+
+def test_cpu_rules_pick_the_mixed_transposed_conv():
+    """On CPU, a large transposed convolution runs the sub-pixel form forward (per batch
+    chunk) and the GEMM form's gradients; a small one the GEMM form throughout."""
+    assert dispatch.cpu_conv_transpose_impl(16 * 16, 256) == "gemm"
+    assert dispatch.cpu_conv_transpose_impl(32 * 32, 256) == "subpixel/gemm"
+    assert dispatch.cpu_conv_impl(16 * 16, 256) == "gemm"
+    assert dispatch.cpu_conv_impl(32 * 32, 256) == "conv"
 
 
 def test_batch_chunking_gives_same_numbers():

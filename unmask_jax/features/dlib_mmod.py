@@ -267,12 +267,12 @@ def pyramid_up2(rgb: np.ndarray) -> np.ndarray:
     h, w = rgb.shape[:2]
     out_h = int(np.floor((h - 1 + 0.75) * 2 + 0.5)) + 1
     out_w = int(np.floor((w - 1 + 1.25) * 2 + 0.5)) + 1
-    y = np.arange(out_h) * ((h - 1) / max(out_h - 1, 1))
-    x = np.arange(out_w) * ((w - 1) / max(out_w - 1, 1))
+    y = np.arange(out_h, dtype=np.float32) * np.float32((h - 1) / max(out_h - 1, 1))
+    x = np.arange(out_w, dtype=np.float32) * np.float32((w - 1) / max(out_w - 1, 1))
     top, left = np.floor(y).astype(np.int64), np.floor(x).astype(np.int64)
     bottom, right = np.minimum(top + 1, h - 1), np.minimum(left + 1, w - 1)
     fy, fx = (y - top)[:, None, None], (x - left)[None, :, None]
-    im = rgb.astype(np.float64)
+    im = rgb.astype(np.float32)
     rows_t, rows_b = im[top], im[bottom]
     out = ((1 - fy) * ((1 - fx) * rows_t[:, left] + fx * rows_t[:, right])
            + fy * ((1 - fx) * rows_b[:, left] + fx * rows_b[:, right]))
@@ -287,10 +287,23 @@ def output_size(spec: MmodSpec, h: int, w: int) -> tuple[int, int]:
     return h, w
 
 
-@functools.partial(jax.jit, static_argnums=0)
-def _jit_scores(spec: MmodSpec, params: Params, canvas: jax.Array, valid: jax.Array
-                ) -> jax.Array:
+#: XLA options for the detector's program on the CPU backend (``jax.jit``'s
+#: ``compiler_options``: this program only): without YNNPACK's convolution fusions these
+#: convolutions (3 -> 16 .. 45 channels, 5x5 and 9x9) run 2-2.6x faster (a 250x250 photo's
+#: canvas: 48 -> 23 ms; its 2x retry's: 226 -> 88 ms; 2 cores; benchmarks/README.md).
+CPU_COMPILER_OPTIONS = {"xla_cpu_experimental_ynn_fusion_type": ""}
+
+
+def _score_fn(spec: MmodSpec, params: Params, canvas: jax.Array, valid: jax.Array
+              ) -> jax.Array:
     return score_map(spec, params, canvas, valid)
+
+
+@functools.lru_cache(maxsize=None)
+def _jitted_scores(platform: str):
+    """``score_map`` jitted, with :data:`CPU_COMPILER_OPTIONS` on the CPU backend."""
+    options = CPU_COMPILER_OPTIONS if platform == "cpu" else None
+    return jax.jit(_score_fn, static_argnums=0, compiler_options=options)
 
 
 class MmodDetector:
@@ -304,7 +317,7 @@ class MmodDetector:
     """
 
     def __init__(self, spec: MmodSpec, params: Params, threshold: float = 0.0,
-                 bucket: int = 64) -> None:
+                 bucket: int = 32) -> None:
         self.spec = spec
         self.params = [(jnp.asarray(k), jnp.asarray(b)) for k, b in params]
         self.threshold = float(threshold)
@@ -333,8 +346,9 @@ class MmodDetector:
         out_h, out_w = output_size(self.spec, canvas_h, canvas_w)
         if out_h < 1 or out_w < 1:  # too small for the network: no scores (dlib: none)
             return np.zeros((0, 0), np.float32), rects
-        scores = np.asarray(_jit_scores(self.spec, self.params, jnp.asarray(padded),
-                                        jnp.asarray([canvas_h, canvas_w], jnp.int32)))
+        run = _jitted_scores(jax.default_backend())
+        scores = np.asarray(run(self.spec, self.params, jnp.asarray(padded),
+                                jnp.asarray([canvas_h, canvas_w], jnp.int32)))
         return scores[:out_h, :out_w], rects
 
     def __call__(self, rgb: np.ndarray, upsample: int = 0

@@ -193,7 +193,7 @@ def _conv_impl(impl: str, x: Array, kernel_hw: tuple[int, int], strides: Any,
     pads = resolved_padding(padding, x.shape[1:3], kernel_hw, pair(strides), pair(dilation))
     pixels = math.prod(out_size(n, k, s, p, d) for n, k, s, p, d in zip(
         x.shape[1:3], kernel_hw, pair(strides), pads, pair(dilation)))
-    return "gemm" if pixels <= auto_gemm_max_pixels else "conv"
+    return dispatch.cpu_conv_impl(pixels, auto_gemm_max_pixels)
 
 
 class SNConv(nn.Module):

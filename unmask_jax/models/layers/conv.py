@@ -155,7 +155,7 @@ class Conv(nn.Module):
                         resolved_padding(self.padding, x.shape[1:3], (kh, kw),
                                          pair(self.strides), pair(self.dilation)),
                         pair(self.dilation)))
-                impl = "gemm" if out_pixels <= self.auto_gemm_max_pixels else "conv"
+                impl = dispatch.cpu_conv_impl(out_pixels, self.auto_gemm_max_pixels)
             else:
                 impl = "xla"
         fns = {"conv": conv2d, "gemm": conv2d_gemm, "xla": conv2d_xla}

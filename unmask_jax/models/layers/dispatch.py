@@ -5,10 +5,11 @@ take ``impl='auto'`` and ``split_batch=None`` by default. What those resolve to 
 the platform the layer is traced for:
 
 - ``'cpu'``: the forms measured fastest on XLA CPU (figures and the commands that measure
-  them: ``benchmarks/README.md``): im2col + one GEMM for spatially small outputs
-  (``Conv``) / one GEMM + col2im for spatially small inputs (``ConvTranspose``), otherwise
-  a convolution on an explicitly pre-padded input (``Conv``) / the sub-pixel convolution
-  (``ConvTranspose``), run per batch chunk.
+  them: ``benchmarks/README.md``): ``Conv``: im2col + one GEMM for spatially small outputs
+  (:func:`cpu_conv_impl`), otherwise a convolution on an explicitly pre-padded input, run
+  per batch chunk; ``ConvTranspose``: one GEMM + col2im for spatially small inputs,
+  otherwise the sub-pixel convolution per batch chunk forward with the GEMM form's
+  gradients (:func:`cpu_conv_transpose_impl`).
 - any other platform (``'gpu'``, ``'tpu'``, ...): XLA's own ops,
   ``lax.conv_general_dilated`` and ``lax.conv_transpose``, on the whole batch. The CPU
   tuning was never measured there.
@@ -26,6 +27,7 @@ before the first trace. The choice is logged once per platform (logger
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 from typing import Any, Callable, Iterator
 
@@ -72,13 +74,47 @@ def cpu_tuned() -> bool:
         _announced.add(p)
         if p == "cpu":
             log.info("conv layers (platform cpu): impl='auto' runs im2col/col2im GEMMs for "
-                     "spatially small layers and pre-padded / sub-pixel convolutions per "
-                     "batch chunk otherwise (CPU-measured forms)")
+                     "spatially small layers, pre-padded convolutions per batch chunk and "
+                     "sub-pixel transposed convolutions (with the GEMM form's gradients) "
+                     "otherwise (CPU-measured forms)")
         else:
             log.info("conv layers (platform %s): impl='auto' runs lax.conv_general_dilated / "
                      "lax.conv_transpose on the whole batch (the GEMM forms and batch "
                      "chunking are CPU-only tuning)", p)
     return p == "cpu"
+
+
+def cpu_conv_impl(out_pixels: int, gemm_max_pixels: int) -> str:
+    """The CPU form of a ``Conv``: 'gemm' for spatially small outputs (at most
+    ``gemm_max_pixels`` per image), else 'conv'."""
+    return "gemm" if out_pixels <= gemm_max_pixels else "conv"
+
+
+def cpu_conv_transpose_impl(in_pixels: int, gemm_max_pixels: int) -> str:
+    """The CPU form of a ``ConvTranspose``: 'gemm' (GEMM + col2im) for inputs of at most
+    ``gemm_max_pixels`` pixels per image, else 'subpixel/gemm': the sub-pixel convolution
+    forward (faster forward), the GEMM form's gradients (faster backward)."""
+    return "gemm" if in_pixels <= gemm_max_pixels else "subpixel/gemm"
+
+
+def _forward_with_grads_of(forward: Callable[..., Array], grads_of: Callable[..., Array],
+                           x: Array, kernel: Array, static: tuple[Any, ...]) -> Array:
+    """``forward(x, kernel, *static)``, differentiated as ``grads_of`` (the same function of
+    x and kernel in another form): each form where XLA runs it fastest."""
+
+    @jax.custom_vjp
+    def f(x: Array, kernel: Array) -> Array:
+        return forward(x, kernel, *static)
+
+    def f_fwd(x: Array, kernel: Array):
+        return forward(x, kernel, *static), (x, kernel)
+
+    def f_bwd(res, g: Array):
+        _, vjp = jax.vjp(lambda a, k: grads_of(a, k, *static), *res)
+        return vjp(g)
+
+    f.defvjp(f_fwd, f_bwd)
+    return f(x, kernel)
 
 
 def split_batch(setting: bool | None) -> bool:
@@ -89,11 +125,20 @@ def split_batch(setting: bool | None) -> bool:
 def run_impl(module: nn.Module, fns: dict[str, Callable[..., Array]], impl: str,
              chunked_impl: str, x: Array, args: tuple[Any, ...]) -> Array:
     """``fns[impl](x, *args)`` in the module's compute dtype; ``chunked_impl`` runs per batch
-    chunk when the module's ``split_batch`` says so (see :func:`batch_chunked`)."""
-    if impl not in fns:
+    chunk when the module's ``split_batch`` says so (see :func:`batch_chunked`).
+
+    ``impl`` may be 'FORWARD/GRADS' (e.g. 'subpixel/gemm'): ``fns[FORWARD]`` computes the
+    output, the gradients with respect to ``x`` and ``args[0]`` (the kernel) are those of
+    ``fns[GRADS]``; the other args are static.
+    """
+    forward, _, grads = impl.partition("/")
+    if forward not in fns or (grads and grads not in fns):
         raise ValueError(f"unknown {type(module).__name__} impl {module.impl!r}; choose from "
-                         f"{sorted(fns) + [AUTO]}")
+                         f"{sorted(fns) + [AUTO]} or 'FORWARD/GRADS' of two of them")
     x = x.astype(module.dtype)
-    if impl == chunked_impl and split_batch(module.split_batch):
-        return batch_chunked(fns[impl], x, *args)
-    return fns[impl](x, *args)
+    run = fns[forward]
+    if forward == chunked_impl and split_batch(module.split_batch):
+        run = functools.partial(batch_chunked, fns[forward])
+    if grads and grads != forward:
+        return _forward_with_grads_of(run, fns[grads], x, args[0], tuple(args[1:]))
+    return run(x, *args)
