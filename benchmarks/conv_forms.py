@@ -10,8 +10,13 @@ picks on the CPU platform (``impl='auto'``, ``split_batch=None``). One case per 
   ``weight_matmul`` (the weight read in its stored layout only).
 - ``batch``: forward + backward of a 128x128x64 -> 128 k4 s2 p1 convolution at batch 1 and
   4, whole batch vs per-image chunks (``batch_chunked``), against PyTorch.
+- ``transpose``: the pix2pix U-Net's large transposed convolutions (k4 s2 p1) at
+  ``--batch`` (default 4), forward and forward + backward, in the sub-pixel form per batch
+  chunk, the GEMM + col2im form, and ``'subpixel/gemm'`` (sub-pixel forward, the GEMM
+  form's gradients: what ``ConvTranspose`` runs on CPU), against PyTorch.
 
-    python benchmarks/conv_forms.py [--cases padding,weight_layout,batch] [--threads 2]
+    python benchmarks/conv_forms.py [--cases padding,weight_layout,batch,transpose] \
+        [--threads 2] [--batch 4]
 
 Median wall times over ``--iters`` calls after a warm-up (see compare_torch.py). The
 per-layer comparison of every form with PyTorch is ``compare_torch.py --breakdown``.
@@ -25,7 +30,7 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import compare_torch  # noqa: E402  (timing helpers)
 
-CASES = ("padding", "weight_layout", "batch")
+CASES = ("padding", "weight_layout", "batch", "transpose")
 
 
 def main(argv=None) -> int:
@@ -34,6 +39,7 @@ def main(argv=None) -> int:
     p.add_argument("--threads", type=int, default=0)
     p.add_argument("--iters", type=int, default=3)
     p.add_argument("--rounds", type=int, default=2)
+    p.add_argument("--batch", type=int, default=4, help="batch of the 'transpose' case")
     args = p.parse_args(argv)
     threads = compare_torch.limit_threads(args.threads)
 
@@ -115,6 +121,49 @@ def main(argv=None) -> int:
                           lambda: jax.block_until_ready(chunks(xj, kj)), tstep)
             for name, t in zip(("JAX whole batch", "JAX per image", "PyTorch"), times):
                 print(f"batch: 128x128x64 -> 128 k4 s2 f+b, batch {b}, {name:>15}: {ms(t)}")
+    if "transpose" in cases:
+        import functools
+
+        import torch
+
+        from unmask_jax.models.layers import dispatch
+
+        torch.set_num_threads(threads)
+        b = args.batch
+        chunked = functools.partial(layers.batch_chunked, layers.conv_transpose_subpixel)
+        forms = {
+            "sub-pixel per chunk": lambda x, k: chunked(x, k, 2, 1),
+            "GEMM + col2im": lambda x, k: layers.conv_transpose_gemm(x, k, 2, 1),
+            "subpixel/gemm": lambda x, k: dispatch._forward_with_grads_of(  # noqa: SLF001
+                chunked, layers.conv_transpose_gemm, x, k, (2, 1)),
+        }
+        for hi, cin, cout in ((128, 128, 3), (64, 256, 64), (32, 512, 128)):
+            x = rng.standard_normal((b, hi, hi, cin)).astype(np.float32)
+            k = (0.02 * rng.standard_normal((4, 4, cout, cin))).astype(np.float32)
+            xj, kj = jnp.asarray(x), jnp.asarray(k)
+            xt = torch.from_numpy(x.transpose(0, 3, 1, 2).copy()).requires_grad_()
+            wt = torch.from_numpy(k.transpose(3, 2, 0, 1).copy()).requires_grad_()
+
+            def tfwd():
+                with torch.no_grad():
+                    torch.nn.functional.conv_transpose2d(xt, wt, stride=2, padding=1)
+
+            def tfb():
+                xt.grad = wt.grad = None
+                torch.nn.functional.conv_transpose2d(xt, wt, stride=2, padding=1).square(
+                ).sum().backward()
+
+            fns = {"PyTorch": (tfwd, tfb)}
+            for name, f in forms.items():
+                fwd = jax.jit(f)
+                fb = jax.jit(jax.grad(lambda x, k, f=f: jnp.sum(jnp.square(f(x, k))),
+                                      argnums=(0, 1)))
+                fns[name] = (lambda fwd=fwd: jax.block_until_ready(fwd(xj, kj)),
+                             lambda fb=fb: jax.block_until_ready(fb(xj, kj)))
+            times = timed(*[fn for pair in fns.values() for fn in pair])
+            for i, name in enumerate(fns):
+                print(f"transpose: {hi}^2x{cin} -> {cout} convT, batch {b}, {name:>19}: "
+                      f"forward {ms(times[2 * i])}, f+b {ms(times[2 * i + 1])}")
     return 0
 
 

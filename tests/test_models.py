@@ -256,9 +256,11 @@ def test_forward_with_gradients_of_another_form():
 
 def test_cpu_rules_pick_the_mixed_transposed_conv():
     """On CPU, a large transposed convolution runs the sub-pixel form forward (per batch
-    chunk) and the GEMM form's gradients; a small one the GEMM form throughout."""
-    assert dispatch.cpu_conv_transpose_impl(16 * 16, 256) == "gemm"
-    assert dispatch.cpu_conv_transpose_impl(32 * 32, 256) == "subpixel/gemm"
+    chunk) and the GEMM form's gradients; a small one, or one with an image's few output
+    channels, the GEMM form throughout."""
+    assert dispatch.cpu_conv_transpose_impl(16 * 16, 64, 256) == "gemm"
+    assert dispatch.cpu_conv_transpose_impl(32 * 32, 64, 256) == "subpixel/gemm"
+    assert dispatch.cpu_conv_transpose_impl(128 * 128, 3, 256) == "gemm"  # an RGB output
     assert dispatch.cpu_conv_impl(16 * 16, 256) == "gemm"
     assert dispatch.cpu_conv_impl(32 * 32, 256) == "conv"
 

@@ -153,7 +153,7 @@ class ConvTranspose(nn.Module):
     ``impl``: 'subpixel' (:func:`conv_transpose_subpixel`), 'gemm'
     (:func:`conv_transpose_gemm`), 'xla' (:func:`conv_transpose_xla`) or 'auto' (default).
     'auto' on the CPU platform: 'gemm' when the input has at most ``auto_gemm_max_pixels``
-    pixels, else 'subpixel/gemm' (the sub-pixel form forward, the GEMM form's gradients:
+    pixels or the output few channels, else 'subpixel/gemm' (the sub-pixel form forward, the GEMM form's gradients:
     :func:`~unmask_jax.models.layers.dispatch.cpu_conv_transpose_impl`); on other platforms:
     'xla' (see
     :mod:`~unmask_jax.models.layers.dispatch`). ``split_batch`` as in :class:`Conv`
@@ -183,8 +183,8 @@ class ConvTranspose(nn.Module):
         impl = self.impl
         if impl == dispatch.AUTO:
             if dispatch.cpu_tuned():
-                impl = dispatch.cpu_conv_transpose_impl(x.shape[1] * x.shape[2],
-                                                        self.auto_gemm_max_pixels)
+                impl = dispatch.cpu_conv_transpose_impl(
+                    x.shape[1] * x.shape[2], self.features, self.auto_gemm_max_pixels)
             else:
                 impl = "xla"
         fns = {"subpixel": conv_transpose_subpixel, "gemm": conv_transpose_gemm,

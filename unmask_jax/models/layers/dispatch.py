@@ -90,11 +90,20 @@ def cpu_conv_impl(out_pixels: int, gemm_max_pixels: int) -> str:
     return "gemm" if out_pixels <= gemm_max_pixels else "conv"
 
 
-def cpu_conv_transpose_impl(in_pixels: int, gemm_max_pixels: int) -> str:
+#: Transposed convolutions with at most this many output channels (an image-producing last
+#: layer) run the GEMM form on CPU at any size: forward and backward both faster there
+#: (128^2x128 -> 3 at batch 4: forward 5 vs 17 ms; benchmarks/conv_forms.py --cases transpose).
+CPU_GEMM_MAX_OUT_FEATURES = 8
+
+
+def cpu_conv_transpose_impl(in_pixels: int, out_features: int, gemm_max_pixels: int) -> str:
     """The CPU form of a ``ConvTranspose``: 'gemm' (GEMM + col2im) for inputs of at most
-    ``gemm_max_pixels`` pixels per image, else 'subpixel/gemm': the sub-pixel convolution
-    forward (faster forward), the GEMM form's gradients (faster backward)."""
-    return "gemm" if in_pixels <= gemm_max_pixels else "subpixel/gemm"
+    ``gemm_max_pixels`` pixels per image or few output channels, else 'subpixel/gemm': the
+    sub-pixel convolution forward (faster forward), the GEMM form's gradients (faster
+    backward)."""
+    if in_pixels <= gemm_max_pixels or out_features <= CPU_GEMM_MAX_OUT_FEATURES:
+        return "gemm"
+    return "subpixel/gemm"
 
 
 def _forward_with_grads_of(forward: Callable[..., Array], grads_of: Callable[..., Array],
