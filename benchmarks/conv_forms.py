@@ -134,7 +134,7 @@ def main(argv=None) -> int:
         forms = {
             "sub-pixel per chunk": lambda x, k: chunked(x, k, 2, 1),
             "GEMM + col2im": lambda x, k: layers.conv_transpose_gemm(x, k, 2, 1),
-            "subpixel/gemm": lambda x, k: dispatch._forward_with_grads_of(  # noqa: SLF001
+            "subpixel/gemm": lambda x, k: dispatch.forward_with_grads_of(
                 chunked, layers.conv_transpose_gemm, x, k, (2, 1)),
         }
         for hi, cin, cout in ((128, 128, 3), (64, 256, 64), (32, 512, 128)):

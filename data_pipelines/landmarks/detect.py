@@ -4,9 +4,11 @@ Uses dlib's HOG frontal face detector and the iBUG 68-point shape predictor that
 the PyPI package ``face-recognition-models`` (file
 ``models/shape_predictor_68_face_landmarks.dat``); ``detect_faces`` can also use dlib's CNN
 (MMOD) face detector from the same package (``models/mmod_human_face_detector.dat``), which
-finds many masked faces that HOG misses (``--mode=predict``). Both dlib and that package are optional
-(the ``landmarks`` extra); they are imported only when a detection is first requested, and a
-missing one raises ``LandmarkDetectorUnavailable`` naming the extra to install.
+finds many masked faces that HOG misses (``--mode=predict``), or any implementation of it
+passed as ``cnn`` (``unmask_jax.features.dlib_mmod`` runs the same network in JAX). Both
+dlib and that package are optional (the ``landmarks`` extra); they are imported only when
+a detection is first requested, and a missing one raises ``LandmarkDetectorUnavailable``
+naming the extra to install.
 
 Threads: dlib's detector and shape predictor keep scratch buffers inside the objects and
 release the GIL while they run, so one pair called from several threads at once crashes the

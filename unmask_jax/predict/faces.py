@@ -1,9 +1,11 @@
 """Faces for ``--mode=predict``: detection (with a seam for other detectors), framing in the
 training geometry, the paste-back weight map and the feathered paste into the full image.
 
-No JAX here. Geometry is the training pipeline's (``data_pipelines.align``): a square box
-``face_box(landmarks, face_scale)`` resampled to ``resolution`` pixels by
-``crop_and_resize``; the inverse is ``align.uncrop`` (axis-aligned: no rotation to undo).
+No JAX here, except the CNN face detector's JAX port (``unmask_jax.features.dlib_mmod``,
+imported at the first photo that needs it). Geometry is the training pipeline's
+(``data_pipelines.align``): a square box ``face_box(landmarks, face_scale)`` resampled to
+``resolution`` pixels by ``crop_and_resize``; the inverse is ``align.uncrop``
+(axis-aligned: no rotation to undo).
 """
 from __future__ import annotations
 

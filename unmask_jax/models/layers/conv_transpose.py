@@ -153,11 +153,12 @@ class ConvTranspose(nn.Module):
     ``impl``: 'subpixel' (:func:`conv_transpose_subpixel`), 'gemm'
     (:func:`conv_transpose_gemm`), 'xla' (:func:`conv_transpose_xla`) or 'auto' (default).
     'auto' on the CPU platform: 'gemm' when the input has at most ``auto_gemm_max_pixels``
-    pixels or the output few channels, else 'subpixel/gemm' (the sub-pixel form forward, the GEMM form's gradients:
-    :func:`~unmask_jax.models.layers.dispatch.cpu_conv_transpose_impl`); on other platforms:
-    'xla' (see
-    :mod:`~unmask_jax.models.layers.dispatch`). ``split_batch`` as in :class:`Conv`
-    (applies to 'subpixel'). All give the same result up to float rounding.
+    pixels or the output few channels, else 'subpixel/gemm' (the sub-pixel form forward,
+    the GEMM form's gradients:
+    :func:`~unmask_jax.models.layers.dispatch.cpu_conv_transpose_impl`); on other
+    platforms: 'xla' (see :mod:`~unmask_jax.models.layers.dispatch`). ``split_batch`` as
+    in :class:`Conv` (applies to 'subpixel'). All give the same result up to float
+    rounding.
     """
 
     features: int

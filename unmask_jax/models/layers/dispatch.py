@@ -92,7 +92,8 @@ def cpu_conv_impl(out_pixels: int, gemm_max_pixels: int) -> str:
 
 #: Transposed convolutions with at most this many output channels (an image-producing last
 #: layer) run the GEMM form on CPU at any size: forward and backward both faster there
-#: (128^2x128 -> 3 at batch 4: forward 5 vs 17 ms; benchmarks/conv_forms.py --cases transpose).
+#: (128^2x128 -> 3 at batch 4: forward 5 vs 17 ms; ``benchmarks/conv_forms.py --cases
+#: transpose``).
 CPU_GEMM_MAX_OUT_FEATURES = 8
 
 
@@ -106,7 +107,7 @@ def cpu_conv_transpose_impl(in_pixels: int, out_features: int, gemm_max_pixels: 
     return "subpixel/gemm"
 
 
-def _forward_with_grads_of(forward: Callable[..., Array], grads_of: Callable[..., Array],
+def forward_with_grads_of(forward: Callable[..., Array], grads_of: Callable[..., Array],
                            x: Array, kernel: Array, static: tuple[Any, ...]) -> Array:
     """``forward(x, kernel, *static)``, differentiated as ``grads_of`` (the same function of
     x and kernel in another form): each form where XLA runs it fastest."""
@@ -149,5 +150,5 @@ def run_impl(module: nn.Module, fns: dict[str, Callable[..., Array]], impl: str,
     if forward == chunked_impl and split_batch(module.split_batch):
         run = functools.partial(batch_chunked, fns[forward])
     if grads and grads != forward:
-        return _forward_with_grads_of(run, fns[grads], x, args[0], tuple(args[1:]))
+        return forward_with_grads_of(run, fns[grads], x, args[0], tuple(args[1:]))
     return run(x, *args)
