@@ -129,9 +129,9 @@ def pyramid_layout(nr: int, nc: int, padding: int, outer_padding: int
     the canvas size, as dlib lays it out (``compute_tiled_image_pyramid_details``)."""
     sizes = [(nr, nc)]
     h, w = nr, nc
+    rate = (PYRAMID_N - 1.0) / PYRAMID_N  # in double, then times the size: as dlib rounds
     while True:
-        h, w = math.floor(h * (PYRAMID_N - 1) / PYRAMID_N), math.floor(w * (PYRAMID_N - 1)
-                                                                    / PYRAMID_N)
+        h, w = math.floor(rate * h), math.floor(rate * w)
         if h * w == 0 or h < MIN_LEVEL_ROWS:
             break
         sizes.append((h, w))
