@@ -55,6 +55,14 @@ def test_real_file_structure(path):
     assert list(y) == [14, 38] and list(x) == [14, 54]
 
 
+def test_unsupported_files_are_refused():
+    newer_options = ds.pack_int(1) + ds.pack_string("loss_mmod_") + ds.pack_int(4)
+    with pytest.raises(ds.DlibFormatError, match="mmod_options version 4"):
+        ds.read_dlib_network(newer_options)
+    with pytest.raises(ds.DlibFormatError, match="unsupported loss layer"):
+        ds.read_dlib_network(ds.pack_int(1) + ds.pack_string("loss_yolo_"))
+
+
 def test_bn_folding_is_dlibs_affine():
     conv = ds.DlibLayer("con", {"nr": 1, "nc": 1, "stride_y": 1, "stride_x": 1,
                                 "padding_y": 0, "padding_x": 0},
