@@ -228,7 +228,7 @@ def test_conv_matches_torch(stride, padding, impl):
 def test_forward_with_gradients_of_another_form():
     """'subpixel/gemm' (and 'conv/gemm'): the first form's output, the second form's
     gradients (w.r.t. input and kernel); both equal the plain forms' up to rounding, and
-    the backward pass really is the GEMM form's (no convolution in it)."""
+    the backward pass goes through the custom VJP."""
     rng = np.random.default_rng(7)
     x = jnp.asarray(rng.standard_normal((3, 20, 20, 6)), jnp.float32)
     cot = jnp.asarray(rng.standard_normal((3, 40, 40, 5)), jnp.float32)

@@ -267,15 +267,8 @@ def pyramid_up2(rgb: np.ndarray) -> np.ndarray:
     h, w = rgb.shape[:2]
     out_h = int(np.floor((h - 1 + 0.75) * 2 + 0.5)) + 1
     out_w = int(np.floor((w - 1 + 1.25) * 2 + 0.5)) + 1
-    y = np.arange(out_h, dtype=np.float32) * np.float32((h - 1) / max(out_h - 1, 1))
-    x = np.arange(out_w, dtype=np.float32) * np.float32((w - 1) / max(out_w - 1, 1))
-    top, left = np.floor(y).astype(np.int64), np.floor(x).astype(np.int64)
-    bottom, right = np.minimum(top + 1, h - 1), np.minimum(left + 1, w - 1)
-    fy, fx = (y - top)[:, None, None], (x - left)[None, :, None]
-    im = rgb.astype(np.float32)
-    rows_t, rows_b = im[top], im[bottom]
-    out = ((1 - fy) * ((1 - fx) * rows_t[:, left] + fx * rows_t[:, right])
-           + fy * ((1 - fx) * rows_b[:, left] + fx * rows_b[:, right]))
+    # The pyramid's bilinear resize (columns, then rows), on 0..255 values.
+    out = _resize_axis(_resize_axis(rgb.astype(np.float32), out_w, 1), out_h, 0)
     return np.clip(np.floor(out), 0, 255).astype(np.uint8)
 
 
