@@ -178,7 +178,15 @@ def test_export_parity_and_import(tmp_path, model_name, kwargs, channels, batch)
         assert np.abs(ours).max() <= 1.0
 
     # Import weights that originate in torch; round trip Flax -> torch -> Flax is exact.
+    torch.manual_seed(3)  # torch's global RNG depends on which tests ran before
     fresh = build_torch_module(entry["torch_class"], entry["constructor_args"])
+    if "spectral" in variables:
+        # A fresh torch spectral norm has random u, v: sigma = u.Wv can be ~0 and the
+        # output ~1e8, where float32 rounding alone exceeds REL_TOL. A few power
+        # iterations (training forwards) give the realistic, well-conditioned case.
+        with torch.no_grad():
+            for _ in range(3):
+                fresh.train()(_nchw(x))
     imported = import_torch_state_dict(model_name, kwargs, fresh.state_dict(), template)
     assert jax.tree_util.tree_structure(imported) == jax.tree_util.tree_structure(template)
     with torch.no_grad():
