@@ -14,8 +14,16 @@ picks on the CPU platform (``impl='auto'``, ``split_batch=None``). One case per 
   ``--batch`` (default 4), forward and forward + backward, in the sub-pixel form per batch
   chunk, the GEMM + col2im form, and ``'subpixel/gemm'`` (sub-pixel forward, the GEMM
   form's gradients: what ``ConvTranspose`` runs on CPU), against PyTorch.
+- ``winograd``: GANMasker's 3x3 stride-1 layers (``Conv(features, 3, 1, 1)``) at
+  ``--batch``, forward + backward in the module's 'conv' form (per batch chunk, what runs
+  on CPU) vs 'conv/conv:winograd' (the Winograd F(2x2, 3x3) form's kernel gradient),
+  against PyTorch; then the FU-Net (configs/ganmasker.py:unmask) forward + backward with
+  the CPU 'auto' rule and with that rule giving its 3x3 layers of >= 32 channels the
+  Winograd kernel gradient.
+  Each pair runs twice in swapped order (A, B, B, A), as the order alone moves times by
+  ~10% on a shared machine.
 
-    python benchmarks/conv_forms.py [--cases padding,weight_layout,batch,transpose] \
+    python benchmarks/conv_forms.py [--cases padding,weight_layout,batch,transpose,winograd] \
         [--threads 2] [--batch 4]
 
 Median wall times over ``--iters`` calls after a warm-up (see compare_torch.py). The
@@ -30,7 +38,7 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import compare_torch  # noqa: E402  (timing helpers)
 
-CASES = ("padding", "weight_layout", "batch", "transpose")
+CASES = ("padding", "weight_layout", "batch", "transpose", "winograd")
 
 
 def main(argv=None) -> int:
@@ -39,9 +47,12 @@ def main(argv=None) -> int:
     p.add_argument("--threads", type=int, default=0)
     p.add_argument("--iters", type=int, default=3)
     p.add_argument("--rounds", type=int, default=2)
-    p.add_argument("--batch", type=int, default=4, help="batch of the 'transpose' case")
+    p.add_argument("--batch", type=int, default=4,
+                   help="batch of the 'transpose' and 'winograd' cases")
+    compare_torch.add_allocator_flag(p)
     args = p.parse_args(argv)
     threads = compare_torch.limit_threads(args.threads)
+    allocator = compare_torch.configure_allocator(args.host_allocator)
 
     import jax
     import jax.numpy as jnp
@@ -56,7 +67,7 @@ def main(argv=None) -> int:
         return compare_torch.interleaved_times(list(fns), args.iters, args.rounds)
 
     print(f"{jax.default_backend()}, {threads} threads, jax {jax.__version__}, load "
-          f"{os.getloadavg()[0]:.1f}")
+          f"{os.getloadavg()[0]:.1f}; {allocator}")
     cases = [c for c in args.cases.split(",") if c]
     for case in cases:
         if case not in CASES:
@@ -164,7 +175,83 @@ def main(argv=None) -> int:
             for i, name in enumerate(fns):
                 print(f"transpose: {hi}^2x{cin} -> {cout} convT, batch {b}, {name:>19}: "
                       f"forward {ms(times[2 * i])}, f+b {ms(times[2 * i + 1])}")
+    if "winograd" in cases:
+        _winograd_case(args, threads, timed, ms, rng)
     return 0
+
+
+def _winograd_case(args, threads, timed, ms, rng) -> None:
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+    import torch
+
+    from configs import ganmasker
+    from unmask_jax.models import create_model
+    from unmask_jax.models.layers import Conv
+
+    torch.set_num_threads(threads)
+    b = args.batch
+    forms = ("conv", "conv/conv:winograd")
+    for hi, cin, cout in ((256, 4, 32), (256, 32, 32), (128, 32, 64), (128, 64, 64),
+                          (64, 128, 128), (32, 256, 256)):
+        x = jnp.asarray(rng.standard_normal((b, hi, hi, cin)), jnp.float32)
+        fns = []
+        for impl in forms:
+            layer = Conv(cout, 3, 1, 1, use_bias=False, impl=impl)
+            v = layer.init(jax.random.key(0), x)
+            fb = jax.jit(jax.grad(lambda v, x, m=layer: jnp.sum(jnp.square(m.apply(v, x))),
+                                  argnums=(0, 1)))
+            fns.append(lambda fb=fb, v=v: jax.block_until_ready(fb(v, x)))
+        xt = torch.from_numpy(np.asarray(x).transpose(0, 3, 1, 2).copy()).requires_grad_()
+        conv_t = torch.nn.Conv2d(cin, cout, 3, 1, 1, bias=False)
+
+        def tfb():
+            xt.grad = None
+            conv_t.zero_grad()
+            conv_t(xt).square().sum().backward()
+
+        t = timed(fns[0], fns[1], fns[1], fns[0], tfb)
+        print(f"winograd: {hi}^2x{cin} -> {cout} 3x3 conv f+b, batch {b}: "
+              f"{forms[0]} {ms(t[0])} / {ms(t[3])}, {forms[1]} {ms(t[1])} / {ms(t[2])}, "
+              f"PyTorch {ms(t[4])}")
+    # The FU-Net with its 'auto' rule, and with the rule changed to give 3x3 stride-1
+    # layers of >= 32 input and output channels that run 'conv' the Winograd kernel
+    # gradient (the layers above where it wins alone). The rule is read at trace time.
+    from unmask_jax.models.layers import conv as conv_module
+    from unmask_jax.models.layers.common import pair
+    from unmask_jax.models.layers.winograd import supports
+
+    rule = conv_module.conv_impl
+
+    def winograd_rule(impl, x_shape, kernel_hw, strides, padding, dilation, gemm_max):
+        chosen = rule(impl, x_shape, kernel_hw, strides, padding, dilation, gemm_max)
+        if (chosen == "conv" and supports(kernel_hw, pair(strides), pair(dilation))
+                and x_shape[-1] >= 32):
+            return "conv/conv:winograd"
+        return chosen
+
+    cfg = ganmasker.get_config("unmask")
+    fu_net = create_model(cfg.model.generator, **dict(cfg.model.generator_kwargs))
+    x = jnp.asarray(rng.uniform(-1, 1, (b, 256, 256, 4)), jnp.float32)
+    variables = jax.jit(lambda x: fu_net.init(jax.random.key(0), x, False))(x[:1])
+
+    def loss(p, x):
+        y, _ = fu_net.apply({**variables, "params": p}, x, True, mutable=["batch_stats"])
+        return jnp.sum(jnp.square(y))
+
+    fns = []
+    for patched in (rule, winograd_rule):
+        conv_module.conv_impl = patched
+        try:
+            fb = jax.jit(jax.grad(loss))
+            jax.block_until_ready(fb(variables["params"], x))  # traced under this rule
+        finally:
+            conv_module.conv_impl = rule
+        fns.append(lambda fb=fb: jax.block_until_ready(fb(variables["params"], x)))
+    t = timed(fns[0], fns[1], fns[1], fns[0])
+    print(f"winograd: FU-Net (ganmasker.py:unmask) f+b, batch {b}: auto rule "
+          f"{ms(t[0])} / {ms(t[3])}, with winograd kernel gradients {ms(t[1])} / {ms(t[2])}")
 
 
 if __name__ == "__main__":

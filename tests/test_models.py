@@ -254,6 +254,68 @@ def test_forward_with_gradients_of_another_form():
         ConvTranspose(5, impl="subpixel/winograd").init(jax.random.key(0), x)
 
 
+@pytest.mark.parametrize("shape,padding", [
+    ((2, 9, 7, 3), 1),                  # odd output sizes: an extra zero row / column
+    ((1, 8, 8, 5), 0),                  # VALID
+    ((2, 10, 11, 4), ((2, 0), (1, 1))),  # asymmetric explicit padding
+    ((1, 6, 5, 2), "SAME"),
+])
+def test_winograd_form_equals_the_direct_convolution(shape, padding):
+    """F(2x2, 3x3): output, input gradient and kernel gradient equal lax's convolution's
+    up to float rounding, for odd sizes and every padding style."""
+    rng = np.random.default_rng(11)
+    x = jnp.asarray(rng.standard_normal(shape), jnp.float32)
+    k = jnp.asarray(rng.standard_normal((3, 3, shape[-1], 6)), jnp.float32)
+    want, want_vjp = jax.vjp(lambda x, k: layers.conv2d_xla(x, k, 1, padding), x, k)
+    got, got_vjp = jax.vjp(lambda x, k: layers.conv2d_winograd(x, k, 1, padding), x, k)
+    assert got.shape == want.shape
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+    cot = jnp.asarray(rng.standard_normal(want.shape), jnp.float32)
+    for g, w in zip(got_vjp(cot), want_vjp(cot)):
+        np.testing.assert_allclose(g, w, rtol=1e-5, atol=1e-4)
+
+
+def test_winograd_form_refuses_other_geometries():
+    x = jnp.zeros((1, 8, 8, 2))
+    for kernel, stride, dilation in (((4, 4), 2, 1), ((3, 3), 2, 1), ((3, 3), 1, 2),
+                                     ((1, 1), 1, 1)):
+        with pytest.raises(ValueError, match="3x3 kernels with stride 1 and dilation 1"):
+            layers.conv2d_winograd(x, jnp.zeros(kernel + (2, 3)), stride, 1, dilation)
+
+
+def test_input_and_kernel_gradients_from_two_forms(monkeypatch):
+    """'conv/conv:winograd': the convolution's output and input gradient, the Winograd
+    form's kernel gradient; equal to 'conv' up to rounding. A doubled stand-in for the
+    Winograd form doubles the kernel gradient only, so each gradient really comes from the
+    named form."""
+    from unmask_jax.models.layers import conv as conv_module
+    rng = np.random.default_rng(12)
+    x = jnp.asarray(rng.standard_normal((3, 12, 10, 4)), jnp.float32)
+    mixed, plain = Conv(5, 3, 1, 1, impl="conv/conv:winograd"), Conv(5, 3, 1, 1, impl="conv")
+    v = plain.init(jax.random.key(0), x)
+
+    def grads(module):
+        return jax.grad(lambda v, x: jnp.sum(module.apply(v, x) ** 2), argnums=(0, 1))(v, x)
+
+    np.testing.assert_allclose(mixed.apply(v, x), plain.apply(v, x), rtol=1e-6, atol=1e-6)
+    (gv_mixed, gx_mixed), (gv_plain, gx_plain) = grads(mixed), grads(plain)
+    np.testing.assert_allclose(gx_mixed, gx_plain, rtol=1e-5, atol=1e-5)
+    for got, want in zip(jax.tree.leaves(gv_mixed), jax.tree.leaves(gv_plain)):
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-4)
+    winograd = conv_module.CONV_FORMS["winograd"]
+    monkeypatch.setitem(conv_module.CONV_FORMS, "winograd",
+                        lambda *args: 2.0 * winograd(*args))
+    gv_doubled, gx_same = grads(mixed)
+    np.testing.assert_allclose(gx_same, gx_plain, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(gv_doubled["params"]["kernel"],
+                               2.0 * gv_plain["params"]["kernel"], rtol=1e-5, atol=1e-4)
+    np.testing.assert_allclose(gv_doubled["params"]["bias"], gv_plain["params"]["bias"],
+                               rtol=1e-5, atol=1e-5)
+    for bad in ("conv/:winograd", "conv/conv:nope", "conv/conv:winograd:gemm"):
+        with pytest.raises(ValueError, match="X_GRADS:KERNEL_GRADS"):
+            Conv(5, 3, 1, 1, impl=bad).init(jax.random.key(0), x)
+
+
 def test_cpu_rules_pick_the_mixed_transposed_conv():
     """On CPU, a large transposed convolution runs the sub-pixel form forward (per batch
     chunk) and the GEMM form's gradients; a small one, or one with an image's few output

@@ -33,7 +33,6 @@ Outputs are in the compute ``dtype``; pooling and the sigmoid gates are computed
 
 from __future__ import annotations
 
-import math
 from typing import Any, Callable, Sequence
 
 import flax.linen as nn
@@ -41,10 +40,10 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from unmask_jax.models.layers import Conv, conv2d, conv2d_gemm, conv2d_xla, normal_init
+from unmask_jax.models.layers import Conv, normal_init
 from unmask_jax.models.layers import dispatch
 from unmask_jax.models.layers.common import Initializer, PaddingLike, add_bias, pair
-from unmask_jax.models.layers.padding import out_size, resolved_padding
+from unmask_jax.models.layers.conv import CONV_FORMS, conv_impl
 
 Array = jax.Array
 Dtype = Any
@@ -183,19 +182,6 @@ def spectral_normalise(w_mat: Array, u: Array, v: Array, *, power_iterations: in
     return w_mat / sigma, u, v
 
 
-def _conv_impl(impl: str, x: Array, kernel_hw: tuple[int, int], strides: Any,
-               padding: PaddingLike, dilation: Any, auto_gemm_max_pixels: int) -> str:
-    """What :class:`~unmask_jax.models.layers.Conv` runs for ``impl`` (same 'auto' rule)."""
-    if impl != dispatch.AUTO:
-        return impl
-    if not dispatch.cpu_tuned():
-        return "xla"
-    pads = resolved_padding(padding, x.shape[1:3], kernel_hw, pair(strides), pair(dilation))
-    pixels = math.prod(out_size(n, k, s, p, d) for n, k, s, p, d in zip(
-        x.shape[1:3], kernel_hw, pair(strides), pads, pair(dilation)))
-    return dispatch.cpu_conv_impl(pixels, auto_gemm_max_pixels)
-
-
 class SNConv(nn.Module):
     """``torch.nn.utils.spectral_norm(torch.nn.Conv2d(...))`` in NHWC.
 
@@ -215,7 +201,7 @@ class SNConv(nn.Module):
     - ``train=False``: torch's eval mode: no iteration, sigma = u^T W v from the stored u, v.
 
     ``eps`` 1e-12 (torch's). Other fields as :class:`~unmask_jax.models.layers.Conv`
-    (torch-style ``padding``; ``impl`` 'auto' | 'xla' | 'conv' | 'gemm').
+    (torch-style ``padding``; ``impl`` and the 'auto' rule as there).
     """
 
     features: int
@@ -259,10 +245,9 @@ class SNConv(nn.Module):
         if iterate and self.is_mutable_collection(SPECTRAL):
             u_var.value, v_var.value = u, v
         w = w_mat.reshape(self.features, cin, kh, kw).transpose(2, 3, 1, 0)
-        impl = _conv_impl(self.impl, x, (kh, kw), self.strides, self.padding, self.dilation,
-                          self.auto_gemm_max_pixels)
-        fns = {"conv": conv2d, "gemm": conv2d_gemm, "xla": conv2d_xla}
-        y = dispatch.run_impl(self, fns, impl, "conv", x,
+        impl = conv_impl(self.impl, x.shape, (kh, kw), self.strides, self.padding,
+                         self.dilation, self.auto_gemm_max_pixels)
+        y = dispatch.run_impl(self, CONV_FORMS, impl, "conv", x,
                               (w.astype(self.dtype), self.strides, self.padding,
                                self.dilation))
         return add_bias(self, y)

@@ -7,6 +7,8 @@ idea per module; everything public is re-exported here (``layers.Conv``, ...):
 - :mod:`.conv`: :class:`Conv` (``torch.nn.Conv2d``) and its implementations
   :func:`conv2d_xla`, :func:`conv2d` (explicit pre-padding), :func:`conv2d_gemm`
   (im2col + GEMM).
+- :mod:`.winograd`: :func:`conv2d_winograd`, the Winograd F(2x2, 3x3) form of a 3x3
+  stride-1 convolution (an explicit ``impl``; not in the CPU 'auto' rule).
 - :mod:`.conv_transpose`: :class:`ConvTranspose` (``torch.nn.ConvTranspose2d``) and its
   implementations :func:`conv_transpose_xla`, :func:`conv_transpose_subpixel`,
   :func:`conv_transpose_gemm` (GEMM + col2im).
@@ -36,11 +38,12 @@ from unmask_jax.models.layers.dispatch import set_platform, use_platform
 from unmask_jax.models.layers.norms import BatchNorm, InstanceNorm, apply_norm, check_norm
 from unmask_jax.models.layers.padding import torch_padding
 from unmask_jax.models.layers.weight_matmul import weight_matmul
+from unmask_jax.models.layers.winograd import conv2d_winograd
 
 __all__ = [
     "Array", "BatchNorm", "Conv", "ConvTranspose", "Dtype", "Initializer", "InstanceNorm",
     "PaddingLike", "apply_norm", "batch_chunked", "check_norm", "conv2d", "conv2d_gemm",
-    "conv2d_xla", "conv_transpose_gemm", "conv_transpose_subpixel", "conv_transpose_xla",
-    "leaky_relu", "normal_init", "set_platform", "torch_padding", "use_platform",
-    "weight_matmul",
+    "conv2d_winograd", "conv2d_xla", "conv_transpose_gemm", "conv_transpose_subpixel",
+    "conv_transpose_xla", "leaky_relu", "normal_init", "set_platform", "torch_padding",
+    "use_platform", "weight_matmul",
 ]

@@ -6,9 +6,12 @@ Kernel layout (kH, kW, in, out); torch weight = ``kernel.transpose(3, 2, 0, 1)``
 - :func:`conv2d_xla`: ``lax.conv_general_dilated`` with the padding built in (what
   ``impl='auto'`` runs off the CPU platform);
 - :func:`conv2d`: a VALID convolution on an explicitly zero-padded input;
-- :func:`conv2d_gemm`: im2col + one GEMM.
+- :func:`conv2d_gemm`: im2col + one GEMM;
+- :func:`~unmask_jax.models.layers.winograd.conv2d_winograd`: Winograd F(2x2, 3x3) (3x3,
+  stride 1), an explicit ``impl`` only.
 
-The last two are the CPU-measured forms (see :mod:`~unmask_jax.models.layers.dispatch`).
+:func:`conv2d` and :func:`conv2d_gemm` are the CPU rule's forms (see
+:mod:`~unmask_jax.models.layers.dispatch`).
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ from unmask_jax.models.layers.common import (
     DIMS, Array, Dtype, Initializer, PaddingLike, add_bias, normal_init, pair)
 from unmask_jax.models.layers.padding import out_size, pre_pad, resolved_padding
 from unmask_jax.models.layers.weight_matmul import weight_matmul
+from unmask_jax.models.layers.winograd import conv2d_winograd
 
 
 def conv2d_xla(
@@ -111,6 +115,28 @@ def conv2d_gemm(
                          weights).reshape(b, ho, wo, cout)
 
 
+#: The forms a ``Conv`` (and ``SNConv``) can run, by ``impl`` name.
+CONV_FORMS = {"conv": conv2d, "gemm": conv2d_gemm, "xla": conv2d_xla,
+              "winograd": conv2d_winograd}
+
+
+def conv_impl(impl: str, x_shape: Sequence[int], kernel_hw: tuple[int, int],
+              strides: int | Sequence[int], padding: PaddingLike,
+              dilation: int | Sequence[int], auto_gemm_max_pixels: int) -> str:
+    """What a convolution of this geometry runs for ``impl``: explicit names are kept;
+    'auto' is :func:`~unmask_jax.models.layers.dispatch.cpu_conv_impl` on the CPU platform,
+    'xla' elsewhere."""
+    if impl != dispatch.AUTO:
+        return impl
+    if not dispatch.cpu_tuned():
+        return "xla"
+    strides, dilation = pair(strides), pair(dilation)
+    pads = resolved_padding(padding, x_shape[1:3], kernel_hw, strides, dilation)
+    out_pixels = math.prod(out_size(n, k, s, p, d) for n, k, s, p, d in zip(
+        x_shape[1:3], kernel_hw, strides, pads, dilation))
+    return dispatch.cpu_conv_impl(out_pixels, auto_gemm_max_pixels)
+
+
 class Conv(nn.Module):
     """2-D convolution equivalent to ``torch.nn.Conv2d`` (NHWC, kernel (kH, kW, in, out)).
 
@@ -118,12 +144,15 @@ class Conv(nn.Module):
     explicit ((top, bottom), (left, right)) pairs are also accepted.
 
     ``impl``: 'xla' (:func:`conv2d_xla`), 'conv' (:func:`conv2d`), 'gemm'
-    (:func:`conv2d_gemm`) or 'auto' (default). 'auto' on the CPU platform: 'gemm' when the
-    output has at most ``auto_gemm_max_pixels`` pixels per image (the U-Net's small inner
-    blocks, where the im2col GEMM's gradients are faster on XLA CPU), else 'conv'; on other
-    platforms: 'xla' (see :mod:`~unmask_jax.models.layers.dispatch`). ``split_batch``: run
-    'conv' per image chunk (:func:`batch_chunked`); None (default) = on the CPU platform
-    only. Same numbers up to float rounding.
+    (:func:`conv2d_gemm`), 'winograd' (:func:`conv2d_winograd`, 3x3 stride 1 only), a mix
+    of them ('FORWARD/GRADS' or 'FORWARD/X_GRADS:KERNEL_GRADS', e.g. 'conv/conv:winograd',
+    see :func:`~unmask_jax.models.layers.dispatch.run_impl`) or 'auto' (default). 'auto' on
+    the CPU platform: 'gemm' when the output has at most ``auto_gemm_max_pixels`` pixels per
+    image (the U-Net's small inner blocks, where the im2col GEMM's gradients are faster on
+    XLA CPU), else 'conv'; on other platforms: 'xla' (see
+    :mod:`~unmask_jax.models.layers.dispatch`). ``split_batch``: run 'conv' per image chunk
+    (:func:`batch_chunked`); None (default) = on the CPU platform only. Same numbers up to
+    float rounding.
     """
 
     features: int
@@ -146,20 +175,9 @@ class Conv(nn.Module):
         kernel = self.param(
             "kernel", self.kernel_init, (kh, kw, x.shape[-1], self.features), self.param_dtype
         )
-        impl = self.impl
-        if impl == dispatch.AUTO:
-            if dispatch.cpu_tuned():
-                out_pixels = math.prod(
-                    out_size(n, k, s, p, d) for n, k, s, p, d in zip(
-                        x.shape[1:3], (kh, kw), pair(self.strides),
-                        resolved_padding(self.padding, x.shape[1:3], (kh, kw),
-                                         pair(self.strides), pair(self.dilation)),
-                        pair(self.dilation)))
-                impl = dispatch.cpu_conv_impl(out_pixels, self.auto_gemm_max_pixels)
-            else:
-                impl = "xla"
-        fns = {"conv": conv2d, "gemm": conv2d_gemm, "xla": conv2d_xla}
-        y = dispatch.run_impl(self, fns, impl, "conv", x,
+        impl = conv_impl(self.impl, x.shape, (kh, kw), self.strides, self.padding,
+                         self.dilation, self.auto_gemm_max_pixels)
+        y = dispatch.run_impl(self, CONV_FORMS, impl, "conv", x,
                               (kernel.astype(self.dtype), self.strides, self.padding,
                                self.dilation))
         return add_bias(self, y)

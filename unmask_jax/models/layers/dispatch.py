@@ -86,7 +86,11 @@ def cpu_tuned() -> bool:
 
 def cpu_conv_impl(out_pixels: int, gemm_max_pixels: int) -> str:
     """The CPU form of a ``Conv``: 'gemm' for spatially small outputs (at most
-    ``gemm_max_pixels`` per image), else 'conv'."""
+    ``gemm_max_pixels`` per image), else 'conv'.
+
+    Not chosen here: 'conv/conv:winograd' (the Winograd form's kernel gradient). It makes
+    a lone 3x3 layer's forward + backward 25-45% faster at batch 4, but GANMasker's FU-Net
+    and its stage-2 train step were no faster with it (``benchmarks/README.md``)."""
     return "gemm" if out_pixels <= gemm_max_pixels else "conv"
 
 
@@ -108,9 +112,12 @@ def cpu_conv_transpose_impl(in_pixels: int, out_features: int, gemm_max_pixels: 
 
 
 def forward_with_grads_of(forward: Callable[..., Array], grads_of: Callable[..., Array],
-                           x: Array, kernel: Array, static: tuple[Any, ...]) -> Array:
+                          x: Array, kernel: Array, static: tuple[Any, ...],
+                          kernel_grads_of: Callable[..., Array] | None = None) -> Array:
     """``forward(x, kernel, *static)``, differentiated as ``grads_of`` (the same function of
-    x and kernel in another form): each form where XLA runs it fastest."""
+    x and kernel in another form): each form where XLA runs it fastest. With
+    ``kernel_grads_of``, only the input gradient is ``grads_of``'s and the kernel gradient
+    is ``kernel_grads_of``'s."""
 
     @jax.custom_vjp
     def f(x: Array, kernel: Array) -> Array:
@@ -120,8 +127,13 @@ def forward_with_grads_of(forward: Callable[..., Array], grads_of: Callable[...,
         return forward(x, kernel, *static), (x, kernel)
 
     def f_bwd(res, g: Array):
-        _, vjp = jax.vjp(lambda a, k: grads_of(a, k, *static), *res)
-        return vjp(g)
+        x, kernel = res
+        if kernel_grads_of is None:
+            _, vjp = jax.vjp(lambda a, k: grads_of(a, k, *static), x, kernel)
+            return vjp(g)
+        _, x_vjp = jax.vjp(lambda a: grads_of(a, kernel, *static), x)
+        _, k_vjp = jax.vjp(lambda k: kernel_grads_of(x, k, *static), kernel)
+        return x_vjp(g)[0], k_vjp(g)[0]
 
     f.defvjp(f_fwd, f_bwd)
     return f(x, kernel)
@@ -137,18 +149,27 @@ def run_impl(module: nn.Module, fns: dict[str, Callable[..., Array]], impl: str,
     """``fns[impl](x, *args)`` in the module's compute dtype; ``chunked_impl`` runs per batch
     chunk when the module's ``split_batch`` says so (see :func:`batch_chunked`).
 
-    ``impl`` may be 'FORWARD/GRADS' (e.g. 'subpixel/gemm'): ``fns[FORWARD]`` computes the
-    output, the gradients with respect to ``x`` and ``args[0]`` (the kernel) are those of
-    ``fns[GRADS]``; the other args are static.
+    ``impl`` may mix forms: 'FORWARD/GRADS' (e.g. 'subpixel/gemm'): ``fns[FORWARD]``
+    computes the output, the gradients with respect to ``x`` and ``args[0]`` (the kernel)
+    are those of ``fns[GRADS]``; 'FORWARD/X_GRADS:KERNEL_GRADS' (e.g. 'conv/conv:winograd')
+    takes the input and the kernel gradients from two forms. The other args are static.
     """
     forward, _, grads = impl.partition("/")
-    if forward not in fns or (grads and grads not in fns):
+    x_grads, _, kernel_grads = grads.partition(":")
+    names = [name for name in (forward, x_grads, kernel_grads) if name]
+    if any(name not in fns for name in names) or (kernel_grads and not x_grads):
         raise ValueError(f"unknown {type(module).__name__} impl {module.impl!r}; choose from "
-                         f"{sorted(fns) + [AUTO]} or 'FORWARD/GRADS' of two of them")
+                         f"{sorted(fns) + [AUTO]}, 'FORWARD/GRADS' or "
+                         f"'FORWARD/X_GRADS:KERNEL_GRADS' of them")
     x = x.astype(module.dtype)
-    run = fns[forward]
-    if forward == chunked_impl and split_batch(module.split_batch):
-        run = functools.partial(batch_chunked, fns[forward])
-    if grads and grads != forward:
-        return forward_with_grads_of(run, fns[grads], x, args[0], tuple(args[1:]))
-    return run(x, *args)
+    chunked = split_batch(module.split_batch)
+
+    def form(name: str) -> Callable[..., Array]:
+        if name == chunked_impl and chunked:
+            return functools.partial(batch_chunked, fns[name])
+        return fns[name]
+
+    if not grads or (x_grads == forward and kernel_grads in ("", forward)):
+        return form(forward)(x, *args)
+    return forward_with_grads_of(form(forward), form(x_grads), x, args[0], tuple(args[1:]),
+                                 form(kernel_grads) if kernel_grads else None)
