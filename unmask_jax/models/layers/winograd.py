@@ -73,8 +73,9 @@ def _image_from_tiles(m: Array) -> Array:
 
 
 def _tiles_from_image(g: Array) -> Array:
-    """The adjoint of :func:`_image_from_tiles`: A G A^T of every 2x2 block of ``g``
-    (n, 2 th, 2 tw, out), as (4, 4, n, th, tw, out); rows first, then columns."""
+    """The adjoint of :func:`_image_from_tiles`: A dY A^T of every 2x2 block dY of the
+    output gradient ``g`` (n, 2 th, 2 tw, out), as (4, 4, n, th, tw, out); rows first,
+    then columns (the kernel gradient's GEMMs read this)."""
     n, h, w, cout = g.shape
     pairs = g.reshape(n, h // 2, 2, w, cout)
     r0, r1 = pairs[:, :, 0], pairs[:, :, 1]
