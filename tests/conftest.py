@@ -17,7 +17,6 @@ jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
 jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
 
 
-
 @pytest.fixture(autouse=True)
 def _seed_torch_per_test():
     """Every test starts from the same torch RNG state, whichever tests ran before it in
