@@ -287,16 +287,11 @@ def output_size(spec: MmodSpec, h: int, w: int) -> tuple[int, int]:
 CPU_COMPILER_OPTIONS = {"xla_cpu_experimental_ynn_fusion_type": ""}
 
 
-def _score_fn(spec: MmodSpec, params: Params, canvas: jax.Array, valid: jax.Array
-              ) -> jax.Array:
-    return score_map(spec, params, canvas, valid)
-
-
 @functools.lru_cache(maxsize=None)
 def _jitted_scores(platform: str):
     """``score_map`` jitted, with :data:`CPU_COMPILER_OPTIONS` on the CPU backend."""
     options = CPU_COMPILER_OPTIONS if platform == "cpu" else None
-    return jax.jit(_score_fn, static_argnums=0, compiler_options=options)
+    return jax.jit(score_map, static_argnums=0, compiler_options=options)
 
 
 class MmodDetector:
