@@ -22,8 +22,15 @@ picks on the CPU platform (``impl='auto'``, ``split_batch=None``). One case per 
   Winograd kernel gradient.
   Each pair runs twice in swapped order (A, B, B, A), as the order alone moves times by
   ~10% on a shared machine.
+- ``library``: XLA CPU's convolution library (``config.model.cpu_convolutions``). A 3x3
+  stride-1 ``Conv`` at GANMasker's sizes, at ``--batch``: forward, input gradient and
+  kernel gradient separately, each its own program: compiled for YNNPACK (XLA's default)
+  with the layer's CPU 'auto' form, for Eigen with its 'auto' form (XLA's own convolution
+  on the whole batch; ``layers.dispatch.jit``), and PyTorch (``conv2d``,
+  ``torch.nn.grad.conv2d_input`` / ``conv2d_weight``). Then GANMasker's FU-Net and SN
+  discriminator forward + backward (gradients of the parameters) both ways.
 
-    python benchmarks/conv_forms.py [--cases padding,weight_layout,batch,transpose,winograd] \
+    python benchmarks/conv_forms.py [--cases padding,weight_layout,batch,transpose,winograd,library] \
         [--threads 2] [--batch 4]
 
 Median wall times over ``--iters`` calls after a warm-up (see compare_torch.py). The
@@ -38,7 +45,7 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import compare_torch  # noqa: E402  (timing helpers)
 
-CASES = ("padding", "weight_layout", "batch", "transpose", "winograd")
+CASES = ("padding", "weight_layout", "batch", "transpose", "winograd", "library")
 
 
 def main(argv=None) -> int:
@@ -48,7 +55,7 @@ def main(argv=None) -> int:
     p.add_argument("--iters", type=int, default=3)
     p.add_argument("--rounds", type=int, default=2)
     p.add_argument("--batch", type=int, default=4,
-                   help="batch of the 'transpose' and 'winograd' cases")
+                   help="batch of the 'transpose', 'winograd' and 'library' cases")
     compare_torch.add_allocator_flag(p)
     args = p.parse_args(argv)
     threads = compare_torch.limit_threads(args.threads)
@@ -177,6 +184,8 @@ def main(argv=None) -> int:
                       f"forward {ms(times[2 * i])}, f+b {ms(times[2 * i + 1])}")
     if "winograd" in cases:
         _winograd_case(args, threads, timed, ms, rng)
+    if "library" in cases:
+        _library_case(args, threads, timed, ms, rng)
     return 0
 
 
@@ -252,6 +261,71 @@ def _winograd_case(args, threads, timed, ms, rng) -> None:
     t = timed(fns[0], fns[1], fns[1], fns[0])
     print(f"winograd: FU-Net (ganmasker.py:unmask) f+b, batch {b}: auto rule "
           f"{ms(t[0])} / {ms(t[3])}, with winograd kernel gradients {ms(t[1])} / {ms(t[2])}")
+
+
+
+def _library_case(args, threads, timed, ms, rng) -> None:
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+    import torch
+
+    from configs import ganmasker
+    from unmask_jax.models import create_model
+    from unmask_jax.models.layers import Conv, dispatch
+
+    torch.set_num_threads(threads)
+    b = args.batch
+    libraries = dispatch.CPU_CONVOLUTIONS  # ('ynnpack', 'eigen')
+    for hi, c in ((256, 32), (128, 64), (64, 128), (32, 256), (16, 512)):
+        x = jnp.asarray(rng.standard_normal((b, hi, hi, c)), jnp.float32)
+        g = jnp.asarray(rng.standard_normal((b, hi, hi, c)), jnp.float32)
+        layer = Conv(c, 3, 1, 1, use_bias=False)
+        v = layer.init(jax.random.key(0), x)
+        parts = {
+            "forward": lambda v, x, g: layer.apply(v, x),
+            "input gradient": lambda v, x, g: jax.vjp(lambda a: layer.apply(v, a), x)[1](g)[0],
+            "kernel gradient": lambda v, x, g: jax.vjp(
+                lambda p: layer.apply({"params": p}, x), v["params"])[1](g)[0],
+        }
+        xt = torch.from_numpy(np.asarray(x).transpose(0, 3, 1, 2).copy())
+        gt = torch.from_numpy(np.asarray(g).transpose(0, 3, 1, 2).copy())
+        kt = torch.from_numpy(np.asarray(v["params"]["kernel"]).transpose(3, 2, 0, 1).copy())
+        torch_parts = {
+            "forward": lambda: torch.nn.functional.conv2d(xt, kt, padding=1),
+            "input gradient": lambda: torch.nn.grad.conv2d_input(xt.shape, kt, gt, padding=1),
+            "kernel gradient": lambda: torch.nn.grad.conv2d_weight(xt, kt.shape, gt, padding=1),
+        }
+        for name, fn in parts.items():
+            fns = []
+            for library in libraries:
+                f = dispatch.jit(fn, library)
+                jax.block_until_ready(f(v, x, g))
+                fns.append(lambda f=f: jax.block_until_ready(f(v, x, g)))
+            t = timed(fns[0], fns[1], fns[1], fns[0], torch_parts[name])
+            print(f"library: {hi}^2x{c} -> {c} 3x3 conv {name}, batch {b}: YNNPACK "
+                  f"{ms(t[0])} / {ms(t[3])}, Eigen {ms(t[1])} / {ms(t[2])}, "
+                  f"PyTorch {ms(t[4])}")
+    cfg = ganmasker.get_config("unmask")
+    for net, cin in ((cfg.model.generator, 4), (cfg.model.discriminator, 7)):
+        kwargs = dict(cfg.model.generator_kwargs if net == cfg.model.generator
+                      else cfg.model.discriminator_kwargs)
+        module = create_model(net, **kwargs)
+        x = jnp.asarray(rng.uniform(-1, 1, (b, 256, 256, cin)), jnp.float32)
+        variables = jax.jit(lambda x, m=module: m.init(jax.random.key(0), x, False))(x[:1])
+
+        def loss(p, x, m=module, variables=variables):
+            y, _ = m.apply({**variables, "params": p}, x, True, mutable=True)
+            return jnp.sum(jnp.square(y))
+
+        fns = []
+        for library in libraries:
+            f = dispatch.jit(jax.grad(loss), library)
+            jax.block_until_ready(f(variables["params"], x))
+            fns.append(lambda f=f: jax.block_until_ready(f(variables["params"], x)))
+        t = timed(fns[0], fns[1], fns[1], fns[0])
+        print(f"library: {net} (ganmasker.py:unmask) f+b, batch {b}: YNNPACK "
+              f"{ms(t[0])} / {ms(t[3])}, Eigen {ms(t[1])} / {ms(t[2])}")
 
 
 if __name__ == "__main__":

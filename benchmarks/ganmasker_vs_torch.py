@@ -37,6 +37,11 @@ Usage (CPU, the config's widths at 256x256)::
 
     python benchmarks/ganmasker_vs_torch.py --threads 2 --iters 3 --rounds 2
     python benchmarks/ganmasker_vs_torch.py ... --host-allocator system
+    python benchmarks/ganmasker_vs_torch.py ... --cpu-convolutions eigen,ynnpack
+
+The JAX programs are compiled with the system's ``jit`` (``config.model.cpu_convolutions``,
+'eigen' in configs/ganmasker.py), as the trainer and ``--mode=predict`` compile them;
+``--cpu-convolutions`` times other XLA CPU convolution libraries beside it.
 
 Per-part forward + backward (FU-Net blocks, CBAM, pools, up-sampling, the SN
 discriminator, SSIM, SmoothL1), JAX vs the twins' submodules with the same weights::
@@ -92,6 +97,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="discriminator ndf (default: the config's, 64)")
     p.add_argument("--d-layers", type=int, default=None,
                    help="discriminator n_layers (default: the config's, 3)")
+    p.add_argument("--cpu-convolutions", default="",
+                   help="XLA CPU convolution libraries to time the JAX rows with, comma-separated "
+                        "('eigen', 'ynnpack'); default: the config's (model.cpu_convolutions). "
+                        "Several give one row each, timed in this process")
     p.add_argument("--json", default="", help="also write the results to this JSON file")
     p.add_argument("--breakdown", default="",
                    help="comma-separated batch sizes for a per-part forward+backward table "
@@ -185,12 +194,47 @@ def main(argv: list[str] | None = None) -> int:
     load_start = os.getloadavg()
     parity: dict[str, float] = {}
 
+    libraries = [v for v in args.cpu_convolutions.split(",") if v] or [system.cpu_convolutions]
+    for library in libraries:
+        _run_rows(args, library, cfg, variables, mseg, names, torch_twin, net_state, table,
+                  parity, jax, jnp, np, optax, torch, systems, TrainState)
+
+    for b in _batches(args.breakdown):
+        _breakdown(args, b, variables, names, torch_twin, table)
+
+    load_end = os.getloadavg()
+    env = (f"jax {jax.__version__} ({jax.devices()[0].platform}), torch {torch.__version__}, "
+           f"{n_threads} threads, load average {load_start[0]:.1f} -> {load_end[0]:.1f} "
+           f"(machine cores: {os.cpu_count()}); {args.rounds} alternating blocks of "
+           f"{args.iters} timed runs per framework; {allocator}")
+    print()
+    print(env)
+    print(_markdown(table.rows))
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"rows": table.rows, "parity": parity, "threads": n_threads,
+                       "allocator": allocator, "load": [load_start, load_end],
+                       "jax": jax.__version__, "torch": torch.__version__,
+                       "size": size, "widths": {k: v[1] for k, v in names.items()},
+                       "iters": args.iters, "rounds": args.rounds}, f, indent=2)
+    return 0
+
+
+
+def _run_rows(args, library, cfg, variables, mseg, names, torch_twin, net_state, table, parity,
+              jax, jnp, np, optax, torch, systems, TrainState) -> None:
+    """The two-stage inference and train-step rows, the JAX side compiled for ``library``."""
+    size = args.size
     # ---------------- two-stage inference ----------------
+    with cfg.unlocked():
+        cfg.model.cpu_convolutions = library
+    system = systems.build(cfg)
+    label = "" if len(args.cpu_convolutions.split(",")) < 2 else f" [{library}]"
     system._segmenter = mseg  # what _load_segmenter sets from a stage-1 run
     # Weights on the device once, as a loaded model's are: numpy weights would be copied
     # to the device on every call, which PyTorch does not pay.
     frozen_inf = jax.device_put({"segmenter": variables["segmenter"]})
-    predict = jax.jit(functools.partial(system.predict, mask_source="segmenter"))
+    predict = system.jit(functools.partial(system.predict, mask_source="segmenter"))
     inf_state = jax.device_put(TrainState(step=jnp.zeros((), jnp.int32),
                                           rng=jax.random.PRNGKey(0),
                                           nets={"generator": net_state("generator")}))
@@ -211,7 +255,8 @@ def main(argv: list[str] | None = None) -> int:
         with torch.inference_mode():
             t0 = time.perf_counter()
             ours = jax.device_get(predict(inf_state, batch, frozen_inf))
-            print(f"  (JAX two-stage batch {b}: compile + first run "
+            print(f"  (JAX two-stage batch {b}, {system.cpu_convolutions} convolutions: "
+                  f"compile + first run "
                   f"{time.perf_counter() - t0:.1f} s)", flush=True)
             ref, ref_prob = (v.numpy().transpose(0, 2, 3, 1) for v in torch_two_stage(xt))
             rel = float(np.abs(ours["output"] - ref).max() / np.abs(ref).max())
@@ -225,14 +270,15 @@ def main(argv: list[str] | None = None) -> int:
             fns = [lambda: jax.block_until_ready(predict(inf_state, batch, frozen_inf)),
                    lambda: torch_two_stage(xt)]
             times = ct.interleaved_times(fns, args.iters, args.rounds)
-        table.add(SYSTEM, "two-stage inference (M-Seg + FU-Net + MURF)", b, "img/s", *times)
+        table.add(SYSTEM, "two-stage inference (M-Seg + FU-Net + MURF)" + label, b, "img/s",
+                  *times)
     del t_seg, t_gen, inf_state
 
     # ---------------- stage-2 train step ----------------
     tx = optax.adam(LR, b1=BETAS[0], b2=BETAS[1])
     txs = {"generator": tx, "discriminator": tx}
     frozen = system.load_frozen()  # {"loss": {}}: no feature network without the VGG term
-    step = jax.jit(functools.partial(system.train_step, txs=txs), donate_argnums=(0,))
+    step = system.jit(functools.partial(system.train_step, txs=txs), donate_argnums=(0,))
     for b in ([] if args.only_breakdown else _batches(args.batches_train)):
         masked, target, mask = _masked_faces(np, b, size, seed=100 + b)
         batch = {"masked": jnp.asarray(masked), "target": jnp.asarray(target),
@@ -259,29 +305,9 @@ def main(argv: list[str] | None = None) -> int:
             parity[f"train_b{b}_{name}"] = rel
             print(f"  train step parity batch {b}, first step {name}: JAX {float(ours_v):.6f} "
                   f"torch {ref_v:.6f} (rel diff {rel:.1e})", flush=True)
-        table.add(SYSTEM, "stage-2 train step (G+D, no VGG term)", b, "img/s",
+        table.add(SYSTEM, "stage-2 train step (G+D, no VGG term)" + label, b, "img/s",
                   *ct.interleaved_times([jax_step, torch_step], args.iters, args.rounds))
         del holder, state, tg, td
-
-    for b in _batches(args.breakdown):
-        _breakdown(args, b, variables, names, torch_twin, table)
-
-    load_end = os.getloadavg()
-    env = (f"jax {jax.__version__} ({jax.devices()[0].platform}), torch {torch.__version__}, "
-           f"{n_threads} threads, load average {load_start[0]:.1f} -> {load_end[0]:.1f} "
-           f"(machine cores: {os.cpu_count()}); {args.rounds} alternating blocks of "
-           f"{args.iters} timed runs per framework; {allocator}")
-    print()
-    print(env)
-    print(_markdown(table.rows))
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump({"rows": table.rows, "parity": parity, "threads": n_threads,
-                       "allocator": allocator, "load": [load_start, load_end],
-                       "jax": jax.__version__, "torch": torch.__version__,
-                       "size": size, "widths": {k: v[1] for k, v in names.items()},
-                       "iters": args.iters, "rounds": args.rounds}, f, indent=2)
-    return 0
 
 
 def _markdown(rows) -> str:

@@ -29,6 +29,7 @@ Usage (CPU)::
     python benchmarks/unveilify_vs_torch.py --threads 2 --res 128 --batch 1 --iters 2 \
         --rounds 2
     python benchmarks/unveilify_vs_torch.py --res 256 --batch 1      # the reference size
+    python benchmarks/unveilify_vs_torch.py ... --cpu-convolutions eigen   # Eigen convolutions
 
 Smoke run (tiny)::
 
@@ -73,6 +74,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--generator-width-div", type=int, default=1)
     p.add_argument("--ndf", type=int, default=64)
     p.add_argument("--conv-impl", default="auto", help="layers.Conv implementation (JAX)")
+    p.add_argument("--cpu-convolutions", default="ynnpack",
+                   help="XLA CPU convolution library of the JAX programs ('ynnpack', the "
+                        "config's, or 'eigen'; layers.dispatch.jit)")
     p.add_argument("--json", default="", help="also write the results to this JSON file")
     ct.add_allocator_flag(p)
     return p.parse_args(argv)
@@ -92,6 +96,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from unmask_jax.export import build_torch_module, keymaps
     from unmask_jax.models import count_params, create_model
+    from unmask_jax.models.layers import dispatch
 
     torch.set_num_threads(n_threads)
     res = args.res
@@ -109,7 +114,8 @@ def main(argv: list[str] | None = None) -> int:
     d_vars = jax.device_get(jax.jit(lambda k: D.init(k, x0, x0, False))(jax.random.key(1)))
     print(f"{SYSTEM}: MaskRemover {g_kwargs} ({count_params(g_vars['params']):,} params), "
           f"D {d_kwargs} ({count_params(d_vars['params']):,}), {res}x{res}, {n_threads} "
-          f"threads; init {time.perf_counter() - t0:.1f} s", flush=True)
+          f"threads, JAX programs for {args.cpu_convolutions} convolutions; init "
+          f"{time.perf_counter() - t0:.1f} s", flush=True)
 
     def twin(model_name, kwargs, variables):
         target = keymaps.torch_target(model_name, kwargs, variables)
@@ -126,7 +132,7 @@ def main(argv: list[str] | None = None) -> int:
     batches = [int(v) for v in args.batch.split(",") if v.strip()]
 
     # ---------------- inference ----------------
-    predict = jax.jit(lambda v, m, i: G.apply(v, m, i, False))
+    predict = dispatch.jit(lambda v, m, i: G.apply(v, m, i, False), args.cpu_convolutions)
     tg = twin("unveilify_mask_remover", g_kwargs, g_vars).eval()
     # On the device once, as a loaded model is: numpy weights would be copied to the
     # device on every call (~770 MB with the pSp encoder), which PyTorch does not pay.
@@ -196,7 +202,7 @@ def main(argv: list[str] | None = None) -> int:
         gp = optax.apply_updates(gp, g_upd)
         return (gp, g_mut, go, dp, do), {"d_loss": d_loss, "g_loss": g_loss}
 
-    step = jax.jit(jax_step, donate_argnums=(0,))
+    step = dispatch.jit(jax_step, args.cpu_convolutions, donate_argnums=(0,))
     for b in ([] if args.skip_train else batches):
         rng = np.random.default_rng(100 + b)
         masked, identity, target = (rng.normal(size=(b, res, res, 3)).astype(np.float32)

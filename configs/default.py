@@ -42,6 +42,11 @@ def get_config() -> config_dict.ConfigDict:
     # (GANMasker stage 2 evaluation and prediction; --mode=predict of any system whose
     # generator input has "mask", and the paste-back region of the others).
     c.model.segmenter_workdir = config_dict.placeholder(str)
+    # XLA CPU's convolution library for this system's programs (CPU only; ignored elsewhere):
+    # "ynnpack" (XLA's default) or "eigen" (Eigen convolutions, with XLA's own convolution
+    # as the 'auto' form). Chosen per system where it was measured faster:
+    # benchmarks/README.md, "XLA CPU convolution library".
+    c.model.cpu_convolutions = "ynnpack"
 
     # ---- losses (unmask_jax.loss_terms registry; functions in unmask_jax.losses) ----
     c.loss = config_dict.ConfigDict()

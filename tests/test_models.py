@@ -495,6 +495,72 @@ def test_auto_impl_follows_the_platform():
     assert dispatch.platform() == jax.default_backend()   # restored after the blocks
 
 
+def test_eigen_programs_run_xla_convolutions_on_the_whole_batch():
+    """In a program compiled for Eigen convolutions, a Conv's 'auto' is XLA's own
+    convolution (padding built in, whole batch) at every size; transposed convolutions keep
+    their CPU forms; the setting is restored after the block."""
+    small, big = jnp.zeros((3, 8, 8, 4)), jnp.zeros((3, 40, 40, 4))
+    conv, up = Conv(6, 4, 2, 1), ConvTranspose(6, 4, 2, 1)
+    uv = up.init(jax.random.key(0), small)
+    with use_platform("cpu"), dispatch.use_cpu_convolutions("eigen"):
+        assert dispatch.cpu_convolutions() == "eigen"
+        for x in (small, big):
+            v = conv.init(jax.random.key(0), x)
+            convs = [e for e in _traced(conv.apply, v, x)
+                     if e.primitive.name == "conv_general_dilated"]
+            assert len(convs) == 1 and "dot_general" not in _primitives(conv.apply, v, x)
+            assert convs[0].invars[0].aval.shape[0] == 3
+            assert any(lo or hi for lo, hi in convs[0].params["padding"])
+        assert "dot_general" in _primitives(up.apply, uv, small)   # the GEMM form, as before
+    assert dispatch.cpu_convolutions() == "ynnpack"
+    with pytest.raises(ValueError, match="cpu_convolutions"):
+        with dispatch.use_cpu_convolutions("mkl"):
+            pass
+
+
+def test_compiler_options_per_library_and_platform():
+    assert dispatch.compiler_options("ynnpack", "cpu") == {}
+    assert dispatch.compiler_options("eigen", "gpu") == {}
+    # This jaxlib's XLA takes the option (a later one that does not gets {} and a warning).
+    assert dispatch.compiler_options("eigen", "cpu") == dispatch.EIGEN_COMPILER_OPTIONS
+    with pytest.raises(ValueError, match="choose one of"):
+        dispatch.compiler_options("onednn")
+
+
+def _entry_ops(compiled_text: str) -> str:
+    return compiled_text[compiled_text.index("ENTRY"):]
+
+
+def test_jit_for_eigen_compiles_and_traces_for_eigen():
+    """``dispatch.jit(fn, 'eigen')`` traces under the setting (the layers pick the Eigen
+    forms) and compiles the convolutions outside YNNPACK's fusions; the numbers, gradients
+    included, equal XLA's default program's."""
+    rng = np.random.default_rng(3)
+    x = jnp.asarray(rng.standard_normal((2, 16, 16, 32)), jnp.float32)
+    conv = Conv(32, 3, 1, 1)
+    v = conv.init(jax.random.key(0), x)
+    seen = []
+
+    def loss(v, x):
+        seen.append(dispatch.cpu_convolutions())
+        return jnp.mean(jnp.square(conv.apply(v, x)))
+
+    fns = {lib: dispatch.jit(jax.value_and_grad(loss, argnums=(0, 1)), lib)
+           for lib in dispatch.CPU_CONVOLUTIONS}
+    results = {lib: f(v, x) for lib, f in fns.items()}
+    assert seen == ["ynnpack", "eigen"] and dispatch.cpu_convolutions() == "ynnpack"
+    assert fns["eigen"].cpu_convolutions == "eigen"
+    for a, b in zip(jax.tree.leaves(results["ynnpack"]), jax.tree.leaves(results["eigen"])):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4,
+                                   atol=1e-6 * max(1.0, float(np.abs(a).max())))
+    texts = {lib: f.jitted.lower(v, x).compile().as_text() for lib, f in fns.items()}
+    # XLA's default program runs the convolutions inside YNNPACK fusions; the Eigen one
+    # as plain convolution ops, with YNNPACK still there for its dots and reductions.
+    assert "convolution(" not in _entry_ops(texts["ynnpack"])
+    assert "convolution(" in _entry_ops(texts["eigen"])
+    assert "__ynn_fusion" in texts["eigen"]
+
+
 def test_non_cpu_path_matches_cpu_path(small_unet):
     """The U-Net traced for a non-CPU platform (forced here, run on this machine) gives
     the CPU path's outputs, batch statistics and gradients up to float32 rounding."""

@@ -41,6 +41,32 @@ def test_registry_and_unknown_system():
         systems.build(c)
 
 
+def test_cpu_convolutions_come_from_the_config():
+    """Each system compiles its programs for ``config.model.cpu_convolutions``: XLA's default
+    unless a config chose otherwise (GANMasker: Eigen); runs recorded before the key existed
+    get the default; an unknown library is refused with the key's name. The trainer's step
+    is compiled that way."""
+    from configs import ganmasker
+    from unmask_jax import parallel, train
+
+    assert systems.build(tiny_config()).cpu_convolutions == "ynnpack"
+    for variant in ("seg_quick", "unmask_quick"):
+        assert systems.build(ganmasker.get_config(variant)).cpu_convolutions == "eigen"
+    old = tiny_config()
+    with old.unlocked():
+        del old.model["cpu_convolutions"]
+    assert systems.build(old).cpu_convolutions == "ynnpack"
+    bad = tiny_config()
+    bad.model.cpu_convolutions = "mkl"
+    with pytest.raises(ValueError, match="config.model.cpu_convolutions"):
+        systems.build(bad)
+    system = systems.build(ganmasker.get_config("unmask_quick"))
+    mesh = parallel.make_data_mesh()
+    step = train.make_train_step(system, system.optimizers(1), mesh,
+                                 parallel.replicated_sharding(mesh))
+    assert step.cpu_convolutions == ("eigen" if jax.default_backend() == "cpu" else "ynnpack")
+
+
 def test_loss_term_config_errors_name_the_key():
     with pytest.raises(ValueError, match=r"terms.l2: unknown term type 'l2'"):
         loss_terms.parse_terms({"l2": {"weight": 1.0}})

@@ -83,6 +83,9 @@ SAFE_CONFIG_KEYS = (
     # from: neither changes the trained networks.
     "predict.*",
     "model.segmenter_workdir",
+    # Which XLA CPU library computes the convolutions: the same networks and numbers up to
+    # float rounding (runs recorded before the key existed ran with 'ynnpack').
+    "model.cpu_convolutions",
 )
 
 #: Keys added to the config after checkpoint format 2, with the value that keeps the earlier

@@ -203,9 +203,9 @@ class Evaluator:
             out = system.predict(state, batch, frozen, **kwargs)
             return {**out, **{f"input_{k}": batch[k] for k in ("masked", "target", "mask")}}
 
-        self._predict_replicated = jax.jit(predict, out_shardings=rep)
+        self._predict_replicated = system.jit(predict, out_shardings=rep)
         self._predict_sharded = {
-            name: jax.jit(functools.partial(predict, **kwargs), out_shardings=batch_sh)
+            name: system.jit(functools.partial(predict, **kwargs), out_shardings=batch_sh)
             for name, kwargs in self.variants.items()}
 
     def predict(self, state, batch) -> dict[str, jax.Array]:

@@ -43,12 +43,13 @@ class DataSetupError(ValueError):
 
 
 def make_train_step(system: systems.System, txs, mesh, state_sharding) -> Callable:
-    """``system.train_step`` jitted: (state, batch, frozen) -> (state, metrics), explicit
-    shardings, the state donated, the frozen variables an argument (not constants)."""
+    """``system.train_step`` jitted (``system.jit``): (state, batch, frozen) -> (state,
+    metrics), explicit shardings, the state donated, the frozen variables an argument (not
+    constants)."""
     step = functools.partial(system.train_step, txs=txs)
     rep = parallel.replicated_sharding(mesh)
-    return jax.jit(step, in_shardings=(state_sharding, parallel.batch_sharding(mesh), rep),
-                   out_shardings=(state_sharding, rep), donate_argnums=(0,))
+    return system.jit(step, in_shardings=(state_sharding, parallel.batch_sharding(mesh), rep),
+                      out_shardings=(state_sharding, rep), donate_argnums=(0,))
 
 
 def steps_per_epoch(config, source_len: int) -> int:

@@ -130,7 +130,7 @@ class PredictModel:
                             self.geometry.resolution, self.geometry.resolution)
         self.predict_kwargs = ({"mask_source": "segmenter" if self.plan.source == "system"
                                 else "gt"} if two_stage else {})
-        self._jitted = jax.jit(self._infer)
+        self._jitted = system.jit(self._infer)
         self.buckets: dict[int, float] = {}   # padded batch size -> first-call seconds
         self.load_seconds = time.perf_counter() - t0
 

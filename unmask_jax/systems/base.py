@@ -37,6 +37,7 @@ import jax.numpy as jnp
 import optax
 
 from unmask_jax import optim
+from unmask_jax.models.layers import dispatch
 from unmask_jax.state import NetState, TrainState
 
 Batch = Mapping[str, jax.Array]
@@ -89,6 +90,16 @@ class System:
     def __init__(self, config):
         self.config = config
         self.networks: dict[str, Network] = {}
+        #: XLA CPU convolution library its programs are compiled for ('ynnpack', XLA's
+        #: default, or 'eigen'; ``models.layers.dispatch``). Runs recorded before the key
+        #: existed ran with 'ynnpack'.
+        self.cpu_convolutions = dispatch.check_cpu_convolutions(
+            config.model.get("cpu_convolutions", "ynnpack"))
+
+    def jit(self, fn: Callable[..., Any], **jit_kwargs: Any) -> Callable[..., Any]:
+        """``jax.jit(fn, **jit_kwargs)`` for this system's programs: compiled and traced
+        for :attr:`cpu_convolutions` (:func:`~unmask_jax.models.layers.dispatch.jit`)."""
+        return dispatch.jit(fn, self.cpu_convolutions, **jit_kwargs)
 
     # -- initialisation ----------------------------------------------------------------------
 

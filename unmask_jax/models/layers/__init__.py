@@ -14,7 +14,9 @@ idea per module; everything public is re-exported here (``layers.Conv``, ...):
   :func:`conv_transpose_gemm` (GEMM + col2im).
 - :mod:`.dispatch`: which implementation ``impl='auto'`` / ``split_batch=None`` pick, per
   backend platform (CPU-measured forms on 'cpu', XLA's own convolutions elsewhere);
-  :func:`set_platform` / :func:`use_platform` override the platform.
+  :func:`set_platform` / :func:`use_platform` override the platform; ``dispatch.jit``
+  compiles a program for one of XLA CPU's convolution libraries (YNNPACK, XLA's default, or
+  Eigen) and traces its layers for it.
 - :mod:`.weight_matmul`: :func:`weight_matmul`, a GEMM whose gradients read a large weight
   in its stored layout (custom VJP).
 - :mod:`.chunking`: :func:`batch_chunked`.

@@ -22,6 +22,14 @@ The platform is read at trace time: the one set with :func:`set_platform` /
 implementation it was traced with (the jit cache does not key on this setting), so set it
 before the first trace. The choice is logged once per platform (logger
 ``unmask_jax.models.layers.dispatch``).
+
+XLA CPU's convolution library is a per-program compiler option, so it is chosen per jitted
+program: :func:`jit` compiles with :func:`compiler_options` and traces under
+:func:`use_cpu_convolutions`. 'ynnpack' (XLA's default: YNNPACK runs convolutions, dots and
+reductions) keeps the forms above; 'eigen' (Eigen runs the convolutions; YNNPACK keeps the
+dots and reductions) makes a ``Conv``'s 'auto' XLA's own convolution on the whole batch
+(:func:`cpu_conv_impl`), the form measured fastest with that library (``benchmarks/
+README.md``). A system chooses with ``config.model.cpu_convolutions``.
 """
 
 from __future__ import annotations
@@ -42,6 +50,14 @@ log = logging.getLogger(__name__)
 AUTO = "auto"
 _override: str | None = None
 _announced: set[str] = set()
+
+#: XLA CPU convolution libraries a program can be compiled for (see the module docstring).
+CPU_CONVOLUTIONS = ("ynnpack", "eigen")
+#: The 'eigen' program: YNNPACK fusions for dots and reductions only (XLA's default list
+#: also has individual convolutions), so convolutions fall back to Eigen.
+EIGEN_COMPILER_OPTIONS = {"xla_cpu_experimental_ynn_fusion_type":
+                          "LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT,LIBRARY_FUSION_TYPE_REDUCE"}
+_cpu_convolutions = "ynnpack"
 
 
 def set_platform(platform: str | None) -> None:
@@ -84,13 +100,91 @@ def cpu_tuned() -> bool:
     return p == "cpu"
 
 
+def check_cpu_convolutions(library: str) -> str:
+    """``library`` if it is one of :data:`CPU_CONVOLUTIONS`, else a ValueError."""
+    if library not in CPU_CONVOLUTIONS:
+        raise ValueError(f"unknown CPU convolution library {library!r}; choose one of "
+                         f"{CPU_CONVOLUTIONS} (config.model.cpu_convolutions)")
+    return library
+
+
+def cpu_convolutions() -> str:
+    """The XLA CPU convolution library layers are traced for now ('ynnpack' unless inside
+    :func:`use_cpu_convolutions`)."""
+    return _cpu_convolutions
+
+
+@contextlib.contextmanager
+def use_cpu_convolutions(library: str) -> Iterator[None]:
+    """Trace layers for a program compiled with ``library``'s :func:`compiler_options`
+    for the duration of a ``with`` block (restores the previous)."""
+    global _cpu_convolutions
+    previous = _cpu_convolutions
+    _cpu_convolutions = check_cpu_convolutions(library)
+    try:
+        yield
+    finally:
+        _cpu_convolutions = previous
+
+
+@functools.lru_cache(maxsize=None)
+def _compiler_takes(options: tuple[tuple[str, str], ...]) -> bool:
+    """Whether this jaxlib's XLA compiles a program with ``options`` (the flag is XLA's,
+    experimental, and may be renamed in later versions)."""
+    try:
+        jax.jit(lambda x: x + 1, compiler_options=dict(options)).lower(
+            jax.ShapeDtypeStruct((2,), "float32")).compile()
+    except Exception as e:  # noqa: BLE001 - XLA raises its own error types here
+        log.warning("XLA CPU does not take %s (%s): convolutions stay on XLA's default "
+                    "library (YNNPACK) and the 'ynnpack' forms", dict(options),
+                    str(e).splitlines()[0])
+        return False
+    return True
+
+
+def compiler_options(library: str, platform: str | None = None) -> dict[str, str]:
+    """XLA compiler options for a program run with ``library`` on ``platform`` (default
+    ``jax.default_backend()``): empty for 'ynnpack' and off the CPU."""
+    check_cpu_convolutions(library)
+    if library == "ynnpack" or (platform or jax.default_backend()) != "cpu":
+        return {}
+    options = tuple(EIGEN_COMPILER_OPTIONS.items())
+    return dict(options) if _compiler_takes(options) else {}
+
+
+def jit(fn: Callable[..., Any], cpu_convolutions: str = "ynnpack",
+        **jit_kwargs: Any) -> Callable[..., Any]:
+    """``jax.jit(fn, **jit_kwargs)`` compiled for ``cpu_convolutions`` (see the module
+    docstring) and traced under :func:`use_cpu_convolutions`, so that the layers' forms
+    match the library that runs them. Off the CPU it is plain ``jax.jit``."""
+    options = compiler_options(cpu_convolutions)
+    library = cpu_convolutions if options else "ynnpack"
+    if library == "eigen" and "convolutions:eigen" not in _announced:
+        _announced.add("convolutions:eigen")
+        log.info("XLA CPU programs of this system: Eigen runs the convolutions (YNNPACK the "
+                 "dots and reductions); Conv impl='auto' is XLA's own convolution")
+    jitted = jax.jit(fn, compiler_options=options or None, **jit_kwargs)
+
+    @functools.wraps(fn)
+    def call(*args: Any, **kwargs: Any) -> Any:
+        with use_cpu_convolutions(library):
+            return jitted(*args, **kwargs)
+
+    call.jitted = jitted  # type: ignore[attr-defined]
+    call.cpu_convolutions = library  # type: ignore[attr-defined]
+    return call
+
+
 def cpu_conv_impl(out_pixels: int, gemm_max_pixels: int) -> str:
-    """The CPU form of a ``Conv``: 'gemm' for spatially small outputs (at most
-    ``gemm_max_pixels`` per image), else 'conv'.
+    """The CPU form of a ``Conv``. In an 'eigen' program (:func:`use_cpu_convolutions`):
+    'xla', XLA's own convolution on the whole batch. Otherwise (YNNPACK): 'gemm' for
+    spatially small outputs (at most ``gemm_max_pixels`` per image), else 'conv'.
 
     Not chosen here: 'conv/conv:winograd' (the Winograd form's kernel gradient). It makes
     a lone 3x3 layer's forward + backward 25-45% faster at batch 4, but GANMasker's FU-Net
     and its stage-2 train step were no faster with it (``benchmarks/README.md``)."""
+    if _cpu_convolutions == "eigen":
+        return "xla"
     return "gemm" if out_pixels <= gemm_max_pixels else "conv"
 
 
