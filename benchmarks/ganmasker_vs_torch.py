@@ -216,9 +216,9 @@ def main(argv: list[str] | None = None) -> int:
                        "allocator": allocator, "load": [load_start, load_end],
                        "jax": jax.__version__, "torch": torch.__version__,
                        "size": size, "widths": {k: v[1] for k, v in names.items()},
-                       "iters": args.iters, "rounds": args.rounds}, f, indent=2)
+                       "iters": args.iters, "rounds": args.rounds,
+                       "cpu_convolutions": libraries}, f, indent=2)
     return 0
-
 
 
 def _run_rows(args, library, cfg, variables, mseg, names, torch_twin, net_state, table, parity,

@@ -1,6 +1,7 @@
 """The System interface: registry, loss terms from config, the TF-tutorial step order, and the
 module layering (nothing below the trainer imports it)."""
 import ast
+import json
 import os
 import subprocess
 import sys
@@ -65,6 +66,14 @@ def test_cpu_convolutions_come_from_the_config():
     step = train.make_train_step(system, system.optimizers(1), mesh,
                                  parallel.replicated_sharding(mesh))
     assert step.cpu_convolutions == ("eigen" if jax.default_backend() == "cpu" else "ynnpack")
+    # A run recorded before the key existed resumes and predicts with any library: the key
+    # changes no network (only which library computes the convolutions).
+    from unmask_jax import checkpoints
+    current = ganmasker.get_config("unmask_quick")
+    recorded = json.loads(json.dumps(checkpoints.config_to_json(current)))
+    del recorded["model"]["cpu_convolutions"]
+    unsafe, safe = checkpoints.compare_configs(recorded, current)
+    assert unsafe == [] and [k for k, _, _ in safe] == ["model.cpu_convolutions"]
 
 
 def test_loss_term_config_errors_name_the_key():
