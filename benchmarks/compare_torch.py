@@ -81,6 +81,16 @@ def limit_threads(threads: int) -> int:
     return len(cores)
 
 
+def run_conditions(jax, torch, threads: int, load_start, load_end, rounds: int, iters: int,
+                   allocator: str) -> str:
+    """The line printed above a results table: versions, threads, load, timing blocks and
+    the host allocator."""
+    return (f"jax {jax.__version__} ({jax.devices()[0].platform}), torch {torch.__version__}, "
+            f"{threads} threads, load average {load_start[0]:.1f} -> {load_end[0]:.1f} "
+            f"(machine cores: {os.cpu_count()}); {rounds} alternating blocks of {iters} timed "
+            f"runs per framework; {allocator}")
+
+
 def median_time(fn: Callable[[], Any], iters: int) -> float:
     """Median wall time in seconds over ``iters`` calls after one warm-up call."""
     return interleaved_times([fn], iters, rounds=1)[0][0]
@@ -290,10 +300,8 @@ def main(argv: list[str] | None = None) -> int:
 
     load_end = os.getloadavg()
     print()
-    print(f"jax {jax.__version__} ({jax.devices()[0].platform}), torch {torch.__version__}, "
-          f"{n_threads} threads, load average {load_start[0]:.1f} -> {load_end[0]:.1f} "
-          f"(machine cores: {os.cpu_count()}); {args.rounds} alternating blocks of {it} timed "
-          f"runs per framework; {allocator}")
+    print(run_conditions(jax, torch, n_threads, load_start, load_end, args.rounds, it,
+                         allocator))
     print(table.markdown())
     if args.json:
         with open(args.json, "w") as f:

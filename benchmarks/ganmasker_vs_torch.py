@@ -145,14 +145,12 @@ def main(argv: list[str] | None = None) -> int:
 
     import jax
     import jax.numpy as jnp
-    import numpy as np
-    import optax
     import torch
 
     from unmask_jax import systems
     from unmask_jax.export import build_torch_module, keymaps
     from unmask_jax.models import create_model
-    from unmask_jax.state import NetState, TrainState
+    from unmask_jax.state import NetState
 
     torch.set_num_threads(n_threads)
     cfg = build_config(args)
@@ -196,19 +194,15 @@ def main(argv: list[str] | None = None) -> int:
 
     libraries = [v for v in args.cpu_convolutions.split(",") if v] or [system.cpu_convolutions]
     for library in libraries:
-        _run_rows(args, library, cfg, variables, mseg, names, torch_twin, net_state, table,
-                  parity, jax, jnp, np, optax, torch, systems, TrainState)
+        _run_rows(args, library, cfg, variables, mseg, torch_twin, net_state, table, parity)
 
     for b in _batches(args.breakdown):
         _breakdown(args, b, variables, names, torch_twin, table)
 
     load_end = os.getloadavg()
-    env = (f"jax {jax.__version__} ({jax.devices()[0].platform}), torch {torch.__version__}, "
-           f"{n_threads} threads, load average {load_start[0]:.1f} -> {load_end[0]:.1f} "
-           f"(machine cores: {os.cpu_count()}); {args.rounds} alternating blocks of "
-           f"{args.iters} timed runs per framework; {allocator}")
     print()
-    print(env)
+    print(ct.run_conditions(jax, torch, n_threads, load_start, load_end, args.rounds,
+                            args.iters, allocator))
     print(_markdown(table.rows))
     if args.json:
         with open(args.json, "w") as f:
@@ -221,9 +215,18 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def _run_rows(args, library, cfg, variables, mseg, names, torch_twin, net_state, table, parity,
-              jax, jnp, np, optax, torch, systems, TrainState) -> None:
+def _run_rows(args, library, cfg, variables, mseg, torch_twin, net_state, table,
+              parity) -> None:
     """The two-stage inference and train-step rows, the JAX side compiled for ``library``."""
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+    import optax
+    import torch
+
+    from unmask_jax import systems
+    from unmask_jax.state import TrainState
+
     size = args.size
     # ---------------- two-stage inference ----------------
     with cfg.unlocked():

@@ -255,12 +255,9 @@ def main(argv: list[str] | None = None) -> int:
         del holder, state, tgt, tdt, opt_g, opt_d
 
     load_end = os.getloadavg()
-    env = (f"jax {jax.__version__} ({jax.devices()[0].platform}), torch {torch.__version__}, "
-           f"{n_threads} threads, load average {load_start[0]:.1f} -> {load_end[0]:.1f} "
-           f"(machine cores: {os.cpu_count()}); {args.rounds} alternating blocks of "
-           f"{args.iters} timed runs per framework; {allocator}")
     print()
-    print(env)
+    print(ct.run_conditions(jax, torch, n_threads, load_start, load_end, args.rounds,
+                            args.iters, allocator))
     print(_markdown(table.rows))
     if args.json:
         with open(args.json, "w") as f:
