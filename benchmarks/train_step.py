@@ -4,7 +4,7 @@ same process with the same thread count. The ratio is the figure.
 
     python benchmarks/train_step.py [--threads 2] [--batches 1,4] [--iters 3]
 
-The JAX side is ``unmask_jax.train.make_train_step`` of ``configs/pix2pix.py`` (G and D
+The JAX side is ``unmask_jax.programs.make_train_step`` of ``configs/pix2pix.py`` (G and D
 updates, donated state, explicit shardings over the device mesh); compute dtype via
 ``train.compute_dtype``. PyTorch runs ``optimize_parameters`` of the reference (eager,
 float32; the torch step is shared with compare_torch.py). On an accelerator it also prints
@@ -42,7 +42,7 @@ def main(argv=None) -> int:
     import torch
 
     from configs import pix2pix
-    from unmask_jax import optim, parallel, state as state_lib, systems, train
+    from unmask_jax import optim, parallel, programs, state as state_lib, systems
     from unmask_jax.export import build_torch_module, keymaps
 
     torch.set_num_threads(threads)
@@ -71,7 +71,7 @@ def main(argv=None) -> int:
                 compare_torch._load(module, keymaps.flax_to_torch(name, kwargs, variables))
                 mods.append(module)
             torch_modules = tuple(mods)
-        step = train.make_train_step(system, txs, mesh, rep)
+        step = programs.make_train_step(system, txs, mesh, rep)
         for b in [int(v) for v in args.batches.split(",")]:
             rng = np.random.default_rng(b)
             a = rng.uniform(-1, 1, (b, 256, 256, 3)).astype(np.float32)

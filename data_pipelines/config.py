@@ -21,6 +21,8 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, Mapping
 
+import numpy as np
+
 FRAMINGS = ("landmarks", "center")
 #: Values of ``DataConfig.identity_augment`` (see there).
 IDENTITY_AUGMENTS = ("none", "flip", "unveilify")
@@ -146,3 +148,17 @@ class DataConfig:
     def options(self) -> dict[str, Any]:
         """The source options to pass on (None-valued ones dropped)."""
         return {k: v for k, v in self.source_options.items() if v is not None}
+
+
+def batch_spec(cfg: DataConfig, identity_image: bool | None = None
+               ) -> dict[str, tuple[tuple[int, ...], np.dtype]]:
+    """The keys of a model batch (``pipeline.to_model_batch``) with each one's per-example shape
+    and dtype: what the step receives, for building empty or abstract batches."""
+    r = cfg.resolution
+    spec = {"masked": ((r, r, 3), np.dtype(np.float32)),
+            "target": ((r, r, 3), np.dtype(np.float32)),
+            "mask": ((r, r, 1), np.dtype(np.float32)),
+            "index": ((), np.dtype(np.int64)), "identity_id": ((), np.dtype(np.int64))}
+    if cfg.identity_image if identity_image is None else identity_image:
+        spec["identity"] = ((r, r, 3), np.dtype(np.float32))
+    return spec

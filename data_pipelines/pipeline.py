@@ -44,7 +44,7 @@ import grain
 import numpy as np
 
 from data_pipelines import align, masks, subsets
-from data_pipelines.config import FRAMINGS, DataConfig  # noqa: F401  (re-exported)
+from data_pipelines.config import FRAMINGS, DataConfig, batch_spec  # noqa: F401  (re-exported)
 from data_pipelines.sources import EmptySplitError, make_source
 
 log = logging.getLogger(__name__)

@@ -176,7 +176,8 @@ def test_identity_term_reduction_sum_is_batch_times_mean(monkeypatch):
         def __call__(self, x):
             return nn.Dense(8)(x.reshape(x.shape[0], -1))
 
-    def load(backbone, weights=None, crop=None, resize="area"):
+    def load(backbone, weights=None, crop=None, resize="area", *, abstract=False,
+             dtype=jnp.float32):
         net = identity.IdentityNet(backbone, TinyEmbedder(), (32, 32))
         return net, random_variables(net.module, (1, 32, 32, 3), seed=2)
 

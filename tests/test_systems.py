@@ -48,7 +48,7 @@ def test_cpu_convolutions_come_from_the_config():
     get the default; an unknown library is refused with the key's name. The trainer's step
     is compiled that way."""
     from configs import ganmasker
-    from unmask_jax import parallel, train
+    from unmask_jax import parallel, programs
 
     assert systems.build(tiny_config()).cpu_convolutions == "ynnpack"
     for variant in ("seg_quick", "unmask_quick"):
@@ -63,7 +63,7 @@ def test_cpu_convolutions_come_from_the_config():
         systems.build(bad)
     system = systems.build(ganmasker.get_config("unmask_quick"))
     mesh = parallel.make_data_mesh()
-    step = train.make_train_step(system, system.optimizers(1), mesh,
+    step = programs.make_train_step(system, system.optimizers(1), mesh,
                                  parallel.replicated_sharding(mesh))
     assert step.cpu_convolutions == ("eigen" if jax.default_backend() == "cpu" else "ynnpack")
     # A run recorded before the key existed resumes and predicts with any library: the key

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from configs import default, masked_gan, pix2pix, ye
-from unmask_jax import main, state as state_lib, systems, train
+from unmask_jax import main, programs, state as state_lib, systems, train
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -135,7 +135,7 @@ def test_one_device_step_equals_eight_device_step():
     script = textwrap.dedent("""
         import jax, numpy as np
         from tests.test_train import tiny_config, random_batch
-        from unmask_jax import parallel, state as state_lib, systems, train
+        from unmask_jax import parallel, programs, state as state_lib, systems
         assert jax.device_count() == 8, jax.devices()
         import optax
         config = tiny_config(**{"model.generator_kwargs.num_downs": 5})
@@ -152,7 +152,7 @@ def test_one_device_step_equals_eight_device_step():
             txs = {"generator": tx, "discriminator": tx}
             state = jax.jit(lambda: state_lib.create_state(system, txs, 0, 64),
                             out_shardings=rep)()
-            step = train.make_train_step(system, txs, mesh, rep)
+            step = programs.make_train_step(system, txs, mesh, rep)
             state, m = step(state, parallel.global_batch(random_batch(8), mesh), frozen)
             results.append(jax.device_get((state.nets, m)))
         flat1, flat8 = (jax.tree.leaves(r) for r in results)

@@ -94,7 +94,8 @@ class TinyEmbedder(nn.Module):
         return nn.Dense(16)(jnp.tanh(x).reshape(x.shape[0], -1))
 
 
-def _tiny_identity_net(backbone, weights=None, crop=None, resize="area"):
+def _tiny_identity_net(backbone, weights=None, crop=None, resize="area", *, abstract=False,
+                       dtype=jnp.float32):
     net = identity_lib.IdentityNet(backbone, TinyEmbedder(), (32, 32),
                                    tuple(crop) if crop else None, resize)
     return net, TinyEmbedder().init(jax.random.PRNGKey(3), jnp.zeros((1, 32, 32, 3)))

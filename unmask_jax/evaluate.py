@@ -143,14 +143,8 @@ def _pad(batch: dict[str, np.ndarray], size: int) -> tuple[dict[str, np.ndarray]
 def empty_batch(data_cfg, identity_image: bool | None = None) -> dict[str, np.ndarray]:
     """A batch of 0 examples with the pipeline's keys, shapes and dtypes (for a process whose
     shard of the eval set is empty)."""
-    r = data_cfg.resolution
-    batch = {"masked": np.zeros((0, r, r, 3), np.float32),
-             "target": np.zeros((0, r, r, 3), np.float32),
-             "mask": np.zeros((0, r, r, 1), np.float32),
-             "index": np.zeros((0,), np.int64), "identity_id": np.zeros((0,), np.int64)}
-    if data_cfg.identity_image if identity_image is None else identity_image:
-        batch["identity"] = np.zeros((0, r, r, 3), np.float32)
-    return batch
+    return {k: np.zeros((0,) + shape, dtype) for k, (shape, dtype) in
+            pipeline.batch_spec(data_cfg, identity_image).items()}
 
 
 def local_rows(x: jax.Array) -> np.ndarray:

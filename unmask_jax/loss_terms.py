@@ -30,8 +30,12 @@ reference code sums both over the batch, so their weight grows with the batch si
 
 Feature networks (perceptual, lpips, identity) are frozen: :meth:`Objective.load` reads their
 real weights once and returns their variables, which the trainer passes into the jitted step
-as an argument (replicated, never donated, never baked in as constants). Every term's
-unweighted value is returned for logging as ``<prefix><name>``.
+as an argument (replicated, never donated, never baked in as constants);
+``load(abstract=True)`` returns only their shapes (``jax.ShapeDtypeStruct``), read from no
+weights file, for ahead-of-time compilation (``--mode=compile``). They run in the
+objective's compute ``dtype`` (``config.train.compute_dtype``) with float32 parameters and
+float32 distances and reductions. Every term's unweighted value is returned for logging as
+``<prefix><name>``.
 """
 from __future__ import annotations
 
@@ -54,8 +58,10 @@ Inputs = Mapping[str, Array]
 class TermType:
     """One registry entry: defaults and a builder ``options -> (fn, loader | None)``.
 
-    ``fn(variables, pred, target) -> scalar``; ``loader() -> (fn, variables)`` for frozen
-    feature networks (the function may need the loaded network, e.g. dlib's spec)."""
+    ``fn(variables, pred, target) -> scalar``; ``loader(abstract, dtype) -> (fn, variables)``
+    for frozen feature networks (the function may need the loaded network, e.g. dlib's spec):
+    ``abstract`` gives the variables' shapes only (no weights file is read), ``dtype`` is the
+    compute dtype the network runs in."""
 
     pred: str
     target: str | None
@@ -79,9 +85,11 @@ def _perceptual(opts):
         {k: opts[k] for k in ("backbone", "layers", "layer_weights", "criterion",
                               "input_norm", "smooth_l1_beta")})
 
-    def load():
-        variables = perceptual_lib.load_perceptual_variables(cfg, opts["weights"])
-        return (lambda v, p, t: perceptual_lib.perceptual_loss(cfg, v, p, t)), variables
+    def load(abstract: bool, dtype: Any):
+        variables = (perceptual_lib.perceptual_variable_shapes(cfg) if abstract else
+                     perceptual_lib.load_perceptual_variables(cfg, opts["weights"]))
+        return (lambda v, p, t: perceptual_lib.perceptual_loss(cfg, v, p, t, dtype=dtype)), \
+            variables
     return None, load
 
 
@@ -99,10 +107,12 @@ def _lpips(opts):
         raise ValueError(f"net={opts['net']!r}: choose alex or vgg16")
     reduce = _reduction(opts)
 
-    def load():
+    def load(abstract: bool, dtype: Any):
         from unmask_jax.features import lpips as lpips_lib
-        variables = lpips_lib.load_lpips(opts["net"])
-        return (lambda v, p, t: reduce(lpips_lib.lpips_distance(v, p, t))), variables
+        variables = (lpips_lib.lpips_variable_shapes(opts["net"]) if abstract else
+                     lpips_lib.load_lpips(opts["net"]))
+        return (lambda v, p, t: reduce(lpips_lib.lpips_distance(v, p, t, dtype=dtype))), \
+            variables
     return None, load
 
 
@@ -113,9 +123,10 @@ def _identity(opts):
                          f"{identity_lib.IDENTITY_BACKBONES}")
     reduce = _reduction(opts)
 
-    def load():
+    def load(abstract: bool, dtype: Any):
         net, variables = identity_lib.load_identity_net(
-            opts["backbone"], opts["weights"], crop=opts["crop"], resize=opts["resize"])
+            opts["backbone"], opts["weights"], crop=opts["crop"], resize=opts["resize"],
+            abstract=abstract, dtype=dtype)
         return (lambda v, p, t: reduce(identity_lib.identity_distances(net, v, p, t))), \
             variables
     return None, load
@@ -203,9 +214,10 @@ class Objective:
     """A weighted sum of terms. Build from config, :meth:`load` the frozen networks once,
     then call it inside a jitted step: ``total, values = objective(frozen, inputs)``."""
 
-    def __init__(self, terms: tuple[Term, ...], prefix: str = "g_"):
+    def __init__(self, terms: tuple[Term, ...], prefix: str = "g_", dtype: Any = jnp.float32):
         self.terms = tuple(terms)
         self.prefix = prefix
+        self.dtype = dtype
         self._fns: dict[str, Callable] = {}
         for t in self.terms:
             fn, _ = TYPES[t.type].build(dict(t.options))
@@ -214,8 +226,8 @@ class Objective:
 
     @classmethod
     def from_config(cls, spec: Mapping[str, Any], where: str = "config.loss.terms",
-                    prefix: str = "g_") -> "Objective":
-        return cls(parse_terms(spec, where), prefix)
+                    prefix: str = "g_", dtype: Any = jnp.float32) -> "Objective":
+        return cls(parse_terms(spec, where), prefix, dtype)
 
     def names(self) -> tuple[str, ...]:
         return tuple(t.name for t in self.terms)
@@ -224,18 +236,20 @@ class Objective:
         """The input names the terms compare (a system checks it supplies them)."""
         return {t.pred for t in self.terms} | {t.target for t in self.terms if t.target}
 
-    def load(self) -> dict[str, Any]:
+    def load(self, abstract: bool = False) -> dict[str, Any]:
         """Loads every frozen feature network (real weights, offline); returns
-        ``{term name: variables}`` for the step's ``frozen`` argument."""
+        ``{term name: variables}`` for the step's ``frozen`` argument. ``abstract``: their
+        shapes only (``jax.ShapeDtypeStruct`` leaves), no weights file read."""
         variables = {}
         for t in self.terms:
             if not t.frozen:
                 continue
             _, loader = TYPES[t.type].build(dict(t.options))
-            fn, variables[t.name] = loader()
+            fn, variables[t.name] = loader(abstract, self.dtype)
             self._fns[t.name] = fn
-            log.info("loss term %s (%s, %s): frozen network loaded", t.name, t.type,
-                     dict(t.options).get("backbone") or dict(t.options).get("net"))
+            log.info("loss term %s (%s, %s): frozen network %s", t.name, t.type,
+                     dict(t.options).get("backbone") or dict(t.options).get("net"),
+                     "shapes (abstract)" if abstract else "loaded")
         return variables
 
     def __call__(self, frozen: Mapping[str, Any], inputs: Inputs

@@ -4,6 +4,8 @@
         [--mode=train|evaluate|summary|export] [--config.train.batch_size=4 ...]
     python -m unmask_jax.main --config=CFG --workdir=DIR --mode=predict --input=PATH \
         --output=OUT [--config.predict.faces=largest ...]
+    python -m unmask_jax.main --config=CFG --workdir=DIR --mode=compile --topology=v5e-256 \
+        [--per_chip_batch=8]
 
 A user mistake (unknown config key, bad value, missing dataset or weights file, a workdir
 without a checkpoint or held by another run, a checkpoint this config cannot resume) prints
@@ -21,7 +23,7 @@ from typing import NoReturn
 from absl import app, flags
 from ml_collections import config_flags
 
-MODES = ("train", "evaluate", "summary", "export", "predict")
+MODES = ("train", "evaluate", "summary", "export", "predict", "compile")
 USER_ERROR_STATUS = 2
 
 _CONFIG = config_flags.DEFINE_config_file(
@@ -36,6 +38,14 @@ _INPUT = flags.DEFINE_string("input", None,
 _OUTPUT = flags.DEFINE_string("output", None,
                               "--mode=predict: output folder (same relative paths, "
                               "report.json).")
+_TOPOLOGY = flags.DEFINE_string(
+    "topology", None, "--mode=compile: the slice to compile for: a TPU pod name (v5e-256, "
+    "v4-32), a libtpu topology (v5e:2x4) or a GPU slice (h100:1x1x8).")
+_PER_CHIP_BATCH = flags.DEFINE_integer("per_chip_batch", 8,
+                                       "--mode=compile: images per device per step.")
+_COMPILE_PROGRAMS = flags.DEFINE_string(
+    "compile_programs", "train_step,predict",
+    "--mode=compile: the programs to compile (train_step, predict), comma-separated.")
 flags.mark_flags_as_required(["config"])
 
 log = logging.getLogger("unmask_jax")
@@ -51,7 +61,8 @@ def validate_config(config, mode: str = "train") -> None:
     from unmask_jax import early_stopping, optim, systems
 
     pipeline.DataConfig.from_dict(config.data.to_dict())
-    system = systems.build(config)
+    # A compile reads no weights file: the configured frozen networks, as shapes.
+    system = systems.build(config, abstract_frozen=mode == "compile")
     if mode in ("train", "evaluate"):
         system.eval_variants()  # e.g. a two-stage evaluation that needs its first stage's run
         fid_weights = config.eval.get("fid_weights")
@@ -115,12 +126,12 @@ def summary(config, workdir: str | None) -> dict:
 def _user_error_types() -> tuple[type[BaseException], ...]:
     """Exceptions that mean the user has something to fix (message, no traceback)."""
     from data_pipelines.landmarks.detect import LandmarkDetectorUnavailable
-    from unmask_jax import checkpoints, early_stopping, train, workdir_lock
+    from unmask_jax import aot, checkpoints, early_stopping, train, workdir_lock
     from unmask_jax.features import MissingWeightsError
-    return (UserError, train.DataSetupError, checkpoints.CheckpointError,
-            workdir_lock.WorkdirLockedError, early_stopping.EarlyStoppingMetricError,
-            MissingWeightsError, LandmarkDetectorUnavailable, FileNotFoundError,
-            NotADirectoryError, PermissionError)
+    return (UserError, aot.DoesNotFit, aot.CompileSetupError, train.DataSetupError,
+            checkpoints.CheckpointError, workdir_lock.WorkdirLockedError,
+            early_stopping.EarlyStoppingMetricError, MissingWeightsError,
+            LandmarkDetectorUnavailable, FileNotFoundError, NotADirectoryError, PermissionError)
 
 
 def _fail(message: str, status: int = USER_ERROR_STATUS) -> NoReturn:
@@ -196,6 +207,13 @@ def _run_mode(config, mode: str, workdir: str | None) -> None:
                                                 write_pt=_EXPORT_PT.value)
         except ValueError as e:
             raise UserError(str(e)) from None
+    elif mode == "compile":
+        if not _TOPOLOGY.value:
+            raise UserError("--mode=compile needs --topology=<slice>, e.g. v5e-256, v5e:2x4, "
+                            "v4-32 or h100:1x1x8")
+        from unmask_jax import aot
+        aot.compile_for(config, workdir, _TOPOLOGY.value, _PER_CHIP_BATCH.value,
+                        aot.parse_programs(_COMPILE_PROGRAMS.value))
     elif mode == "predict":
         if not _INPUT.value or not _OUTPUT.value:
             raise UserError("--mode=predict needs --input=<image, folder or glob> and "
@@ -233,7 +251,7 @@ def _parse_flags(argv: list[str]) -> list[str]:
             ImportError) as e:
         message = f"{type(e).__name__}: {e}"
     print(f"error: {message}\nUsage: python -m unmask_jax.main --config=configs/<system>.py"
-          "[:variant] --workdir=DIR [--mode=train|evaluate|summary|export|predict] "
+          "[:variant] --workdir=DIR [--mode=train|evaluate|summary|export|predict|compile] "
           "[--config.<key>=<value> ...]", file=sys.stderr)
     sys.exit(USER_ERROR_STATUS)
 

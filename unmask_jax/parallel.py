@@ -334,6 +334,13 @@ def make_data_mesh(devices: Sequence[jax.Device] | None = None) -> jax.sharding.
                          devices=devices)
 
 
+def mesh_platform(mesh: jax.sharding.Mesh) -> str:
+    """The platform of the mesh's devices ('cpu', 'gpu', 'tpu'): what its programs are
+    traced and compiled for, also when the devices are compile-only ones of another kind
+    than this host's (``--mode=compile``)."""
+    return str(mesh.devices.flat[0].platform).lower()
+
+
 def batch_sharding(mesh: jax.sharding.Mesh) -> jax.sharding.NamedSharding:
     """Leading (batch) dimension split over the ``"data"`` axis."""
     return jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(DATA_AXIS))

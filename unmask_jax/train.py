@@ -21,7 +21,7 @@ import logging
 import math
 import os
 import time
-from typing import Any, Callable
+from typing import Any
 
 import jax
 import numpy as np
@@ -29,6 +29,7 @@ from etils import epath
 
 from data_pipelines import pipeline
 from unmask_jax import checkpoints, early_stopping, evaluate, optim, parallel
+from unmask_jax.programs import make_train_step
 from unmask_jax import state as state_lib, systems, visualize, workdir_lock
 
 log = logging.getLogger(__name__)
@@ -40,16 +41,6 @@ class NonFiniteLossError(FloatingPointError):
 
 class DataSetupError(ValueError):
     """The configured data cannot be read (missing folder, empty split, bad option)."""
-
-
-def make_train_step(system: systems.System, txs, mesh, state_sharding) -> Callable:
-    """``system.train_step`` jitted (``system.jit``): (state, batch, frozen) -> (state,
-    metrics), explicit shardings, the state donated, the frozen variables an argument (not
-    constants)."""
-    step = functools.partial(system.train_step, txs=txs)
-    rep = parallel.replicated_sharding(mesh)
-    return system.jit(step, in_shardings=(state_sharding, parallel.batch_sharding(mesh), rep),
-                      out_shardings=(state_sharding, rep), donate_argnums=(0,))
 
 
 def steps_per_epoch(config, source_len: int) -> int:

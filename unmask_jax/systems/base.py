@@ -10,7 +10,10 @@ A *system* (one module per family in this package, registered by ``config.system
   (``config.optim`` defaults, ``config.optim.networks.<name>`` overrides);
 * ``load_frozen(training)``: variables of networks it uses but does not train (loss feature
   networks, an earlier stage), loaded once, passed to the jitted step and to ``predict`` as
-  the ``frozen`` argument;
+  the ``frozen`` argument. A system built with ``abstract_frozen=True`` (ahead-of-time
+  compilation, ``--mode=compile``) returns their shapes instead (``jax.ShapeDtypeStruct``
+  leaves) and reads no weights file or earlier run: the configured networks are compiled,
+  never a fallback chosen because a file is missing here;
 * ``train_step(state, batch, frozen) -> (state, metrics)``: pure, jitted by the trainer with
   the state donated;
 * ``predict(state, batch, frozen, **variant) -> {"output", "raw", ["mask"]}``: the
@@ -87,8 +90,10 @@ class System:
     #: Registry name (``config.system``).
     name: str = ""
 
-    def __init__(self, config):
+    def __init__(self, config, abstract_frozen: bool = False):
         self.config = config
+        #: True: ``load_frozen`` gives shapes, and no weights file decides a backbone.
+        self.abstract_frozen = bool(abstract_frozen)
         self.networks: dict[str, Network] = {}
         #: XLA CPU convolution library its programs are compiled for ('ynnpack', XLA's
         #: default, or 'eigen'; ``models.layers.dispatch``). Runs recorded before the key
@@ -96,10 +101,14 @@ class System:
         self.cpu_convolutions = dispatch.check_cpu_convolutions(
             config.model.get("cpu_convolutions", "ynnpack"))
 
-    def jit(self, fn: Callable[..., Any], **jit_kwargs: Any) -> Callable[..., Any]:
-        """``jax.jit(fn, **jit_kwargs)`` for this system's programs: compiled and traced
-        for :attr:`cpu_convolutions` (:func:`~unmask_jax.models.layers.dispatch.jit`)."""
-        return dispatch.jit(fn, self.cpu_convolutions, **jit_kwargs)
+    def jit(self, fn: Callable[..., Any], *, platform: str | None = None,
+            **jit_kwargs: Any) -> Callable[..., Any]:
+        """``jax.jit(fn, **jit_kwargs)`` for this system's programs, traced and compiled for
+        ``platform``: the platform of the devices the program runs on (default
+        ``jax.default_backend()``), e.g. 'tpu' when compiling ahead of time for TPU devices
+        from a CPU host. On the CPU it is compiled for :attr:`cpu_convolutions`
+        (:func:`~unmask_jax.models.layers.dispatch.jit`)."""
+        return dispatch.jit(fn, self.cpu_convolutions, platform=platform, **jit_kwargs)
 
     # -- initialisation ----------------------------------------------------------------------
 

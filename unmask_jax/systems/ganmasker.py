@@ -41,12 +41,16 @@ log = logging.getLogger(__name__)
 STAGES = ("seg", "unmask", "one_stage")
 
 
-def _resolve_perceptual(terms: dict[str, Any]) -> tuple[dict[str, Any], str | None]:
-    """VGG19 only where its converted weights exist; otherwise VGG16 (logged)."""
+def _resolve_perceptual(terms: dict[str, Any], check_files: bool = True
+                        ) -> tuple[dict[str, Any], str | None]:
+    """VGG19 only where its converted weights exist; otherwise VGG16 (logged). Without
+    ``check_files`` (ahead-of-time compilation) the configured backbone is kept."""
     terms = {k: dict(v) for k, v in terms.items()}
     for name, spec in terms.items():
         if (spec.get("type") or name) != "perceptual" or spec.get("backbone") != "vgg19":
             continue
+        if not check_files:
+            return terms, "vgg19"
         from unmask_jax.features import weights as weights_lib
         try:
             weights_lib.resolve_converted("vgg19", spec.get("weights"))
@@ -102,12 +106,13 @@ class GANMaskerSegSystem(base.System):
 
     name = "ganmasker_seg"
 
-    def __init__(self, config):
-        super().__init__(config)
+    def __init__(self, config, abstract_frozen: bool = False):
+        super().__init__(config, abstract_frozen)
         m = config.model
         kwargs = dict(m.segmenter_kwargs)
         self.objective = loss_terms.Objective.from_config(
-            config.loss.seg_terms, where="config.loss.seg_terms", prefix="seg_")
+            config.loss.seg_terms, where="config.loss.seg_terms", prefix="seg_",
+            dtype=base.compute_dtype(config))
         self.networks = {"segmenter": base.Network(
             models.create_model(m.segmenter, dtype=base.compute_dtype(config), **kwargs),
             lambda r: ((1, r, r, 3),), m.segmenter, kwargs)}
@@ -121,7 +126,7 @@ class GANMaskerSegSystem(base.System):
             self.objective.names())
 
     def load_frozen(self, training: bool = True) -> dict[str, Any]:
-        return {"loss": self.objective.load() if training else {}}
+        return {"loss": self.objective.load(self.abstract_frozen) if training else {}}
 
     def train_step(self, state, batch, frozen, txs):
         seg = state.nets["segmenter"]
@@ -148,13 +153,14 @@ class GANMaskerSystem(Pix2PixSystem):
 
     name = "ganmasker"
 
-    def __init__(self, config):
+    def __init__(self, config, abstract_frozen: bool = False):
         self.stage = config.model.stage
-        terms, self.perceptual_backbone = _resolve_perceptual(config.loss.terms.to_dict())
+        terms, self.perceptual_backbone = _resolve_perceptual(config.loss.terms.to_dict(),
+                                                              check_files=not abstract_frozen)
         config = config.copy_and_resolve_references()
         with config.unlocked():
             config.loss.terms = terms
-        super().__init__(config)
+        super().__init__(config, abstract_frozen)
         if self.stage == "unmask" and tuple(self.generator_inputs) != ("masked", "mask"):
             raise ValueError("config.model.generator_inputs must be ('masked', 'mask') for "
                              "stage 'unmask'")
@@ -178,7 +184,7 @@ class GANMaskerSystem(Pix2PixSystem):
     def eval_variants(self) -> dict[str, dict[str, Any]]:
         if self.stage != "unmask":
             return {"": {}}
-        if not self.segmenter_workdir:
+        if not self.segmenter_workdir and not self.abstract_frozen:
             raise ValueError(
                 "GANMasker stage 'unmask' evaluates the two-stage chain: set "
                 "config.model.segmenter_workdir to a finished stage-1 run (configs/"
@@ -187,9 +193,22 @@ class GANMaskerSystem(Pix2PixSystem):
 
     def load_frozen(self, training: bool = True) -> dict[str, Any]:
         frozen = super().load_frozen(training)
-        if self.stage == "unmask" and self.segmenter_workdir:
+        if self.stage == "unmask" and self.abstract_frozen:
+            if not training:  # the two-stage inference: stage 1 as this config declares it
+                frozen["segmenter"] = self._segmenter_shapes()
+        elif self.stage == "unmask" and self.segmenter_workdir:
             frozen["segmenter"] = self._load_segmenter()
         return frozen
+
+    def _segmenter_shapes(self) -> Any:
+        """Stage 1's variable shapes from this config's ``model.segmenter`` (and its
+        kwargs), for compiling the two-stage inference without a stage-1 run."""
+        m = self.config.model
+        self._segmenter = models.create_model(m.segmenter, dtype=base.compute_dtype(self.config),
+                                              **dict(m.segmenter_kwargs))
+        r = self.config.data.resolution
+        return jax.eval_shape(lambda: self._segmenter.init(
+            jax.random.PRNGKey(0), jnp.zeros((1, r, r, 3), jnp.float32), train=False))
 
     def _load_segmenter(self) -> dict[str, Any]:
         """Stage 1's variables from its run, rebuilt with the config it recorded."""
@@ -219,10 +238,10 @@ class GANMaskerSystem(Pix2PixSystem):
         return out
 
 
-def build(config) -> base.System:
+def build(config, abstract_frozen: bool = False) -> base.System:
     stage = config.model.get("stage")
     if stage not in STAGES:
         raise ValueError(f"config.model.stage={stage!r}: choose one of {STAGES}")
     if stage == "seg":
-        return GANMaskerSegSystem(config)
-    return GANMaskerSystem(config)
+        return GANMaskerSegSystem(config, abstract_frozen)
+    return GANMaskerSystem(config, abstract_frozen)

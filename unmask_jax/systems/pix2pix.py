@@ -41,8 +41,8 @@ BN_STATISTICS = ("per_image", "running")
 class Pix2PixSystem(base.System):
     name = "pix2pix"
 
-    def __init__(self, config):
-        super().__init__(config)
+    def __init__(self, config, abstract_frozen: bool = False):
+        super().__init__(config, abstract_frozen)
         m, loss = config.model, config.loss
         dtype = base.compute_dtype(config)
         inputs = tuple(m.generator_inputs)
@@ -61,7 +61,7 @@ class Pix2PixSystem(base.System):
         self.d_scale = float(loss.d_scale)
         self.update_order = loss.update_order
         self.bn_statistics = config.eval.bn_statistics
-        self.objective = loss_terms.Objective.from_config(loss.terms)
+        self.objective = loss_terms.Objective.from_config(loss.terms, dtype=dtype)
         gan_terms = [t for t in self.objective.terms if t.type == "gan"]
         if len(gan_terms) != 1:
             raise ValueError("config.loss.terms: the pix2pix family needs exactly one 'gan' "
@@ -92,7 +92,7 @@ class Pix2PixSystem(base.System):
                 f"({' + '.join(self.generator_inputs)}), {self.update_order} G/D updates")
 
     def load_frozen(self, training: bool = True) -> dict[str, Any]:
-        return {"loss": self.objective.load() if training else {}}
+        return {"loss": self.objective.load(self.abstract_frozen) if training else {}}
 
     def generator_input(self, batch: base.Batch) -> jax.Array:
         return jnp.concatenate([batch[name] for name in self.generator_inputs], axis=-1)

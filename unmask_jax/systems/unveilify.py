@@ -73,16 +73,18 @@ def from_model_space(y: jax.Array, norm: str) -> jax.Array:
     return (y * std + mean) * 2.0 - 1.0
 
 
-def _resolve_identity(terms: dict[str, Any]) -> tuple[dict[str, Any], str | None]:
+def _resolve_identity(terms: dict[str, Any], check_files: bool = True
+                      ) -> tuple[dict[str, Any], str | None]:
     """The identity term runs IR-SE50 / ArcFace only where its converted weights exist;
-    otherwise the offline dlib port (logged). A file the user named must exist."""
+    otherwise the offline dlib port (logged). A file the user named must exist. Without
+    ``check_files`` (ahead-of-time compilation) the configured backbone is kept."""
     terms = {k: dict(v) for k, v in terms.items()}
     for name, spec in terms.items():
         if (spec.get("type") or name) != "identity" or not spec.get("weight"):
             continue
         backbone = spec.get("backbone", "dlib")
-        if backbone == "dlib":
-            return terms, "dlib"
+        if backbone == "dlib" or not check_files:
+            return terms, backbone
         from unmask_jax.features import weights as weights_lib
         try:
             weights_lib.resolve_converted(backbone, spec.get("weights"))
@@ -100,12 +102,13 @@ def _resolve_identity(terms: dict[str, Any]) -> tuple[dict[str, Any], str | None
 class UnVeilifySystem(base.System):
     name = "unveilify"
 
-    def __init__(self, config):
-        terms, self.identity_backbone = _resolve_identity(config.loss.terms.to_dict())
+    def __init__(self, config, abstract_frozen: bool = False):
+        terms, self.identity_backbone = _resolve_identity(config.loss.terms.to_dict(),
+                                                          check_files=not abstract_frozen)
         config = config.copy_and_resolve_references()
         with config.unlocked():
             config.loss.terms = terms
-        super().__init__(config)
+        super().__init__(config, abstract_frozen)
         m = config.model
         if m.input_norm not in INPUT_NORMS:
             raise ValueError(f"config.model.input_norm={m.input_norm!r}: choose one of "
@@ -118,7 +121,8 @@ class UnVeilifySystem(base.System):
                              "('running'), as its reference does")
         self.input_norm = m.input_norm
         self.d_scale = float(config.loss.d_scale)
-        self.objective = loss_terms.Objective.from_config(config.loss.terms)
+        self.objective = loss_terms.Objective.from_config(config.loss.terms,
+                                                          dtype=base.compute_dtype(config))
         gan_terms = [t for t in self.objective.terms if t.type == "gan"]
         if len(gan_terms) != 1:
             raise ValueError("config.loss.terms: UnVeilify needs exactly one 'gan' term, got "
@@ -164,7 +168,7 @@ class UnVeilifySystem(base.System):
                 "psp_init": self.psp_irse50_init or "random"}
 
     def load_frozen(self, training: bool = True) -> dict[str, Any]:
-        return {"loss": self.objective.load() if training else {}}
+        return {"loss": self.objective.load(self.abstract_frozen) if training else {}}
 
     def pretrained_variables(self, name: str, variables: Mapping[str, Any]
                              ) -> Mapping[str, Any] | None:

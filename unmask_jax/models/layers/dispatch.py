@@ -152,12 +152,21 @@ def compiler_options(library: str, platform: str | None = None) -> dict[str, str
     return dict(options) if _compiler_takes(options) else {}
 
 
-def jit(fn: Callable[..., Any], cpu_convolutions: str = "ynnpack",
-        **jit_kwargs: Any) -> Callable[..., Any]:
-    """``jax.jit(fn, **jit_kwargs)`` compiled for ``cpu_convolutions`` (see the module
-    docstring) and traced under :func:`use_cpu_convolutions`, so that the layers' forms
-    match the library that runs them. Off the CPU it is plain ``jax.jit``."""
-    options = compiler_options(cpu_convolutions)
+def jit(fn: Callable[..., Any], cpu_convolutions: str = "ynnpack", *,
+        platform: str | None = None, **jit_kwargs: Any) -> Callable[..., Any]:
+    """``jax.jit(fn, **jit_kwargs)`` traced and compiled for ``platform`` (default
+    ``jax.default_backend()``): the platform of the devices the program is compiled for,
+    which differs from the host's when compiling ahead of time (a TPU program compiled on a
+    CPU machine). The layers are traced under :func:`use_platform` (no CPU form reaches an
+    accelerator program) and, on the CPU, for ``cpu_convolutions`` (its
+    :func:`compiler_options`, traced under :func:`use_cpu_convolutions`, so that the layers'
+    forms match the library that runs them). Off the CPU no CPU compiler option is passed.
+
+    The returned function calls the program; its ``lower(*args)`` lowers it under the same
+    settings (``.compile()`` then compiles it), e.g. for abstract arguments on
+    compile-only devices."""
+    target = (platform or jax.default_backend()).lower()
+    options = compiler_options(cpu_convolutions, target)
     library = cpu_convolutions if options else "ynnpack"
     if library == "eigen" and "convolutions:eigen" not in _announced:
         _announced.add("convolutions:eigen")
@@ -165,13 +174,27 @@ def jit(fn: Callable[..., Any], cpu_convolutions: str = "ynnpack",
                  "dots and reductions); Conv impl='auto' is XLA's own convolution")
     jitted = jax.jit(fn, compiler_options=options or None, **jit_kwargs)
 
+    @contextlib.contextmanager
+    def traced_for_target() -> Iterator[None]:
+        with contextlib.ExitStack() as stack:
+            if platform is not None:
+                stack.enter_context(use_platform(target))
+            stack.enter_context(use_cpu_convolutions(library))
+            yield
+
     @functools.wraps(fn)
     def call(*args: Any, **kwargs: Any) -> Any:
-        with use_cpu_convolutions(library):
+        with traced_for_target():
             return jitted(*args, **kwargs)
 
+    def lower(*args: Any, **kwargs: Any) -> Any:
+        with traced_for_target():
+            return jitted.lower(*args, **kwargs)
+
     call.jitted = jitted  # type: ignore[attr-defined]
+    call.lower = lower  # type: ignore[attr-defined]
     call.cpu_convolutions = library  # type: ignore[attr-defined]
+    call.platform = target  # type: ignore[attr-defined]
     return call
 
 
