@@ -12,9 +12,10 @@ Both frameworks start from the same weights (Flax init exported with
 ``unmask_jax.export``); the eval outputs are compared as a sanity check.
 
 Optional ``--breakdown``: generator and discriminator forward+backward alone, and single
-layers in every implementation of ``unmask_jax.models.layers`` (k4 s2 conv: pre-padded,
-im2col GEMM, ``lax.conv_general_dilated`` with built-in padding; k4 s2 transposed conv:
-sub-pixel, GEMM + col2im, ``lax.conv_transpose``).
+layers in every form (``unmask_jax.backends.cpu_forms`` and the plain layers' forms of
+``unmask_jax.models.layers``; k4 s2 conv: pre-padded, im2col GEMM,
+``lax.conv_general_dilated`` with built-in padding; k4 s2 transposed conv: sub-pixel,
+GEMM + col2im, ``lax.conv_transpose``).
 
 Usage (CPU): ``python benchmarks/compare_torch.py --threads 2 --size 256``
 Timings are medians over ``--iters`` runs after one warm-up (compilation) run. On a
@@ -52,7 +53,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def add_allocator_flag(p: argparse.ArgumentParser) -> None:
     p.add_argument("--host-allocator", choices=("reuse", "system"), default="reuse",
-                   help="glibc settings for both frameworks (unmask_jax.host_allocator): "
+                   help="glibc settings for both frameworks (unmask_jax.backends.host_allocator): "
                         "'reuse' keeps freed step buffers mapped (what unmask_jax.main "
                         "uses on the CPU backend), 'system' leaves glibc's defaults")
 
@@ -62,7 +63,7 @@ def configure_allocator(mode: str) -> str:
     platform is known then (``host_allocator.platform_before_start``), else for
     ``jax.default_backend()`` (they apply on 'cpu' only). Call before PyTorch starts."""
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-    from unmask_jax import host_allocator
+    from unmask_jax.backends import host_allocator
 
     platform = host_allocator.platform_before_start()
     if platform is None:
@@ -416,7 +417,9 @@ def _breakdown(args, jax, jnp, np, torch, G, D, g_vars, d_vars, tg, td, size, ta
 
 def _layer_breakdown(args, jax, jnp, np, torch, table):
     """Single layers of the U-Net, forward+backward w.r.t. input and kernel, batch 1, in
-    every implementation (see ``unmask_jax.models.layers``)."""
+    every form (the CPU forms of ``unmask_jax.backends.cpu_forms``, the plain ones of
+    ``unmask_jax.models.layers``)."""
+    from unmask_jax.backends import cpu_forms
     from unmask_jax.models import layers
 
     rng = np.random.default_rng(0)
@@ -430,7 +433,7 @@ def _layer_breakdown(args, jax, jnp, np, torch, table):
         def tconv():
             torch.nn.functional.conv2d(xt, wt, stride=2, padding=1).square().sum().backward()
 
-        for label, fn in [("conv", layers.conv2d), ("gemm", layers.conv2d_gemm),
+        for label, fn in [("conv", cpu_forms.conv2d), ("gemm", cpu_forms.conv2d_gemm),
                           ("xla", layers.conv2d_xla)]:
             g = jax.jit(jax.grad(lambda x, k, fn=fn: jnp.sum(jnp.square(fn(x, k, 2, 1))),
                                  argnums=(0, 1)))
@@ -447,8 +450,8 @@ def _layer_breakdown(args, jax, jnp, np, torch, table):
             torch.nn.functional.conv_transpose2d(xst, wtt, stride=2, padding=1).square().sum(
             ).backward()
 
-        for label, fn in [("subpixel", layers.conv_transpose_subpixel),
-                          ("gemm", layers.conv_transpose_gemm),
+        for label, fn in [("subpixel", cpu_forms.conv_transpose_subpixel),
+                          ("gemm", cpu_forms.conv_transpose_gemm),
                           ("lax", layers.conv_transpose_xla)]:
             gt = jax.jit(jax.grad(lambda x, k, fn=fn: jnp.sum(jnp.square(fn(x, k, 2, 1))),
                                   argnums=(0, 1)))

@@ -1,5 +1,7 @@
-"""The XLA CPU measurements behind the convolution forms that ``unmask_jax.models.layers``
-picks on the CPU platform (``impl='auto'``, ``split_batch=None``). One case per claim:
+"""The XLA CPU measurements behind the CPU convolution forms (``unmask_jax.backends``).
+
+The forms are in ``unmask_jax.backends.cpu_forms``; the CPU rule that picks them
+(``model.backend_forms=auto``) is ``unmask_jax.backends.cpu.CpuForms``. One case per claim:
 
 - ``padding``: kernel gradient of a convolution with the padding built in
   (``conv2d_xla``) vs the same on an explicitly pre-padded input (``conv2d``), for the
@@ -12,26 +14,23 @@ picks on the CPU platform (``impl='auto'``, ``split_batch=None``). One case per 
   4, whole batch vs per-image chunks (``batch_chunked``), against PyTorch.
 - ``transpose``: the pix2pix U-Net's large transposed convolutions (k4 s2 p1) at
   ``--batch`` (default 4), forward and forward + backward, in the sub-pixel form per batch
-  chunk, the GEMM + col2im form, and ``'subpixel/gemm'`` (sub-pixel forward, the GEMM
-  form's gradients: what ``ConvTranspose`` runs on CPU), against PyTorch.
-- ``winograd``: GANMasker's 3x3 stride-1 layers (``Conv(features, 3, 1, 1)``) at
-  ``--batch``, forward + backward in the module's 'conv' form (per batch chunk, what runs
-  on CPU) vs 'conv/conv:winograd' (the Winograd F(2x2, 3x3) form's kernel gradient),
-  against PyTorch; then the FU-Net (configs/ganmasker.py:unmask) forward + backward with
-  the CPU 'auto' rule and with that rule giving its 3x3 layers of >= 32 channels the
-  Winograd kernel gradient.
+  chunk, the GEMM + col2im form, and the sub-pixel forward with the GEMM form's gradients
+  (``forward_with_grads_of``: what a large ``ConvTranspose`` runs on CPU), against PyTorch.
+- ``library``: XLA CPU's convolution library (``System.cpu_library``; 'eigen' for
+  GANMasker). A 3x3 stride-1 ``Conv`` at GANMasker's sizes, at ``--batch``: forward, input
+  gradient and kernel gradient separately, each its own program: compiled for YNNPACK
+  (XLA's default) with the CPU rule's form, for Eigen with its form (XLA's own convolution
+  on the whole batch; ``unmask_jax.backends.jit(fn, cpu_library='eigen')``), and PyTorch
+  (``conv2d``, ``torch.nn.grad.conv2d_input`` / ``conv2d_weight``). Then GANMasker's FU-Net
+  and SN discriminator forward + backward (gradients of the parameters) both ways.
   Each pair runs twice in swapped order (A, B, B, A), as the order alone moves times by
   ~10% on a shared machine.
-- ``library``: XLA CPU's convolution library (``config.model.cpu_convolutions``). A 3x3
-  stride-1 ``Conv`` at GANMasker's sizes, at ``--batch``: forward, input gradient and
-  kernel gradient separately, each its own program: compiled for YNNPACK (XLA's default)
-  with the layer's CPU 'auto' form, for Eigen with its 'auto' form (XLA's own convolution
-  on the whole batch; ``layers.dispatch.jit``), and PyTorch (``conv2d``,
-  ``torch.nn.grad.conv2d_input`` / ``conv2d_weight``). Then GANMasker's FU-Net and SN
-  discriminator forward + backward (gradients of the parameters) both ways.
 
-    python benchmarks/conv_forms.py [--cases padding,weight_layout,batch,transpose,winograd,library] \
+    python benchmarks/conv_forms.py [--cases padding,weight_layout,batch,transpose,library] \
         [--threads 2] [--batch 4]
+
+(The ``winograd`` case, and the Winograd form it measured, are gone since the backend
+seam: ``git show a1de79c:benchmarks/conv_forms.py``.)
 
 Median wall times over ``--iters`` calls after a warm-up (see compare_torch.py). The
 per-layer comparison of every form with PyTorch is ``compare_torch.py --breakdown``.
@@ -45,7 +44,9 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import compare_torch  # noqa: E402  (timing helpers)
 
-CASES = ("padding", "weight_layout", "batch", "transpose", "winograd", "library")
+CASES = ("padding", "weight_layout", "batch", "transpose", "library")
+#: The libraries the 'library' case compares (A, B, B, A).
+LIBRARIES = ("ynnpack", "eigen")
 
 
 def main(argv=None) -> int:
@@ -55,7 +56,7 @@ def main(argv=None) -> int:
     p.add_argument("--iters", type=int, default=3)
     p.add_argument("--rounds", type=int, default=2)
     p.add_argument("--batch", type=int, default=4,
-                   help="batch of the 'transpose', 'winograd' and 'library' cases")
+                   help="batch of the 'transpose' and 'library' cases")
     compare_torch.add_allocator_flag(p)
     args = p.parse_args(argv)
     threads = compare_torch.limit_threads(args.threads)
@@ -65,7 +66,8 @@ def main(argv=None) -> int:
     import jax.numpy as jnp
     import numpy as np
 
-    from unmask_jax.models import layers
+    from unmask_jax.backends import cpu_forms
+    from unmask_jax.models.layers import conv2d_xla
 
     rng = np.random.default_rng(0)
     ms = lambda t: f"{t[0] * 1e3:8.1f} ms"  # noqa: E731
@@ -84,14 +86,12 @@ def main(argv=None) -> int:
         k = jnp.asarray(0.02 * rng.standard_normal((2, 2, 128, 256)), jnp.float32)
         grads = {name: jax.jit(jax.grad(
             lambda k, f=f: jnp.sum(jnp.square(f(x, k, 1, 1)))))
-            for name, f in (("built-in padding", layers.conv2d_xla),
-                            ("pre-padded", layers.conv2d))}
+            for name, f in (("built-in padding", conv2d_xla),
+                            ("pre-padded", cpu_forms.conv2d))}
         times = timed(*[lambda g=g: jax.block_until_ready(g(k)) for g in grads.values()])
         for name, t in zip(grads, times):
             print(f"padding: 2x2 conv 64x64x128 -> 256 kernel gradient, {name:>16}: {ms(t)}")
     if "weight_layout" in cases:
-        from unmask_jax.models.layers import conv_transpose as convt_module
-
         def plain_matmul(a, w, w_transposed=False):
             return jnp.dot(a, w.T) if w_transposed else jnp.dot(a, w)
 
@@ -99,15 +99,16 @@ def main(argv=None) -> int:
         k = jnp.asarray(0.02 * rng.standard_normal((4, 4, 512, 1024)), jnp.float32)
         fns = {}
         for name, matmul in (("plain jnp.dot", plain_matmul),
-                             ("weight_matmul", layers.weight_matmul)):
-            convt_module.weight_matmul = matmul          # read at trace time, below
+                             ("weight_matmul", cpu_forms.weight_matmul)):
+            weight_matmul = cpu_forms.weight_matmul
+            cpu_forms.weight_matmul = matmul             # read at trace time, below
             try:
-                fwd = jax.jit(lambda x, k: layers.conv_transpose_gemm(x, k, 2, 1))
+                fwd = jax.jit(lambda x, k: cpu_forms.conv_transpose_gemm(x, k, 2, 1))
                 fb = jax.jit(jax.grad(lambda x, k: jnp.sum(jnp.square(
-                    layers.conv_transpose_gemm(x, k, 2, 1))), argnums=(0, 1)))
+                    cpu_forms.conv_transpose_gemm(x, k, 2, 1))), argnums=(0, 1)))
                 jax.block_until_ready((fwd(x, k), fb(x, k)))   # trace while patched
             finally:
-                convt_module.weight_matmul = layers.weight_matmul
+                cpu_forms.weight_matmul = weight_matmul
             fns[f"{name}, forward"] = lambda f=fwd: jax.block_until_ready(f(x, k))
             fns[f"{name}, f+b"] = lambda f=fb: jax.block_until_ready(f(x, k))
         for name, t in zip(fns, timed(*fns.values())):
@@ -122,8 +123,8 @@ def main(argv=None) -> int:
             xj, kj = jnp.asarray(x), jnp.asarray(k)
 
             def loss(x, k, chunked):
-                fn = ((lambda x, k: layers.batch_chunked(layers.conv2d, x, k, 2, 1))
-                      if chunked else (lambda x, k: layers.conv2d(x, k, 2, 1)))
+                fn = ((lambda x, k: cpu_forms.batch_chunked(cpu_forms.conv2d, x, k, 2, 1))
+                      if chunked else (lambda x, k: cpu_forms.conv2d(x, k, 2, 1)))
                 return jnp.sum(jnp.square(fn(x, k)))
 
             whole = jax.jit(jax.grad(lambda x, k: loss(x, k, False), argnums=(0, 1)))
@@ -144,16 +145,14 @@ def main(argv=None) -> int:
 
         import torch
 
-        from unmask_jax.models.layers import dispatch
-
         torch.set_num_threads(threads)
         b = args.batch
-        chunked = functools.partial(layers.batch_chunked, layers.conv_transpose_subpixel)
+        chunked = functools.partial(cpu_forms.batch_chunked, cpu_forms.conv_transpose_subpixel)
         forms = {
             "sub-pixel per chunk": lambda x, k: chunked(x, k, 2, 1),
-            "GEMM + col2im": lambda x, k: layers.conv_transpose_gemm(x, k, 2, 1),
-            "subpixel/gemm": lambda x, k: dispatch.forward_with_grads_of(
-                chunked, layers.conv_transpose_gemm, x, k, (2, 1)),
+            "GEMM + col2im": lambda x, k: cpu_forms.conv_transpose_gemm(x, k, 2, 1),
+            "subpixel/gemm": lambda x, k: cpu_forms.forward_with_grads_of(
+                chunked, cpu_forms.conv_transpose_gemm, x, k, (2, 1)),
         }
         for hi, cin, cout in ((128, 128, 3), (64, 256, 64), (32, 512, 128)):
             x = rng.standard_normal((b, hi, hi, cin)).astype(np.float32)
@@ -182,86 +181,9 @@ def main(argv=None) -> int:
             for i, name in enumerate(fns):
                 print(f"transpose: {hi}^2x{cin} -> {cout} convT, batch {b}, {name:>19}: "
                       f"forward {ms(times[2 * i])}, f+b {ms(times[2 * i + 1])}")
-    if "winograd" in cases:
-        _winograd_case(args, threads, timed, ms, rng)
     if "library" in cases:
         _library_case(args, threads, timed, ms, rng)
     return 0
-
-
-def _winograd_case(args, threads, timed, ms, rng) -> None:
-    import jax
-    import jax.numpy as jnp
-    import numpy as np
-    import torch
-
-    from configs import ganmasker
-    from unmask_jax.models import create_model
-    from unmask_jax.models.layers import Conv
-
-    torch.set_num_threads(threads)
-    b = args.batch
-    forms = ("conv", "conv/conv:winograd")
-    for hi, cin, cout in ((256, 4, 32), (256, 32, 32), (128, 32, 64), (128, 64, 64),
-                          (64, 128, 128), (32, 256, 256)):
-        x = jnp.asarray(rng.standard_normal((b, hi, hi, cin)), jnp.float32)
-        fns = []
-        for impl in forms:
-            layer = Conv(cout, 3, 1, 1, use_bias=False, impl=impl)
-            v = layer.init(jax.random.key(0), x)
-            fb = jax.jit(jax.grad(lambda v, x, m=layer: jnp.sum(jnp.square(m.apply(v, x))),
-                                  argnums=(0, 1)))
-            fns.append(lambda fb=fb, v=v: jax.block_until_ready(fb(v, x)))
-        xt = torch.from_numpy(np.asarray(x).transpose(0, 3, 1, 2).copy()).requires_grad_()
-        conv_t = torch.nn.Conv2d(cin, cout, 3, 1, 1, bias=False)
-
-        def tfb():
-            xt.grad = None
-            conv_t.zero_grad()
-            conv_t(xt).square().sum().backward()
-
-        t = timed(fns[0], fns[1], fns[1], fns[0], tfb)
-        print(f"winograd: {hi}^2x{cin} -> {cout} 3x3 conv f+b, batch {b}: "
-              f"{forms[0]} {ms(t[0])} / {ms(t[3])}, {forms[1]} {ms(t[1])} / {ms(t[2])}, "
-              f"PyTorch {ms(t[4])}")
-    # The FU-Net with its 'auto' rule, and with the rule changed to give 3x3 stride-1
-    # layers of >= 32 input and output channels that run 'conv' the Winograd kernel
-    # gradient (the layers above where it wins alone). The rule is read at trace time.
-    from unmask_jax.models.layers import conv as conv_module
-    from unmask_jax.models.layers.common import pair
-    from unmask_jax.models.layers.winograd import supports
-
-    rule = conv_module.conv_impl
-
-    def winograd_rule(impl, x_shape, kernel_hw, strides, padding, dilation, gemm_max):
-        chosen = rule(impl, x_shape, kernel_hw, strides, padding, dilation, gemm_max)
-        if (chosen == "conv" and supports(kernel_hw, pair(strides), pair(dilation))
-                and x_shape[-1] >= 32):
-            return "conv/conv:winograd"
-        return chosen
-
-    cfg = ganmasker.get_config("unmask")
-    fu_net = create_model(cfg.model.generator, **dict(cfg.model.generator_kwargs))
-    x = jnp.asarray(rng.uniform(-1, 1, (b, 256, 256, 4)), jnp.float32)
-    variables = jax.jit(lambda x: fu_net.init(jax.random.key(0), x, False))(x[:1])
-
-    def loss(p, x):
-        y, _ = fu_net.apply({**variables, "params": p}, x, True, mutable=["batch_stats"])
-        return jnp.sum(jnp.square(y))
-
-    fns = []
-    for patched in (rule, winograd_rule):
-        conv_module.conv_impl = patched
-        try:
-            fb = jax.jit(jax.grad(loss))
-            jax.block_until_ready(fb(variables["params"], x))  # traced under this rule
-        finally:
-            conv_module.conv_impl = rule
-        fns.append(lambda fb=fb: jax.block_until_ready(fb(variables["params"], x)))
-    t = timed(fns[0], fns[1], fns[1], fns[0])
-    print(f"winograd: FU-Net (ganmasker.py:unmask) f+b, batch {b}: auto rule "
-          f"{ms(t[0])} / {ms(t[3])}, with winograd kernel gradients {ms(t[1])} / {ms(t[2])}")
-
 
 
 def _library_case(args, threads, timed, ms, rng) -> None:
@@ -272,11 +194,12 @@ def _library_case(args, threads, timed, ms, rng) -> None:
 
     from configs import ganmasker
     from unmask_jax.models import create_model
-    from unmask_jax.models.layers import Conv, dispatch
+    from unmask_jax import backends
+    from unmask_jax.models.layers import Conv
 
     torch.set_num_threads(threads)
     b = args.batch
-    libraries = dispatch.CPU_CONVOLUTIONS  # ('ynnpack', 'eigen')
+    libraries = LIBRARIES
     for hi, c in ((256, 32), (128, 64), (64, 128), (32, 256), (16, 512)):
         x = jnp.asarray(rng.standard_normal((b, hi, hi, c)), jnp.float32)
         g = jnp.asarray(rng.standard_normal((b, hi, hi, c)), jnp.float32)
@@ -299,7 +222,7 @@ def _library_case(args, threads, timed, ms, rng) -> None:
         for name, fn in parts.items():
             fns = []
             for library in libraries:
-                f = dispatch.jit(fn, library)
+                f = backends.jit(fn, cpu_library=library)
                 jax.block_until_ready(f(v, x, g))
                 fns.append(lambda f=f: jax.block_until_ready(f(v, x, g)))
             t = timed(fns[0], fns[1], fns[1], fns[0], torch_parts[name])
@@ -320,7 +243,7 @@ def _library_case(args, threads, timed, ms, rng) -> None:
 
         fns = []
         for library in libraries:
-            f = dispatch.jit(jax.grad(loss), library)
+            f = backends.jit(jax.grad(loss), cpu_library=library)
             jax.block_until_ready(f(variables["params"], x))
             fns.append(lambda f=f: jax.block_until_ready(f(variables["params"], x)))
         t = timed(fns[0], fns[1], fns[1], fns[0])

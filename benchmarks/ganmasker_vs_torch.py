@@ -37,11 +37,12 @@ Usage (CPU, the config's widths at 256x256)::
 
     python benchmarks/ganmasker_vs_torch.py --threads 2 --iters 3 --rounds 2
     python benchmarks/ganmasker_vs_torch.py ... --host-allocator system
-    python benchmarks/ganmasker_vs_torch.py ... --cpu-convolutions eigen,ynnpack
+    python benchmarks/ganmasker_vs_torch.py ... --cpu-library eigen,ynnpack
 
-The JAX programs are compiled with the system's ``jit`` (``config.model.cpu_convolutions``,
-'eigen' in configs/ganmasker.py), as the trainer and ``--mode=predict`` compile them;
-``--cpu-convolutions`` times other XLA CPU convolution libraries beside it.
+The JAX programs are compiled with the system's ``jit`` (``model.backend_forms`` and the
+system's ``cpu_library``, 'eigen' for GANMasker), as the trainer and ``--mode=predict``
+compile them; ``--cpu-library`` times other XLA CPU libraries beside it
+(``unmask_jax.backends.CPU_LIBRARIES``).
 
 Per-part forward + backward (FU-Net blocks, CBAM, pools, up-sampling, the SN
 discriminator, SSIM, SmoothL1), JAX vs the twins' submodules with the same weights::
@@ -97,9 +98,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="discriminator ndf (default: the config's, 64)")
     p.add_argument("--d-layers", type=int, default=None,
                    help="discriminator n_layers (default: the config's, 3)")
-    p.add_argument("--cpu-convolutions", default="",
-                   help="XLA CPU convolution libraries to time the JAX rows with, comma-separated "
-                        "('eigen', 'ynnpack'); default: the config's (model.cpu_convolutions). "
+    p.add_argument("--cpu-library", default="",
+                   help="XLA CPU libraries to compile the JAX rows for, comma-separated, from "
+                        "unmask_jax.backends.CPU_LIBRARIES (ynnpack, eigen, no_ynnpack); "
+                        "default: the system's (GANMaskerSystem.cpu_library, 'eigen'). "
                         "Several give one row each, timed in this process")
     p.add_argument("--json", default="", help="also write the results to this JSON file")
     p.add_argument("--breakdown", default="",
@@ -113,6 +115,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def _batches(spec: str) -> list[int]:
     return [int(v) for v in spec.split(",") if v.strip()]
+
+
+def _libraries(args) -> list[str]:
+    """``--cpu-library`` as a list ([] : the system's)."""
+    return [v.strip() for v in args.cpu_library.split(",") if v.strip()]
 
 
 def build_config(args):
@@ -147,11 +154,15 @@ def main(argv: list[str] | None = None) -> int:
     import jax.numpy as jnp
     import torch
 
-    from unmask_jax import systems
+    from unmask_jax import backends, systems
     from unmask_jax.export import build_torch_module, keymaps
     from unmask_jax.models import create_model
     from unmask_jax.state import NetState
 
+    try:
+        libraries = [backends.check_cpu_library(v) for v in _libraries(args)]
+    except ValueError as e:
+        raise SystemExit(f"--cpu-library: {e}")
     torch.set_num_threads(n_threads)
     cfg = build_config(args)
     size = args.size
@@ -192,8 +203,7 @@ def main(argv: list[str] | None = None) -> int:
     load_start = os.getloadavg()
     parity: dict[str, float] = {}
 
-    libraries = [v for v in args.cpu_convolutions.split(",") if v] or [system.cpu_convolutions]
-    for library in libraries:
+    for library in libraries or [system.cpu_library]:
         _run_rows(args, library, cfg, variables, mseg, torch_twin, net_state, table, parity)
 
     for b in _batches(args.breakdown):
@@ -211,7 +221,7 @@ def main(argv: list[str] | None = None) -> int:
                        "jax": jax.__version__, "torch": torch.__version__,
                        "size": size, "widths": {k: v[1] for k, v in names.items()},
                        "iters": args.iters, "rounds": args.rounds,
-                       "cpu_convolutions": libraries}, f, indent=2)
+                       "cpu_library": libraries or [system.cpu_library]}, f, indent=2)
     return 0
 
 
@@ -229,10 +239,9 @@ def _run_rows(args, library, cfg, variables, mseg, torch_twin, net_state, table,
 
     size = args.size
     # ---------------- two-stage inference ----------------
-    with cfg.unlocked():
-        cfg.model.cpu_convolutions = library
     system = systems.build(cfg)
-    label = "" if len(args.cpu_convolutions.split(",")) < 2 else f" [{library}]"
+    system.cpu_library = library  # read by system.jit (the class states the default)
+    label = "" if len(_libraries(args)) < 2 else f" [{library}]"
     system._segmenter = mseg  # what _load_segmenter sets from a stage-1 run
     # Weights on the device once, as a loaded model's are: numpy weights would be copied
     # to the device on every call, which PyTorch does not pay.
@@ -258,7 +267,7 @@ def _run_rows(args, library, cfg, variables, mseg, torch_twin, net_state, table,
         with torch.inference_mode():
             t0 = time.perf_counter()
             ours = jax.device_get(predict(inf_state, batch, frozen_inf))
-            print(f"  (JAX two-stage batch {b}, {system.cpu_convolutions} convolutions: "
+            print(f"  (JAX two-stage batch {b}, programs for {system.cpu_library}: "
                   f"compile + first run "
                   f"{time.perf_counter() - t0:.1f} s)", flush=True)
             ref, ref_prob = (v.numpy().transpose(0, 2, 3, 1) for v in torch_two_stage(xt))
@@ -415,7 +424,7 @@ def _breakdown(args, b: int, variables, names, torch_twin, table) -> None:
         from unmask_jax.models.blocks import cbam
         fn, p = flax_part(lambda h, i=i: cbam(
             h, reduction=kw["cbam_reduction"], spatial_kernel=kw["cbam_kernel"],
-            prefix=f"enc_{i}_cbam_", conv_impl=kw["conv_impl"]), f"enc_{i}_cbam_")
+            prefix=f"enc_{i}_cbam_"), f"enc_{i}_cbam_")
         add(f"  of which CBAM {i} ({s}^2 {f})", fn, tg.enc[i].cbam, [(b, s, s, f)], p)
         if i < gm.NUM_LEVELS - 1:
             add(f"max pool {i} ({s}^2 {f})", lambda p, h: gm._max_pool(h),

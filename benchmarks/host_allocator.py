@@ -1,4 +1,4 @@
-"""What ``unmask_jax.host_allocator`` changes on the CPU backend, per jitted pix2pix step:
+"""What ``unmask_jax.backends.host_allocator`` changes on the CPU backend, per jitted pix2pix step:
 XLA's temporary buffer size, minor page faults, step time and peak resident set, for
 glibc's defaults ('system') and the buffer-reuse settings ('reuse') applied either before
 JAX starts its CPU client (``configure(platform_before_start())``) or right after it found
@@ -30,7 +30,7 @@ def child(args) -> dict:
     import time
 
     compare_torch.limit_threads(args.threads)
-    from unmask_jax import host_allocator
+    from unmask_jax.backends import host_allocator
 
     if args.when == "before":  # unknown before the start only with accelerator support
         message = host_allocator.configure(host_allocator.platform_before_start() or "cpu",

@@ -29,7 +29,7 @@ Usage (CPU)::
     python benchmarks/unveilify_vs_torch.py --threads 2 --res 128 --batch 1 --iters 2 \
         --rounds 2
     python benchmarks/unveilify_vs_torch.py --res 256 --batch 1      # the reference size
-    python benchmarks/unveilify_vs_torch.py ... --cpu-convolutions eigen   # Eigen convolutions
+    python benchmarks/unveilify_vs_torch.py ... --cpu-library eigen   # Eigen convolutions
 
 Smoke run (tiny)::
 
@@ -43,6 +43,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import functools
 import json
 import os
 import sys
@@ -73,10 +74,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--psp-width-div", type=int, default=1)
     p.add_argument("--generator-width-div", type=int, default=1)
     p.add_argument("--ndf", type=int, default=64)
-    p.add_argument("--conv-impl", default="auto", help="layers.Conv implementation (JAX)")
-    p.add_argument("--cpu-convolutions", default="ynnpack",
-                   help="XLA CPU convolution library of the JAX programs ('ynnpack', the "
-                        "config's, or 'eigen'; layers.dispatch.jit)")
+    p.add_argument("--backend-forms", default="auto",
+                   help="forms of the JAX layers: 'auto' (the platform's measured forms) or "
+                        "'off' (plain XLA ops); unmask_jax.backends.FORMS, "
+                        "config.model.backend_forms")
+    p.add_argument("--cpu-library", default="ynnpack",
+                   help="XLA CPU library of the JAX programs, from "
+                        "unmask_jax.backends.CPU_LIBRARIES: 'ynnpack' (the system's), "
+                        "'eigen' or 'no_ynnpack' (unmask_jax.backends.jit)")
     p.add_argument("--json", default="", help="also write the results to this JSON file")
     ct.add_allocator_flag(p)
     return p.parse_args(argv)
@@ -94,18 +99,26 @@ def main(argv: list[str] | None = None) -> int:
     import optax
     import torch
 
+    from unmask_jax import backends
     from unmask_jax.export import build_torch_module, keymaps
     from unmask_jax.models import count_params, create_model
-    from unmask_jax.models.layers import dispatch
+
+    try:
+        backends.check_forms(args.backend_forms)
+        backends.check_cpu_library(args.cpu_library)
+    except ValueError as e:
+        raise SystemExit(str(e))
+    jit = functools.partial(backends.jit, forms=args.backend_forms,
+                            cpu_library=args.cpu_library)
 
     torch.set_num_threads(n_threads)
     res = args.res
     g_kwargs = dict(resolution=res, latent_dim=args.latent_dim,
                     psp_width_div=args.psp_width_div,
-                    generator_width_div=args.generator_width_div, conv_impl=args.conv_impl)
+                    generator_width_div=args.generator_width_div)
     if args.psp_blocks:
         g_kwargs["psp_blocks"] = tuple(int(v) for v in args.psp_blocks.split(","))
-    d_kwargs = dict(ndf=args.ndf, conv_impl=args.conv_impl)
+    d_kwargs = dict(ndf=args.ndf)
     G = create_model("unveilify_mask_remover", **g_kwargs)
     D = create_model("unveilify_discriminator", **d_kwargs)
     x0 = jnp.zeros((1, res, res, 3))
@@ -114,7 +127,8 @@ def main(argv: list[str] | None = None) -> int:
     d_vars = jax.device_get(jax.jit(lambda k: D.init(k, x0, x0, False))(jax.random.key(1)))
     print(f"{SYSTEM}: MaskRemover {g_kwargs} ({count_params(g_vars['params']):,} params), "
           f"D {d_kwargs} ({count_params(d_vars['params']):,}), {res}x{res}, {n_threads} "
-          f"threads, JAX programs for {args.cpu_convolutions} convolutions; init "
+          f"threads, JAX programs with {args.backend_forms} forms for {args.cpu_library}; "
+          f"init "
           f"{time.perf_counter() - t0:.1f} s", flush=True)
 
     def twin(model_name, kwargs, variables):
@@ -132,7 +146,7 @@ def main(argv: list[str] | None = None) -> int:
     batches = [int(v) for v in args.batch.split(",") if v.strip()]
 
     # ---------------- inference ----------------
-    predict = dispatch.jit(lambda v, m, i: G.apply(v, m, i, False), args.cpu_convolutions)
+    predict = jit(lambda v, m, i: G.apply(v, m, i, False))
     tg = twin("unveilify_mask_remover", g_kwargs, g_vars).eval()
     # On the device once, as a loaded model is: numpy weights would be copied to the
     # device on every call (~770 MB with the pSp encoder), which PyTorch does not pay.
@@ -202,7 +216,7 @@ def main(argv: list[str] | None = None) -> int:
         gp = optax.apply_updates(gp, g_upd)
         return (gp, g_mut, go, dp, do), {"d_loss": d_loss, "g_loss": g_loss}
 
-    step = dispatch.jit(jax_step, args.cpu_convolutions, donate_argnums=(0,))
+    step = jit(jax_step, donate_argnums=(0,))
     for b in ([] if args.skip_train else batches):
         rng = np.random.default_rng(100 + b)
         masked, identity, target = (rng.normal(size=(b, res, res, 3)).astype(np.float32)
@@ -266,7 +280,8 @@ def main(argv: list[str] | None = None) -> int:
                        "jax": jax.__version__, "torch": torch.__version__, "res": res,
                        "generator_kwargs": {k: str(v) for k, v in g_kwargs.items()},
                        "discriminator_kwargs": d_kwargs, "iters": args.iters,
-                       "rounds": args.rounds}, f, indent=2)
+                       "rounds": args.rounds, "backend_forms": args.backend_forms,
+                       "cpu_library": args.cpu_library}, f, indent=2)
     return 0
 
 

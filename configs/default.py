@@ -42,11 +42,12 @@ def get_config() -> config_dict.ConfigDict:
     # (GANMasker stage 2 evaluation and prediction; --mode=predict of any system whose
     # generator input has "mask", and the paste-back region of the others).
     c.model.segmenter_workdir = config_dict.placeholder(str)
-    # XLA CPU's convolution library for this system's programs (CPU only; ignored elsewhere):
-    # "ynnpack" (XLA's default) or "eigen" (Eigen convolutions, with XLA's own convolution
-    # as the 'auto' form). Chosen per system where it was measured faster:
-    # benchmarks/README.md, "XLA CPU convolution library".
-    c.model.cpu_convolutions = "ynnpack"
+    # Backend forms (unmask_jax/backends): "auto" runs, on the platform a program is compiled
+    # for, the other forms of the same maths measured faster there (on the CPU: GEMM and
+    # pre-padded convolutions, sub-pixel transposed convolutions, ...; the XLA CPU library a
+    # system prefers); "off" runs plain XLA ops everywhere. The numbers are the same up to
+    # float rounding.
+    c.model.backend_forms = "auto"
 
     # ---- losses (unmask_jax.loss_terms registry; functions in unmask_jax.losses) ----
     c.loss = config_dict.ConfigDict()

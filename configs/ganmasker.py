@@ -68,10 +68,6 @@ def get_config(variant: str = "unmask"):
     c.model.composite_in_training = stage == "unmask"  # MURF
     c.model.segmenter_workdir = config_dict.placeholder(str)  # the :seg run (two-stage eval)
     c.model.mask_threshold = 0.5
-    # Eigen convolutions on the CPU: at 256^2, two-stage inference at batch 8 went from
-    # 0.76-0.87x to 0.94-0.99x PyTorch; the stage-2 train step gained 0-19% (benchmarks/
-    # README.md, "XLA CPU convolution library").
-    c.model.cpu_convolutions = "eigen"
 
     c.loss.terms = config_dict.ConfigDict({
         "gan": {"weight": 1.0, "kind": "lsgan"},

@@ -15,8 +15,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from unmask_jax import accelerators, aot, parallel
-from unmask_jax.models.layers import dispatch
+from unmask_jax import accelerators, aot, backends, parallel
 
 ROOT = Path(__file__).resolve().parents[1]
 TOPOLOGY = "v5e:2x2"
@@ -127,7 +126,7 @@ def _conv_net_program(widths=(8, 16, 16), resolution=32):
 
     def make(mesh, platform):
         rep = parallel.replicated_sharding(mesh)
-        return dispatch.jit(jax.grad(loss), platform=platform,
+        return backends.jit(jax.grad(loss), platform=platform,
                             in_shardings=(rep, parallel.batch_sharding(mesh)),
                             out_shardings=rep)
 
@@ -172,9 +171,9 @@ def test_accelerator_program_is_traced_for_the_target_not_the_host(monkeypatch):
     txs = system.optimizers(1)
     program = aot._programs(config, system, ("train_step",))[0]
     seen = []
-    real = dispatch.cpu_tuned
-    monkeypatch.setattr(dispatch, "cpu_tuned", lambda: seen.append(dispatch.platform())
-                        or real())
+    real = backends.forms
+    monkeypatch.setattr(backends, "forms", lambda t=None: seen.append(
+        (t or backends.target()).platform) or real(t))
     target = accelerators.resolve(TOPOLOGY)
     mesh = parallel.make_data_mesh(accelerators.devices(target))
     tpu_hlo = program.make(mesh, "tpu").lower(*program.args(mesh, 4)).as_text()
@@ -190,7 +189,7 @@ def test_accelerator_program_is_traced_for_the_target_not_the_host(monkeypatch):
     # bf16 compute: every convolution of G and D (forward and both gradients) is bf16.
     assert set(tpu_convs) == {"bf16"}, tpu_convs
     # No XLA CPU option reaches the TPU program.
-    assert program.make(mesh, "tpu").cpu_convolutions == "ynnpack"
+    assert program.make(mesh, "tpu").compiler_options == {}
 
 
 def test_compile_mode_writes_the_report(tmp_path):

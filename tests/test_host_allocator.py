@@ -1,4 +1,4 @@
-"""unmask_jax.host_allocator: on the CPU platform, large freed buffers are reused, not
+"""unmask_jax.backends.host_allocator: on the CPU platform, large freed buffers are reused, not
 re-mapped every step; on other platforms nothing changes.
 
 Each glibc case runs in a fresh interpreter (allocator settings are per process and must precede
@@ -13,14 +13,14 @@ import sys
 
 import pytest
 
-from unmask_jax import host_allocator
+from unmask_jax.backends import host_allocator
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 GLIBC = platform.system() == "Linux" and platform.libc_ver()[0] == "glibc"
 
 _PROBE = r"""
 import ctypes, json, resource, sys, threading
-from unmask_jax import host_allocator
+from unmask_jax.backends import host_allocator
 
 class MallInfo2(ctypes.Structure):
     _fields_ = [(n, ctypes.c_size_t) for n in (
@@ -113,7 +113,8 @@ def test_platform_before_start(monkeypatch):
 
 
 def test_platform_before_start_starts_no_backend():
-    code = ("import jax; from jax._src import xla_bridge; from unmask_jax import host_allocator;"
+    code = ("import jax; from jax._src import xla_bridge;"
+            "from unmask_jax.backends import host_allocator;"
             "p = host_allocator.platform_before_start();"
             "assert not xla_bridge._backends, xla_bridge._backends; print(p)")
     env = {**os.environ, "JAX_PLATFORMS": "cpu"}

@@ -42,38 +42,44 @@ def test_registry_and_unknown_system():
         systems.build(c)
 
 
-def test_cpu_convolutions_come_from_the_config():
-    """Each system compiles its programs for ``config.model.cpu_convolutions``: XLA's default
-    unless a config chose otherwise (GANMasker: Eigen); runs recorded before the key existed
-    get the default; an unknown library is refused with the key's name. The trainer's step
-    is compiled that way."""
+def test_backend_forms_and_cpu_library():
+    """``config.model.backend_forms`` (auto | off) reaches every program a system compiles;
+    the XLA CPU library is the system's own statement (GANMasker: Eigen), never a model's;
+    runs recorded with the older ``model.cpu_convolutions`` or without ``backend_forms``
+    resume (the key changes no network)."""
     from configs import ganmasker
-    from unmask_jax import parallel, programs
+    from unmask_jax import checkpoints, parallel, programs
 
-    assert systems.build(tiny_config()).cpu_convolutions == "ynnpack"
+    system = systems.build(tiny_config())
+    assert (system.backend_forms, system.cpu_library) == ("auto", "ynnpack")
     for variant in ("seg_quick", "unmask_quick"):
-        assert systems.build(ganmasker.get_config(variant)).cpu_convolutions == "eigen"
-    old = tiny_config()
-    with old.unlocked():
-        del old.model["cpu_convolutions"]
-    assert systems.build(old).cpu_convolutions == "ynnpack"
+        assert systems.build(ganmasker.get_config(variant)).cpu_library == "eigen"
+    off = tiny_config()
+    off.model.backend_forms = "off"
+    assert systems.build(off).backend_forms == "off"
     bad = tiny_config()
-    bad.model.cpu_convolutions = "mkl"
-    with pytest.raises(ValueError, match="config.model.cpu_convolutions"):
+    bad.model.backend_forms = "fast"
+    with pytest.raises(ValueError, match="config.model.backend_forms"):
         systems.build(bad)
     system = systems.build(ganmasker.get_config("unmask_quick"))
     mesh = parallel.make_data_mesh()
     step = programs.make_train_step(system, system.optimizers(1), mesh,
-                                 parallel.replicated_sharding(mesh))
-    assert step.cpu_convolutions == ("eigen" if jax.default_backend() == "cpu" else "ynnpack")
-    # A run recorded before the key existed resumes and predicts with any library: the key
-    # changes no network (only which library computes the convolutions).
-    from unmask_jax import checkpoints
+                                    parallel.replicated_sharding(mesh))
+    assert (step.target.platform, step.target.cpu_library) == (jax.default_backend(), "eigen")
+    assert step.compiler_options == ({"xla_cpu_experimental_ynn_fusion_type":
+                                      "LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT,"
+                                      "LIBRARY_FUSION_TYPE_REDUCE"}
+                                     if jax.default_backend() == "cpu" else {})
     current = ganmasker.get_config("unmask_quick")
     recorded = json.loads(json.dumps(checkpoints.config_to_json(current)))
-    del recorded["model"]["cpu_convolutions"]
+    del recorded["model"]["backend_forms"]
+    recorded["model"]["cpu_convolutions"] = "eigen"  # what today's main recorded
     unsafe, safe = checkpoints.compare_configs(recorded, current)
     assert unsafe == [] and [k for k, _, _ in safe] == ["model.cpu_convolutions"]
+    recorded["model"]["backend_forms"] = "off"
+    unsafe, safe = checkpoints.compare_configs(recorded, current)
+    assert unsafe == [] and {k for k, _, _ in safe} == {"model.backend_forms",
+                                                        "model.cpu_convolutions"}
 
 
 def test_loss_term_config_errors_name_the_key():
@@ -287,3 +293,48 @@ def test_commit_if_finite_keeps_every_network():
                                 updated=updated, collections=cols)
     for n in nets:
         jax.tree.map(np.testing.assert_array_equal, bad[n], nets[n])
+
+
+@pytest.mark.parametrize("variant", ["pix2pix", "ganmasker_unmask"])
+def test_backend_forms_change_no_number(variant):
+    """One train step with the CPU forms (``model.backend_forms=auto``, the system's XLA CPU
+    library) and with plain XLA ops (``off``) on the same state and batch: per tensor,
+    max|diff| / max|ref| <= 1e-5 for the losses and <= 1e-4 for the updated parameters
+    (SGD: the update is the gradient), BN statistics and every other state leaf.
+
+    GANMasker's step runs without its SSIM term here: the SSIM form's values and gradients
+    are compared with dm_pix's in ``test_backends.py``; through a whole U-Net, its rounding
+    (E[x^2] - mu^2 in float32) reaches near-cancelling bias gradients at ~1e-3 relative."""
+    from configs import ganmasker
+    from unmask_jax import parallel, programs
+
+    if variant == "pix2pix":
+        config = tiny_config()
+    else:
+        config = ganmasker.get_config("unmask_quick")
+        config.model.generator_kwargs.base_width = 4
+        config.model.discriminator_kwargs.ndf = 8
+        config.loss.terms.perceptual.weight = 0.0  # no frozen VGG: seconds, not minutes
+        config.loss.terms.ssim.weight = 0.0
+    mesh = parallel.make_data_mesh(jax.devices()[:1])
+    rep = parallel.replicated_sharding(mesh)
+    batch = {k: jnp.asarray(v) for k, v in random_batch(4, config.data.resolution).items()}
+    batch.update(index=jnp.arange(4), identity_id=jnp.arange(4))
+    results = {}
+    for forms in ("auto", "off"):
+        c = config.copy_and_resolve_references()
+        c.model.backend_forms = forms
+        system = systems.build(c)
+        txs = {name: optax.sgd(0.1) for name in system.networks}
+        state = jax.jit(lambda: state_lib.create_state(system, txs, 0, c.data.resolution))()
+        step = programs.make_train_step(system, txs, mesh, rep)
+        results[forms] = jax.device_get(step(state, batch, system.load_frozen()))
+    (auto_state, auto_m), (off_state, off_m) = results["auto"], results["off"]
+    for key in auto_m:
+        ref = float(off_m[key])
+        assert abs(float(auto_m[key]) - ref) <= 1e-5 * max(abs(ref), 1e-6), key
+    leaves_auto, leaves_off = jax.tree.leaves(auto_state), jax.tree.leaves(off_state)
+    assert len(leaves_auto) == len(leaves_off) > 20
+    rel = [float(np.max(np.abs(a - b)) / max(float(np.max(np.abs(b))), 1e-12))
+           for a, b in zip(leaves_auto, leaves_off) if np.size(a)]
+    assert max(rel) <= 1e-4, max(rel)

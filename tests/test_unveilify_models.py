@@ -27,10 +27,8 @@ F32 = jnp.float32
 # Reduced configuration for the numerical checks (same code paths as the reference: every
 # style group, both lateral layers, stride-2 and stride-1 IR-SE units, 3 decoder stages).
 RES = 32
-# conv_impl 'xla': one convolution op per layer compiles fastest (the CPU forms of 'auto'
-# give the same numbers, tests/test_models.py).
 SMALL = dict(resolution=RES, latent_dim=16, psp_blocks=(1, 2, 1, 1), psp_width_div=4,
-             generator_width_div=8, conv_impl="xla")
+             generator_width_div=8)
 NDF = 8
 
 
@@ -162,7 +160,7 @@ def small():
     masked = rng.normal(size=(2, RES, RES, 3)).astype(np.float32)
     identity = rng.normal(size=(2, RES, RES, 3)).astype(np.float32)
     mr = create_model("unveilify_mask_remover", **SMALL)
-    disc = create_model("unveilify_discriminator", ndf=NDF, conv_impl="xla")
+    disc = create_model("unveilify_discriminator", ndf=NDF)
     v_mr = _random_variables(_shapes(mr, masked, identity), 1)
     v_d = _random_variables(_shapes(disc, masked, identity), 2)
     psp, gen = mr.parts()
@@ -214,7 +212,7 @@ def test_three_network_export_matches_the_mask_remover(small):
     assert all(np.array_equal(sds["mask_remover"][k], whole[k]) for k in whole)
     for name, model, kwargs in (("psp", ux.PSP, small["mr"].psp_kwargs()),
                                 ("generator", ux.GENERATOR, small["mr"].generator_kwargs())):
-        kwargs = {k: v for k, v in kwargs.items() if k not in ("dtype", "conv_impl")}
+        kwargs = {k: v for k, v in kwargs.items() if k != "dtype"}
         target = keymaps.torch_target(model, kwargs, parts[name])
         _load(target, keymaps.flax_to_torch(model, kwargs, parts[name]))
     # The combined network is recognised too.

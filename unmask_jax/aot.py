@@ -49,8 +49,8 @@ import numpy as np
 from etils import epath
 
 from data_pipelines import pipeline
-from unmask_jax import accelerators, parallel, programs, state as state_lib, systems
-from unmask_jax.models.layers import dispatch
+from unmask_jax import accelerators, backends, parallel, programs, state as state_lib
+from unmask_jax import systems
 
 log = logging.getLogger(__name__)
 
@@ -381,7 +381,7 @@ def compile_for(config, workdir: str | None, topology: str, per_chip_batch: int 
     log.info("compiling %s for %s (%d %s devices, %d hosts), %d images per chip, %s",
              config.get("name", ""), target.name, target.num_devices, target.platform,
              target.num_hosts, per_chip_batch, config.train.compute_dtype)
-    with dispatch.use_platform(target.platform):  # shapes only, but traced as the target
+    with backends.use(target.platform):  # shapes only, but traced as the target
         todo = _programs(config, system, programs)
     for program in todo:
         try:

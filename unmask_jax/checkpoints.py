@@ -83,8 +83,10 @@ SAFE_CONFIG_KEYS = (
     # from: neither changes the trained networks.
     "predict.*",
     "model.segmenter_workdir",
-    # Which XLA CPU library computes the convolutions: the same networks and numbers up to
-    # float rounding (runs recorded before the key existed ran with 'ynnpack').
+    # How the layers are computed on the platform (unmask_jax/backends): the same networks
+    # and numbers up to float rounding. model.cpu_convolutions is the key runs recorded
+    # before model.backend_forms (the system now states its XLA CPU library).
+    "model.backend_forms",
     "model.cpu_convolutions",
 )
 
@@ -97,6 +99,7 @@ ADDED_KEYS = {
     "data.rot90": False,
     "data.identity_augment": "flip",
     "data.identity_rotation_fill": [128, 128, 128],
+    "model.backend_forms": "auto",
 }
 
 

@@ -81,60 +81,20 @@ SSIM_FILTER_SIZE, SSIM_FILTER_SIGMA, SSIM_K1, SSIM_K2 = 11, 1.5, 0.01, 0.03
 
 def ssim(pred: Array, target: Array) -> Array:
     """Per-image SSIM of NHWC images in [-1, 1] (mapped to [0, 1]); Gaussian 11, sigma 1.5,
-    K1 0.01, K2 0.03 (``dm_pix.ssim``). Returns shape (B,).
-
-    On the CPU platform the same formula is computed by :func:`_ssim_shifted` (the
-    separable blur as shifted slices, one pass over all five blurred maps): dm_pix's blur
-    (a ``jnp.convolve`` per row, vmapped) and its gradient are several times slower on XLA
-    CPU (``benchmarks/README.md``). Elsewhere ``dm_pix.ssim`` runs. Same numbers up to
-    float rounding."""
+    K1 0.01, K2 0.03 (``dm_pix.ssim``). Returns shape (B,). A platform with a measured form
+    of it computes the same numbers another way (:mod:`unmask_jax.backends`; on the CPU the
+    blur as shifted slices)."""
+    from unmask_jax import backends  # a leaf module: no models import
     a = (_f32(pred) + 1.0) * 0.5
     b = (_f32(target) + 1.0) * 0.5
-    from unmask_jax.models.layers import dispatch  # models import losses' users, not losses
-    if dispatch.cpu_tuned():
-        return _ssim_shifted(a, b)
-    return dm_pix.ssim(a, b, max_val=1.0, filter_size=SSIM_FILTER_SIZE,
-                       filter_sigma=SSIM_FILTER_SIGMA, k1=SSIM_K1, k2=SSIM_K2)
+    return backends.forms().ssim(_dm_pix_ssim, a, b, filter_size=SSIM_FILTER_SIZE,
+                                 filter_sigma=SSIM_FILTER_SIGMA, k1=SSIM_K1, k2=SSIM_K2)
 
 
-def _gaussian_taps(size: int, sigma: float) -> list[float]:
-    """dm_pix's normalised 1-D Gaussian (symmetric, so convolution = correlation)."""
-    import math
-    half = size // 2
-    shift = (2 * half - size + 1) / 2
-    taps = [math.exp(-0.5 * ((i - half + shift) / sigma) ** 2) for i in range(size)]
-    total = sum(taps)
-    return [t / total for t in taps]
-
-
-def _blur_valid(z: Array, taps: list[float], axis: int) -> Array:
-    """'valid' correlation of ``z`` with ``taps`` along ``axis``, as a sum of shifted
-    slices (fused by XLA; its gradient is pads and adds)."""
-    n = z.shape[axis] - len(taps) + 1
-    out = None
-    for k, t in enumerate(taps):
-        term = t * jax.lax.slice_in_dim(z, k, k + n, axis=axis)
-        out = term if out is None else out + term
-    return out
-
-
-def _ssim_shifted(a: Array, b: Array, max_val: float = 1.0) -> Array:
-    """``dm_pix.ssim`` (valid Gaussian filtering, variance clipping) on NHWC [0, 1] images,
-    the five blurred maps stacked along channels and blurred once per axis."""
-    taps = _gaussian_taps(SSIM_FILTER_SIZE, SSIM_FILTER_SIGMA)
-    a, b = jnp.moveaxis(a, -1, 1), jnp.moveaxis(b, -1, 1)  # NCHW: W is the minor axis
-    stacked = jnp.stack([a, b, a * a, b * b, a * b])
-    blurred = _blur_valid(_blur_valid(stacked, taps, 4), taps, 3)
-    mu0, mu1, e00, e11, e01 = blurred
-    mu00, mu11, mu01 = mu0 * mu0, mu1 * mu1, mu0 * mu1
-    eps = jnp.finfo(jnp.float32).eps ** 2
-    s00 = jnp.maximum(eps, e00 - mu00)
-    s11 = jnp.maximum(eps, e11 - mu11)
-    s01 = e01 - mu01
-    s01 = jnp.sign(s01) * jnp.minimum(jnp.sqrt(s00 * s11), jnp.abs(s01))
-    c1, c2 = (SSIM_K1 * max_val) ** 2, (SSIM_K2 * max_val) ** 2
-    ssim_map = ((2 * mu01 + c1) * (2 * s01 + c2)) / ((mu00 + mu11 + c1) * (s00 + s11 + c2))
-    return jnp.mean(ssim_map, axis=(1, 2, 3))
+def _dm_pix_ssim(a: Array, b: Array, *, filter_size: int, filter_sigma: float, k1: float,
+                 k2: float) -> Array:
+    return dm_pix.ssim(a, b, max_val=1.0, filter_size=filter_size, filter_sigma=filter_sigma,
+                       k1=k1, k2=k2)
 
 
 def ssim_loss(pred: Array, target: Array) -> Array:

@@ -158,7 +158,8 @@ def main(argv) -> None:
 
     import jax
 
-    from unmask_jax import host_allocator, parallel
+    from unmask_jax import parallel
+    from unmask_jax.backends import host_allocator
     try:
         parallel.initialize_distributed(
             parallel.DistributedConfig.from_dict(config.distributed.to_dict()))

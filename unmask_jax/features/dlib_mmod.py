@@ -280,18 +280,19 @@ def output_size(spec: MmodSpec, h: int, w: int) -> tuple[int, int]:
     return h, w
 
 
-#: XLA options for the detector's program on the CPU backend (``jax.jit``'s
-#: ``compiler_options``: this program only): without YNNPACK's convolution fusions these
-#: convolutions (3 -> 16 .. 45 channels, 5x5 and 9x9) run 2-2.6x faster (a 250x250 photo's
-#: canvas: 48 -> 23 ms; its 2x retry's: 226 -> 88 ms; 2 cores; benchmarks/README.md).
-CPU_COMPILER_OPTIONS = {"xla_cpu_experimental_ynn_fusion_type": ""}
+#: The XLA CPU library of the detector's program (``unmask_jax.backends``): without
+#: YNNPACK's fusions these convolutions (3 -> 16 .. 45 channels, 5x5 and 9x9) run 2-2.6x
+#: faster (a 250x250 photo's canvas: 48 -> 23 ms; its 2x retry's: 226 -> 88 ms; 2 cores;
+#: benchmarks/README.md).
+CPU_LIBRARY = "no_ynnpack"
 
 
 @functools.lru_cache(maxsize=None)
 def _jitted_scores(platform: str):
-    """``score_map`` jitted, with :data:`CPU_COMPILER_OPTIONS` on the CPU backend."""
-    options = CPU_COMPILER_OPTIONS if platform == "cpu" else None
-    return jax.jit(score_map, static_argnums=0, compiler_options=options)
+    """``score_map`` jitted for ``platform`` (on the CPU, for :data:`CPU_LIBRARY`)."""
+    from unmask_jax import backends
+    return backends.jit(score_map, platform=platform, cpu_library=CPU_LIBRARY,
+                        static_argnums=0)
 
 
 class MmodDetector:

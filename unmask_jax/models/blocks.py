@@ -40,10 +40,10 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
+from unmask_jax import backends
 from unmask_jax.models.layers import Conv, normal_init
-from unmask_jax.models.layers import dispatch
 from unmask_jax.models.layers.common import Initializer, PaddingLike, add_bias, pair
-from unmask_jax.models.layers.conv import CONV_FORMS, conv_impl
+from unmask_jax.models.layers.conv import conv2d_xla
 
 Array = jax.Array
 Dtype = Any
@@ -56,30 +56,28 @@ def hidden_width(channels: int, reduction: int) -> int:
     return max(channels // reduction, 1)
 
 
-def _fc(features: int, name: str, conv_impl: str, dtype: Dtype, param_dtype: Dtype) -> Conv:
+def _fc(features: int, name: str, dtype: Dtype, param_dtype: Dtype) -> Conv:
     """A fully connected layer as a 1x1 convolution with bias."""
-    return Conv(features, 1, 1, 0, use_bias=True, impl=conv_impl, dtype=dtype,
-                param_dtype=param_dtype, name=name)
+    return Conv(features, 1, 1, 0, use_bias=True, dtype=dtype, param_dtype=param_dtype,
+                name=name)
 
 
 def squeeze_excitation(x: Array, *, reduction: int = 16, prefix: str = "",
-                       conv_impl: str = "auto", dtype: Dtype = jnp.float32,
-                       param_dtype: Dtype = jnp.float32) -> Array:
+                       dtype: Dtype = jnp.float32, param_dtype: Dtype = jnp.float32) -> Array:
     """SE block on ``x`` (N, H, W, C); layers ``prefix + 'fc_0'`` (C -> C // r) and
     ``prefix + 'fc_1'`` (-> C) are created in the calling module (call it inside a compact
     method)."""
     c = x.shape[-1]
     s = jnp.mean(x.astype(jnp.float32), axis=(1, 2), keepdims=True).astype(dtype)
-    s = _fc(hidden_width(c, reduction), prefix + "fc_0", conv_impl, dtype, param_dtype)(s)
+    s = _fc(hidden_width(c, reduction), prefix + "fc_0", dtype, param_dtype)(s)
     s = nn.relu(s)
-    s = _fc(c, prefix + "fc_1", conv_impl, dtype, param_dtype)(s)
+    s = _fc(c, prefix + "fc_1", dtype, param_dtype)(s)
     gate = jax.nn.sigmoid(s.astype(jnp.float32))
     return (x.astype(jnp.float32) * gate).astype(dtype)
 
 
 def cbam(x: Array, *, reduction: int = 16, spatial_kernel: int = 7, prefix: str = "",
-         conv_impl: str = "auto", dtype: Dtype = jnp.float32,
-         param_dtype: Dtype = jnp.float32) -> Array:
+         dtype: Dtype = jnp.float32, param_dtype: Dtype = jnp.float32) -> Array:
     """CBAM on ``x`` (N, H, W, C): channel then spatial attention. Layers
     ``prefix + 'mlp_0'`` (C -> C // r, bias), ``prefix + 'mlp_1'`` (-> C, bias) and
     ``prefix + 'spatial'`` (2 -> 1, k x k, padding k // 2, no bias) are created in the
@@ -88,8 +86,8 @@ def cbam(x: Array, *, reduction: int = 16, spatial_kernel: int = 7, prefix: str 
         raise ValueError(f"spatial_kernel must be odd, got {spatial_kernel}")
     c = x.shape[-1]
     x32 = x.astype(jnp.float32)
-    fc0 = _fc(hidden_width(c, reduction), prefix + "mlp_0", conv_impl, dtype, param_dtype)
-    fc1 = _fc(c, prefix + "mlp_1", conv_impl, dtype, param_dtype)
+    fc0 = _fc(hidden_width(c, reduction), prefix + "mlp_0", dtype, param_dtype)
+    fc1 = _fc(c, prefix + "mlp_1", dtype, param_dtype)
 
     def mlp(d: Array) -> Array:
         return fc1(nn.relu(fc0(d.astype(dtype)))).astype(jnp.float32)
@@ -99,8 +97,8 @@ def cbam(x: Array, *, reduction: int = 16, spatial_kernel: int = 7, prefix: str 
     x32 = x32 * jax.nn.sigmoid(mlp(avg) + mlp(mx))
     maps = jnp.concatenate([jnp.mean(x32, axis=-1, keepdims=True),
                             jnp.max(x32, axis=-1, keepdims=True)], axis=-1)
-    s = Conv(1, spatial_kernel, 1, spatial_kernel // 2, use_bias=False, impl=conv_impl,
-             dtype=dtype, param_dtype=param_dtype, name=prefix + "spatial")(maps.astype(dtype))
+    s = Conv(1, spatial_kernel, 1, spatial_kernel // 2, use_bias=False, dtype=dtype,
+             param_dtype=param_dtype, name=prefix + "spatial")(maps.astype(dtype))
     return (x32 * jax.nn.sigmoid(s.astype(jnp.float32))).astype(dtype)
 
 
@@ -113,15 +111,14 @@ class SqueezeExcitation(nn.Module):
     """
 
     reduction: int = 16
-    conv_impl: str = "auto"
     dtype: Dtype = jnp.float32
     param_dtype: Dtype = jnp.float32
 
     @nn.compact
     def __call__(self, x: Array, train: bool = False) -> Array:
         del train  # no batch statistics
-        return squeeze_excitation(x, reduction=self.reduction, conv_impl=self.conv_impl,
-                                  dtype=self.dtype, param_dtype=self.param_dtype)
+        return squeeze_excitation(x, reduction=self.reduction, dtype=self.dtype,
+                                  param_dtype=self.param_dtype)
 
 
 class CBAM(nn.Module):
@@ -137,7 +134,6 @@ class CBAM(nn.Module):
 
     reduction: int = 16
     spatial_kernel: int = 7
-    conv_impl: str = "auto"
     dtype: Dtype = jnp.float32
     param_dtype: Dtype = jnp.float32
 
@@ -145,7 +141,7 @@ class CBAM(nn.Module):
     def __call__(self, x: Array, train: bool = False) -> Array:
         del train  # no batch statistics
         return cbam(x, reduction=self.reduction, spatial_kernel=self.spatial_kernel,
-                    conv_impl=self.conv_impl, dtype=self.dtype, param_dtype=self.param_dtype)
+                    dtype=self.dtype, param_dtype=self.param_dtype)
 
 
 # ----------------------------------------------------------------------------------------
@@ -201,7 +197,8 @@ class SNConv(nn.Module):
     - ``train=False``: torch's eval mode: no iteration, sigma = u^T W v from the stored u, v.
 
     ``eps`` 1e-12 (torch's). Other fields as :class:`~unmask_jax.models.layers.Conv`
-    (torch-style ``padding``; ``impl`` and the 'auto' rule as there).
+    (torch-style ``padding``; the convolution is :func:`~unmask_jax.models.layers.conv2d_xla`
+    or the platform's form of it, :func:`unmask_jax.backends.forms`).
     """
 
     features: int
@@ -212,9 +209,6 @@ class SNConv(nn.Module):
     use_bias: bool = True
     power_iterations: int = 1
     eps: float = 1e-12
-    impl: str = "auto"
-    auto_gemm_max_pixels: int = 256
-    split_batch: bool | None = None
     dtype: Dtype = jnp.float32
     param_dtype: Dtype = jnp.float32
     kernel_init: Initializer = normal_init(0.02)
@@ -245,9 +239,6 @@ class SNConv(nn.Module):
         if iterate and self.is_mutable_collection(SPECTRAL):
             u_var.value, v_var.value = u, v
         w = w_mat.reshape(self.features, cin, kh, kw).transpose(2, 3, 1, 0)
-        impl = conv_impl(self.impl, x.shape, (kh, kw), self.strides, self.padding,
-                         self.dilation, self.auto_gemm_max_pixels)
-        y = dispatch.run_impl(self, CONV_FORMS, impl, "conv", x,
-                              (w.astype(self.dtype), self.strides, self.padding,
-                               self.dilation))
+        y = backends.forms().conv2d(conv2d_xla, x.astype(self.dtype), w.astype(self.dtype),
+                                    self.strides, self.padding, self.dilation)
         return add_bias(self, y)

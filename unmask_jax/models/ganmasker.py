@@ -72,8 +72,9 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
+from unmask_jax import backends
 from unmask_jax.models.blocks import SNConv, cbam
-from unmask_jax.models.layers import BatchNorm, Conv, dispatch, leaky_relu
+from unmask_jax.models.layers import BatchNorm, Conv, leaky_relu
 
 Array = jax.Array
 Dtype = Any
@@ -81,7 +82,6 @@ Dtype = Any
 NUM_LEVELS = 5
 DILATION_RATES = (2, 4, 8, 16)
 UPSAMPLE_MODES = ("bilinear", "nearest")
-D_GEMM_MAX_PIXELS = 1024  # SNDiscriminator's CPU 'auto' GEMM limit (output pixels per image)
 
 
 def _up_axis(x: Array, axis: int) -> Array:
@@ -111,58 +111,10 @@ def upsample2x(x: Array, mode: str) -> Array:
     raise ValueError(f"unknown upsample mode {mode!r}; choose from {UPSAMPLE_MODES}")
 
 
-@jax.custom_vjp
-def max_pool_2x2(x: Array) -> Array:
-    """NHWC 2x2 / stride 2 max pool (even H, W) as a reshape and a max, with the gradient
-    of ``torch.nn.functional.max_pool2d`` / XLA's select-and-scatter: each window's
-    gradient goes to its first maximum in row-major order. On XLA CPU the gradient of
-    ``nn.max_pool`` (select-and-scatter) is several times slower than these elementwise
-    selects (benchmarks/README.md)."""
-    return _windows_max(x)[1]
-
-
-def _windows_max(x: Array) -> tuple[Array, Array]:
-    b, h, w, c = x.shape
-    xr = x.reshape(b, h // 2, 2, w // 2, 2, c)
-    return xr, jnp.max(xr, axis=(2, 4))
-
-
-def _max_pool_fwd(x: Array) -> tuple[Array, Array]:
-    y = _windows_max(x)[1]
-    return y, (x, y)
-
-
-def _max_pool_bwd(res: tuple[Array, Array], g: Array) -> tuple[Array]:
-    x, y = res
-    b, h, w, c = x.shape
-    xr = x.reshape(b, h // 2, 2, w // 2, 2, c)
-    taken = None
-    rows = []
-    for di in range(2):
-        row = []
-        for dj in range(2):
-            hit = xr[:, :, di, :, dj, :] == y
-            if taken is None:
-                taken = hit
-            else:
-                hit = hit & ~taken
-                taken = taken | hit
-            row.append(jnp.where(hit, g, jnp.zeros((), g.dtype)))
-        rows.append(jnp.stack(row, axis=3))  # (b, h/2, w/2, 2 [dj], c)
-    dx = jnp.stack(rows, axis=2)  # (b, h/2, 2 [di], w/2, 2 [dj], c)
-    return (dx.reshape(b, h, w, c),)
-
-
-max_pool_2x2.defvjp(_max_pool_fwd, _max_pool_bwd)
-
-
 def _max_pool(x: Array) -> Array:
-    """2x2 / stride 2 max pool: :func:`max_pool_2x2` on the CPU platform (measured there),
-    ``nn.max_pool`` (XLA's reduce-window / select-and-scatter) elsewhere. Same values and
-    the same gradient."""
-    if dispatch.cpu_tuned() and x.shape[1] % 2 == 0 and x.shape[2] % 2 == 0:
-        return max_pool_2x2(x)
-    return nn.max_pool(x, (2, 2), strides=(2, 2))
+    """2x2 / stride 2 max pool: ``nn.max_pool``, or the platform's form of it
+    (:func:`unmask_jax.backends.forms`; same values and gradient)."""
+    return backends.forms().max_pool_2x2(lambda v: nn.max_pool(v, (2, 2), strides=(2, 2)), x)
 
 
 def _check_size(x: Array, multiple: int, what: str) -> None:
@@ -193,7 +145,6 @@ class MSeg(nn.Module):
     cbam_reduction: int = 16
     cbam_kernel: int = 7
     upsample: str = "bilinear"
-    conv_impl: str = "auto"
     dtype: Dtype = jnp.float32
     param_dtype: Dtype = jnp.float32
 
@@ -206,23 +157,21 @@ class MSeg(nn.Module):
         h = x.astype(self.dtype)
         skips = []
         for i, f in enumerate(widths):
-            h = Conv(f, 3, 1, 1, use_bias=False, impl=self.conv_impl, name=f"enc_{i}_conv",
-                     **kw)(h)
+            h = Conv(f, 3, 1, 1, use_bias=False, name=f"enc_{i}_conv", **kw)(h)
             h = nn.relu(_bn(f"enc_{i}_norm", kw)(h, use_running_average=ra))
             h = cbam(h, reduction=self.cbam_reduction, spatial_kernel=self.cbam_kernel,
-                     prefix=f"enc_{i}_cbam_", conv_impl=self.conv_impl, **kw)
+                     prefix=f"enc_{i}_cbam_", **kw)
             skips.append(h)
             h = _max_pool(h)
         for j in range(NUM_LEVELS - 1):
             h = upsample2x(h, self.upsample)
             h = jnp.concatenate([h, skips[NUM_LEVELS - 1 - j]], axis=-1)
-            h = Conv(widths[NUM_LEVELS - 2 - j], 3, 1, 1, use_bias=False, impl=self.conv_impl,
+            h = Conv(widths[NUM_LEVELS - 2 - j], 3, 1, 1, use_bias=False,
                      name=f"dec_{j}_conv", **kw)(h)
             h = nn.relu(_bn(f"dec_{j}_norm", kw)(h, use_running_average=ra))
         h = upsample2x(h, self.upsample)
         last = NUM_LEVELS - 1
-        h = Conv(1, 1, 1, 0, use_bias=False, impl=self.conv_impl, name=f"dec_{last}_conv",
-                 **kw)(h)
+        h = Conv(1, 1, 1, 0, use_bias=False, name=f"dec_{last}_conv", **kw)(h)
         h = _bn(f"dec_{last}_norm", kw)(h, use_running_average=ra)
         return jax.nn.sigmoid(h.astype(jnp.float32))
 
@@ -250,7 +199,6 @@ class FUNet(nn.Module):
     dilation_rates: Sequence[int] = DILATION_RATES
     upsample: str = "bilinear"
     final_norm: bool = False
-    conv_impl: str = "auto"
     dtype: Dtype = jnp.float32
     param_dtype: Dtype = jnp.float32
 
@@ -280,7 +228,7 @@ class FUNet(nn.Module):
         """The keyword arguments :func:`ge_block`, :func:`dilated_block`,
         :func:`decoder_block` and :func:`output_block` take from this module's fields."""
         return dict(leaky_slope=self.leaky_slope, cbam_reduction=self.cbam_reduction,
-                    cbam_kernel=self.cbam_kernel, conv_impl=self.conv_impl, dtype=self.dtype,
+                    cbam_kernel=self.cbam_kernel, dtype=self.dtype,
                     param_dtype=self.param_dtype)
 
 
@@ -289,57 +237,53 @@ class FUNet(nn.Module):
 # one by one (benchmarks/ganmasker_vs_torch.py --breakdown).
 
 def ge_block(h: Array, features: int, prefix: str, use_running_average: bool, *,
-             leaky_slope: float, cbam_reduction: int, cbam_kernel: int, conv_impl: str,
-             dtype: Dtype, param_dtype: Dtype) -> Array:
+             leaky_slope: float, cbam_reduction: int, cbam_kernel: int, dtype: Dtype,
+             param_dtype: Dtype) -> Array:
     """FU-Net encoder Ge-block: Conv3x3 -> BN -> LeakyReLU -> Conv3x3 -> BN -> CBAM, plus
     a 1x1 projection of the input, summed, LeakyReLU."""
     kw = dict(dtype=dtype, param_dtype=param_dtype)
     ra = use_running_average
-    r = Conv(features, 3, 1, 1, use_bias=False, impl=conv_impl, name=prefix + "conv_0",
-             **kw)(h)
+    r = Conv(features, 3, 1, 1, use_bias=False, name=prefix + "conv_0", **kw)(h)
     r = leaky_relu(_bn(prefix + "norm_0", kw)(r, use_running_average=ra), leaky_slope)
-    r = Conv(features, 3, 1, 1, use_bias=False, impl=conv_impl, name=prefix + "conv_1",
-             **kw)(r)
+    r = Conv(features, 3, 1, 1, use_bias=False, name=prefix + "conv_1", **kw)(r)
     r = _bn(prefix + "norm_1", kw)(r, use_running_average=ra)
     r = cbam(r, reduction=cbam_reduction, spatial_kernel=cbam_kernel, prefix=prefix + "cbam_",
-             conv_impl=conv_impl, **kw)
-    p = Conv(features, 1, 1, 0, use_bias=False, impl=conv_impl, name=prefix + "proj", **kw)(h)
+             **kw)
+    p = Conv(features, 1, 1, 0, use_bias=False, name=prefix + "proj", **kw)(h)
     return leaky_relu(r + p, leaky_slope)
 
 
 def dilated_block(h: Array, rate: int, prefix: str, use_running_average: bool, *,
-                  leaky_slope: float, conv_impl: str, dtype: Dtype, param_dtype: Dtype,
-                  **_: Any) -> Array:
+                  leaky_slope: float, dtype: Dtype, param_dtype: Dtype, **_: Any) -> Array:
     """FU-Net bottleneck block: BN -> Conv3x3 (dilation = padding = rate, bias) ->
     LeakyReLU, at the input's width."""
     kw = dict(dtype=dtype, param_dtype=param_dtype)
     h = _bn(prefix + "norm", kw)(h, use_running_average=use_running_average)
-    h = Conv(h.shape[-1], 3, 1, rate, dilation=rate, use_bias=True, impl=conv_impl,
-             name=prefix + "conv", **kw)(h)
+    h = Conv(h.shape[-1], 3, 1, rate, dilation=rate, use_bias=True, name=prefix + "conv",
+             **kw)(h)
     return leaky_relu(h, leaky_slope)
 
 
 def decoder_block(h: Array, skip: Array, features: int, prefix: str,
-                  use_running_average: bool, *, leaky_slope: float, conv_impl: str,
-                  dtype: Dtype, param_dtype: Dtype, **_: Any) -> Array:
+                  use_running_average: bool, *, leaky_slope: float, dtype: Dtype,
+                  param_dtype: Dtype, **_: Any) -> Array:
     """FU-Net decoder block (after any up-sampling): concat(h, skip) -> Conv3x3 -> BN ->
     LeakyReLU."""
     kw = dict(dtype=dtype, param_dtype=param_dtype)
     h = jnp.concatenate([h, skip], axis=-1)
-    h = Conv(features, 3, 1, 1, use_bias=False, impl=conv_impl, name=prefix + "conv", **kw)(h)
+    h = Conv(features, 3, 1, 1, use_bias=False, name=prefix + "conv", **kw)(h)
     h = _bn(prefix + "norm", kw)(h, use_running_average=use_running_average)
     return leaky_relu(h, leaky_slope)
 
 
 def output_block(h: Array, skip: Array, out_channels: int, prefix: str,
-                 use_running_average: bool, *, final_norm: bool, conv_impl: str,
-                 dtype: Dtype, param_dtype: Dtype, **_: Any) -> Array:
+                 use_running_average: bool, *, final_norm: bool, dtype: Dtype,
+                 param_dtype: Dtype, **_: Any) -> Array:
     """FU-Net last block (after the up-sampling): concat(h, skip) -> Conv1x1 (bias unless
     ``final_norm``) -> [BN] -> tanh, float32."""
     kw = dict(dtype=dtype, param_dtype=param_dtype)
     h = jnp.concatenate([h, skip], axis=-1)
-    h = Conv(out_channels, 1, 1, 0, use_bias=not final_norm, impl=conv_impl,
-             name=prefix + "conv", **kw)(h)
+    h = Conv(out_channels, 1, 1, 0, use_bias=not final_norm, name=prefix + "conv", **kw)(h)
     if final_norm:
         h = _bn(prefix + "norm", kw)(h, use_running_average=use_running_average)
     return jnp.tanh(h.astype(jnp.float32))
@@ -359,7 +303,6 @@ class SNDiscriminator(nn.Module):
     n_layers: int = 3
     leaky_slope: float = 0.2
     power_iterations: int = 1
-    conv_impl: str = "auto"
     dtype: Dtype = jnp.float32
     param_dtype: Dtype = jnp.float32
 
@@ -367,19 +310,14 @@ class SNDiscriminator(nn.Module):
     def __call__(self, x: Array, train: bool = False) -> Array:
         if self.n_layers < 1:
             raise ValueError(f"n_layers must be >= 1, got {self.n_layers}")
-        # CPU 'auto': the im2col GEMM up to 32x32 output pixels (the 256x256 defaults' last
-        # two wide layers), not only up to the layers' default 16x16: measured faster there
-        # (benchmarks/README.md). The 1-channel logit layer keeps the default (a GEMM with
-        # one output column is slow).
-        kw = dict(power_iterations=self.power_iterations, impl=self.conv_impl,
-                  dtype=self.dtype, param_dtype=self.param_dtype)
-        wide = dict(kw, auto_gemm_max_pixels=D_GEMM_MAX_PIXELS)
+        kw = dict(power_iterations=self.power_iterations, dtype=self.dtype,
+                  param_dtype=self.param_dtype)
         h = x.astype(self.dtype)
         for k in range(self.n_layers):
-            h = SNConv(self.ndf * min(2**k, 8), 4, 2, 1, name=f"conv_{k}", **wide)(h, train)
+            h = SNConv(self.ndf * min(2**k, 8), 4, 2, 1, name=f"conv_{k}", **kw)(h, train)
             h = leaky_relu(h, self.leaky_slope)
         h = SNConv(self.ndf * min(2**self.n_layers, 8), 4, 1, 1, name=f"conv_{self.n_layers}",
-                   **wide)(h, train)
+                   **kw)(h, train)
         h = leaky_relu(h, self.leaky_slope)
         h = SNConv(1, 4, 1, 1, name=f"conv_{self.n_layers + 1}", **kw)(h, train)
         return h.astype(jnp.float32)

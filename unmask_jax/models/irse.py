@@ -96,23 +96,19 @@ class SEModule(nn.Module):
 
 
 class BottleneckIRSE(nn.Module):
-    """pSp ``bottleneck_IR_SE(in_channel, depth, stride)`` (see the module docstring).
-
-    ``conv_impl`` picks the :class:`~unmask_jax.models.layers.Conv` implementation (same
-    numbers, different speed); ``kernel_init`` initialises every conv."""
+    """pSp ``bottleneck_IR_SE(in_channel, depth, stride)`` (see the module docstring);
+    ``kernel_init`` initialises every conv."""
 
     in_channel: int
     depth: int
     stride: int
     reduction: int = 16
-    conv_impl: str = "auto"
     kernel_init: Initializer = HE_NORMAL
     dtype: Dtype = jnp.float32
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
-        ckw = dict(use_bias=False, impl=self.conv_impl, kernel_init=self.kernel_init,
-                   dtype=self.dtype)
+        ckw = dict(use_bias=False, kernel_init=self.kernel_init, dtype=self.dtype)
         if self.in_channel == self.depth:
             shortcut = x[:, ::self.stride, ::self.stride, :]  # MaxPool2d(1, stride)
         else:

@@ -60,8 +60,6 @@ class UnetGenerator(nn.Module):
       norm: 'batch' (canonical) or 'instance' (``norm_layer=InstanceNorm2d``: affine False,
         all convs get biases, as in the canonical code).
       bn_momentum: Flax-convention BN momentum (0.9 == torch 0.1).
-      conv_impl, convt_impl: Conv / ConvTranspose implementations ('auto', ...; see
-        ``layers.Conv`` and ``layers.ConvTranspose``): same numbers, different speed.
     """
 
     num_downs: int = 8
@@ -72,8 +70,6 @@ class UnetGenerator(nn.Module):
     norm: str = "batch"
     bn_momentum: float = 0.9
     bn_epsilon: float = 1e-5
-    conv_impl: str = "auto"
-    convt_impl: str = "auto"
     dtype: Dtype = jnp.float32
     param_dtype: Dtype = jnp.float32
 
@@ -92,11 +88,11 @@ class UnetGenerator(nn.Module):
 
         def conv(h: Array, d: int, use_bias: bool) -> Array:
             return Conv(unet_inner_channels(d, self.ngf), 4, 2, 1, use_bias=use_bias,
-                        impl=self.conv_impl, name=f"down_conv_{d}", **kw)(h)
+                        name=f"down_conv_{d}", **kw)(h)
 
         def convt(h: Array, d: int, features: int, use_bias: bool) -> Array:
-            return ConvTranspose(features, 4, 2, 1, use_bias=use_bias, impl=self.convt_impl,
-                                 name=f"up_conv_{d}", **kw)(h)
+            return ConvTranspose(features, 4, 2, 1, use_bias=use_bias, name=f"up_conv_{d}",
+                                 **kw)(h)
 
         h = x.astype(self.dtype)
         skips = []
@@ -136,7 +132,6 @@ class PatchGANDiscriminator(nn.Module):
     norm: str = "batch"
     bn_momentum: float = 0.9
     bn_epsilon: float = 1e-5
-    conv_impl: str = "auto"
     dtype: Dtype = jnp.float32
     param_dtype: Dtype = jnp.float32
 
@@ -145,15 +140,14 @@ class PatchGANDiscriminator(nn.Module):
         check_norm(self.norm)
         bias = self.norm == "instance"  # canonical: use_bias = norm_layer == InstanceNorm2d
         kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
-        ckw = dict(impl=self.conv_impl, **kw)
-        h = Conv(self.ndf, 4, 2, 1, use_bias=True, name="conv_0", **ckw)(x.astype(self.dtype))
+        h = Conv(self.ndf, 4, 2, 1, use_bias=True, name="conv_0", **kw)(x.astype(self.dtype))
         h = leaky_relu(h, 0.2)
         for i in range(1, self.n_layers + 1):
             stride = 2 if i < self.n_layers else 1
             h = Conv(self.ndf * min(2**i, 8), 4, stride, 1, use_bias=bias, name=f"conv_{i}",
-                     **ckw)(h)
+                     **kw)(h)
             h = apply_norm(self.norm, h, train, name=f"norm_{i}", momentum=self.bn_momentum,
                            epsilon=self.bn_epsilon, **kw)
             h = leaky_relu(h, 0.2)
-        h = Conv(1, 4, 1, 1, use_bias=True, name=f"conv_{self.n_layers + 1}", **ckw)(h)
+        h = Conv(1, 4, 1, 1, use_bias=True, name=f"conv_{self.n_layers + 1}", **kw)(h)
         return h.astype(jnp.float32)

@@ -45,8 +45,7 @@ def _down_block(m: nn.Module, h: Array, i: int, features: int, train: bool,
     """The tutorial's ``downsample``: Conv k4 s2 'same' (no bias) -> BN (not on the first
     block) -> LeakyReLU. Called inside ``m``'s compact ``__call__``; submodule names
     ``down_conv_{i}`` / ``down_norm_{i}`` (the export key maps rely on them)."""
-    h = Conv(features, 4, 2, "SAME", use_bias=False, impl=m.conv_impl,
-             name=f"down_conv_{i}", **kw)(h)
+    h = Conv(features, 4, 2, "SAME", use_bias=False, name=f"down_conv_{i}", **kw)(h)
     if i > 0:
         h = _keras_bn(f"down_norm_{i}", m.bn_momentum, m.bn_epsilon, **kw)(
             h, use_running_average=not train)
@@ -78,8 +77,6 @@ class TFUnetGenerator(nn.Module):
     leaky_slope: float = KERAS_LEAKY_SLOPE
     bn_momentum: float = KERAS_BN_MOMENTUM
     bn_epsilon: float = KERAS_BN_EPSILON
-    conv_impl: str = "auto"
-    convt_impl: str = "auto"
     dtype: Dtype = jnp.float32
     param_dtype: Dtype = jnp.float32
 
@@ -96,16 +93,14 @@ class TFUnetGenerator(nn.Module):
             skips.append(h)
         up_widths = widths[-2::-1]
         for i, (f, skip) in enumerate(zip(up_widths, skips[-2::-1])):
-            h = ConvTranspose(f, 4, 2, 1, use_bias=False, impl=self.convt_impl,
-                              name=f"up_conv_{i}", **kw)(h)
+            h = ConvTranspose(f, 4, 2, 1, use_bias=False, name=f"up_conv_{i}", **kw)(h)
             h = _keras_bn(f"up_norm_{i}", self.bn_momentum, self.bn_epsilon, **kw)(
                 h, use_running_average=not train)
             if self.use_dropout and i < self.num_dropout_blocks:
                 h = nn.Dropout(self.dropout_rate, deterministic=not train)(h)
             h = nn.relu(h)
             h = jnp.concatenate([h, skip], axis=-1)
-        h = ConvTranspose(self.out_channels, 4, 2, 1, use_bias=True, impl=self.convt_impl,
-                          name="last", **kw)(h)
+        h = ConvTranspose(self.out_channels, 4, 2, 1, use_bias=True, name="last", **kw)(h)
         return jnp.tanh(h).astype(jnp.float32)
 
 
@@ -116,7 +111,6 @@ class TFPatchGANDiscriminator(nn.Module):
     leaky_slope: float = KERAS_LEAKY_SLOPE
     bn_momentum: float = KERAS_BN_MOMENTUM
     bn_epsilon: float = KERAS_BN_EPSILON
-    conv_impl: str = "auto"
     dtype: Dtype = jnp.float32
     param_dtype: Dtype = jnp.float32
 
@@ -126,10 +120,9 @@ class TFPatchGANDiscriminator(nn.Module):
         h = x.astype(self.dtype)
         for i, f in enumerate([self.ndf, self.ndf * 2, self.ndf * 4]):
             h = _down_block(self, h, i, f, train, kw)
-        h = Conv(self.ndf * 8, 4, 1, 1, use_bias=False, impl=self.conv_impl, name="conv",
-                 **kw)(h)
+        h = Conv(self.ndf * 8, 4, 1, 1, use_bias=False, name="conv", **kw)(h)
         h = _keras_bn("norm", self.bn_momentum, self.bn_epsilon, **kw)(
             h, use_running_average=not train)
         h = leaky_relu(h, self.leaky_slope)
-        h = Conv(1, 4, 1, 1, use_bias=True, impl=self.conv_impl, name="last", **kw)(h)
+        h = Conv(1, 4, 1, 1, use_bias=True, name="last", **kw)(h)
         return h.astype(jnp.float32)

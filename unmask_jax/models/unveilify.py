@@ -116,9 +116,8 @@ def _bn(name: str, train: bool, x: Array, momentum: float, eps: float, dtype: Dt
 
 
 def _conv(features: int, k: int, stride: int, pad, *, name: str, in_channels: int,
-          kernel_init, use_bias: bool = True, impl: str = "auto", dtype: Dtype = jnp.float32
-          ) -> Conv:
-    return Conv(features, k, stride, pad, use_bias=use_bias, impl=impl, dtype=dtype,
+          kernel_init, use_bias: bool = True, dtype: Dtype = jnp.float32) -> Conv:
+    return Conv(features, k, stride, pad, use_bias=use_bias, dtype=dtype,
                 kernel_init=kernel_init, bias_init=torch_bias_init(in_channels * k * k),
                 name=name)
 
@@ -177,14 +176,13 @@ class GradualStyleBlock(nn.Module):
     n_convs: int
     bn_momentum: float = 0.9
     bn_epsilon: float = 1e-5
-    conv_impl: str = "auto"
     dtype: Dtype = jnp.float32
 
     @nn.compact
     def __call__(self, x: Array, train: bool) -> Array:
         for k in range(self.n_convs):
             x = _conv(self.features, 3, 2, 1, name=f"conv_{k}", in_channels=x.shape[-1],
-                      kernel_init=HE_NORMAL, impl=self.conv_impl, dtype=self.dtype)(x)
+                      kernel_init=HE_NORMAL, dtype=self.dtype)(x)
             x = _bn(f"norm_{k}", train, x, self.bn_momentum, self.bn_epsilon, self.dtype)
             x = leaky_relu(x, 0.01)
         x = nn.max_pool(x, (2, 2), strides=(2, 2))
@@ -208,7 +206,6 @@ class PSPEncoder(nn.Module):
       input_resolution: identity image size the style blocks are built for (the reference's
         ``input_resolution``; the input must have this size).
       latent_dim: width of the style blocks and of w (512).
-      conv_impl: ``layers.Conv`` implementation ('auto': CPU-tuned forms on CPU).
     """
 
     num_layers: int = 50
@@ -219,7 +216,6 @@ class PSPEncoder(nn.Module):
     latent_dim: int = 512
     bn_momentum: float = 0.9
     bn_epsilon: float = 1e-5
-    conv_impl: str = "auto"
     dtype: Dtype = jnp.float32
 
     def units(self) -> list[tuple[int, int, int]]:
@@ -250,25 +246,24 @@ class PSPEncoder(nn.Module):
             raise ValueError(f"pSp widths must be >= 16 (SE reduction 16), got {widths}")
         x = identity.astype(self.dtype)
         x = _conv(widths[0], 3, 1, 1, name="input_conv", in_channels=x.shape[-1],
-                  kernel_init=HE_NORMAL, use_bias=False, impl=self.conv_impl,
-                  dtype=self.dtype)(x)
+                  kernel_init=HE_NORMAL, use_bias=False, dtype=self.dtype)(x)
         x = _bn("input_bn", train, x, self.bn_momentum, self.bn_epsilon, self.dtype)
         x = PReLU(widths[0], name="input_prelu")(x)
         feats = []
         for i, (in_c, depth, stride) in enumerate(self.units()):
-            x = BottleneckIRSE(in_c, depth, stride, conv_impl=self.conv_impl,
-                               dtype=self.dtype, name=f"body_{i}")(x, train)
+            x = BottleneckIRSE(in_c, depth, stride, dtype=self.dtype, name=f"body_{i}")(
+                x, train)
             feats.append(x)
         c1, c2, c3 = (feats[i] for i in self.taps())
 
         def style(j: int, h: Array) -> Array:
             return GradualStyleBlock(self.latent_dim, self.style_convs(j), self.bn_momentum,
-                                     self.bn_epsilon, self.conv_impl, self.dtype,
+                                     self.bn_epsilon, dtype=self.dtype,
                                      name=f"style_{j}")(h, train)
 
         def lateral(name: str, h: Array) -> Array:
             return _conv(widths[3], 1, 1, 0, name=name, in_channels=h.shape[-1],
-                         kernel_init=HE_NORMAL, impl=self.conv_impl, dtype=self.dtype)(h)
+                         kernel_init=HE_NORMAL, dtype=self.dtype)(h)
 
         latents = [style(j, c3) for j in range(min(COARSE_END, self.n_styles))]
         p2 = resize_bilinear_align_corners(c3, c2.shape[1:3]) + lateral("latlayer1", c2)
@@ -352,15 +347,14 @@ class ModulatedConv(nn.Module):
     kernel_size: int
     demodulate: bool = True
     eps: float = 1e-8
-    conv_impl: str = "auto"
     dtype: Dtype = jnp.float32
 
     @nn.compact
     def __call__(self, x: Array, s: Array) -> Array:
         k = self.kernel_size
         scale = s.astype(jnp.float32) / math.sqrt(x.shape[-1] * k * k)  # (N, in)
-        conv = Conv(self.features, k, 1, (k - 1) // 2, use_bias=False, impl=self.conv_impl,
-                    dtype=self.dtype, kernel_init=normal_init(1.0), name="conv")
+        conv = Conv(self.features, k, 1, (k - 1) // 2, use_bias=False, dtype=self.dtype,
+                    kernel_init=normal_init(1.0), name="conv")
         y = conv(x * scale[:, None, None, :].astype(x.dtype))
         if self.demodulate:
             kernel = conv.variables["params"]["kernel"].astype(jnp.float32)
@@ -376,16 +370,14 @@ class StyleBlock(nn.Module):
     features: int
     bn_momentum: float = 0.9
     bn_epsilon: float = 1e-5
-    conv_impl: str = "auto"
     dtype: Dtype = jnp.float32
 
     @nn.compact
     def __call__(self, x: Array, w: Array, skip: Array, train: bool) -> Array:
         s = EqualLinear(x.shape[-1], 1.0, self.dtype, name="to_style")(w)
-        x = ModulatedConv(self.features, 3, conv_impl=self.conv_impl, dtype=self.dtype,
-                          name="modulated_conv")(x, s)
+        x = ModulatedConv(self.features, 3, dtype=self.dtype, name="modulated_conv")(x, s)
         sk = _conv(self.features, 3, 1, 1, name="skip_conv", in_channels=skip.shape[-1],
-                   kernel_init=GENERATOR_CONV_INIT, impl=self.conv_impl, dtype=self.dtype)(skip)
+                   kernel_init=GENERATOR_CONV_INIT, dtype=self.dtype)(skip)
         sk = leaky_relu(_bn("skip_bn", train, sk, self.bn_momentum, self.bn_epsilon,
                             self.dtype), 0.2)
         a = self.param("a", nn.initializers.constant(0.5), (self.features,)).astype(x.dtype)
@@ -395,14 +387,12 @@ class StyleBlock(nn.Module):
 class ToRGB(nn.Module):
     """1x1 modulated conv (no demodulation) to 3 channels + ``bias`` -> LReLU(0.2)."""
 
-    conv_impl: str = "auto"
     dtype: Dtype = jnp.float32
 
     @nn.compact
     def __call__(self, x: Array, w: Array) -> Array:
         s = EqualLinear(x.shape[-1], 1.0, self.dtype, name="to_style")(w)
-        y = ModulatedConv(3, 1, demodulate=False, conv_impl=self.conv_impl, dtype=self.dtype,
-                          name="modulated_conv")(x, s)
+        y = ModulatedConv(3, 1, demodulate=False, dtype=self.dtype, name="modulated_conv")(x, s)
         bias = self.param("bias", nn.initializers.zeros, (3,))
         return leaky_relu(y + bias.astype(y.dtype), 0.2)
 
@@ -414,7 +404,6 @@ class DownBlock(nn.Module):
     features: int
     bn_momentum: float = 0.9
     bn_epsilon: float = 1e-5
-    conv_impl: str = "auto"
     dtype: Dtype = jnp.float32
 
     @nn.compact
@@ -424,8 +413,7 @@ class DownBlock(nn.Module):
 
         def conv(name: str, h: Array, stride: int) -> Array:
             return _conv(self.features, 3, stride, 1, name=name, in_channels=h.shape[-1],
-                         kernel_init=GENERATOR_CONV_INIT, impl=self.conv_impl,
-                         dtype=self.dtype)(h)
+                         kernel_init=GENERATOR_CONV_INIT, dtype=self.dtype)(h)
 
         h = conv("conv_0", leaky_relu(bn("bn_0", x), 0.2), 2)
         h = conv("conv_1", leaky_relu(bn("bn_1", h), 0.2), 1)
@@ -437,16 +425,14 @@ class GeneratorBlock(nn.Module):
     features: int
     bn_momentum: float = 0.9
     bn_epsilon: float = 1e-5
-    conv_impl: str = "auto"
     dtype: Dtype = jnp.float32
 
     @nn.compact
     def __call__(self, x: Array, w: Array, skip: Array, train: bool) -> tuple[Array, Array]:
-        kw = dict(bn_momentum=self.bn_momentum, bn_epsilon=self.bn_epsilon,
-                  conv_impl=self.conv_impl, dtype=self.dtype)
+        kw = dict(bn_momentum=self.bn_momentum, bn_epsilon=self.bn_epsilon, dtype=self.dtype)
         x = StyleBlock(self.features, name="style_block1", **kw)(x, w, skip, train)
         x = StyleBlock(self.features, name="style_block2", **kw)(x, w, skip, train)
-        return x, ToRGB(self.conv_impl, self.dtype, name="to_rgb")(x, w)
+        return x, ToRGB(dtype=self.dtype, name="to_rgb")(x, w)
 
 
 class UNetStyleGANGenerator(nn.Module):
@@ -465,7 +451,6 @@ class UNetStyleGANGenerator(nn.Module):
     max_width: int = 256
     bn_momentum: float = 0.9
     bn_epsilon: float = 1e-5
-    conv_impl: str = "auto"
     dtype: Dtype = jnp.float32
 
     @nn.compact
@@ -477,8 +462,7 @@ class UNetStyleGANGenerator(nn.Module):
                              f"{masked.shape[1]}x{masked.shape[2]}")
         if w.ndim != 3 or w.shape[1] < n or w.shape[2] != self.latent_dim:
             raise ValueError(f"w must be (N, >= {n}, {self.latent_dim}), got {w.shape}")
-        kw = dict(bn_momentum=self.bn_momentum, bn_epsilon=self.bn_epsilon,
-                  conv_impl=self.conv_impl, dtype=self.dtype)
+        kw = dict(bn_momentum=self.bn_momentum, bn_epsilon=self.bn_epsilon, dtype=self.dtype)
         blur = lax.stop_gradient(self.param("smooth_kernel", blur_kernel_init, (3, 3)))
 
         def up_rgb(rgb: Array) -> Array:
@@ -492,12 +476,12 @@ class UNetStyleGANGenerator(nn.Module):
             skips.append(x)
         x = StyleBlock(features[-1], name="first_style_block", **kw)(x, w[:, 0], skips[-1],
                                                                        train)
-        rgb = ToRGB(self.conv_impl, self.dtype, name="first_to_rgb")(x, w[:, 0])
+        rgb = ToRGB(dtype=self.dtype, name="first_to_rgb")(x, w[:, 0])
         for i in range(1, n):
             x = upsample2x(x, "bilinear")
             x = _conv(features[-i - 1], 3, 1, 1, name=f"up_{i - 1}_conv",
                       in_channels=x.shape[-1], kernel_init=GENERATOR_CONV_INIT,
-                      impl=self.conv_impl, dtype=self.dtype)(x)
+                      dtype=self.dtype)(x)
             x = leaky_relu(_bn(f"up_{i - 1}_bn", train, x, self.bn_momentum, self.bn_epsilon,
                                self.dtype), 0.2)
             x, rgb_new = GeneratorBlock(features[-i - 1], name=f"block_{i - 1}", **kw)(
@@ -528,7 +512,6 @@ class MaskRemover(nn.Module):
     psp_blocks: Sequence[int] | None = None
     psp_width_div: int = 1
     generator_width_div: int = 1
-    conv_impl: str = "auto"
     dtype: Dtype = jnp.float32
 
     def parts(self) -> tuple[PSPEncoder, UNetStyleGANGenerator]:
@@ -540,13 +523,12 @@ class MaskRemover(nn.Module):
         return dict(blocks=None if self.psp_blocks is None else tuple(self.psp_blocks),
                     widths=tuple(w // self.psp_width_div for w in STAGE_WIDTHS),
                     n_styles=n_styles_for(self.resolution), input_resolution=self.resolution,
-                    latent_dim=self.latent_dim, conv_impl=self.conv_impl, dtype=self.dtype)
+                    latent_dim=self.latent_dim, dtype=self.dtype)
 
     def generator_kwargs(self) -> dict[str, Any]:
         return dict(resolution=self.resolution, latent_dim=self.latent_dim,
                     base_width=32 // self.generator_width_div,
-                    max_width=256 // self.generator_width_div, conv_impl=self.conv_impl,
-                    dtype=self.dtype)
+                    max_width=256 // self.generator_width_div, dtype=self.dtype)
 
     @nn.compact
     def __call__(self, masked: Array, identity: Array, train: bool = False) -> Array:
@@ -566,7 +548,6 @@ class IdentityPatchDiscriminator(nn.Module):
 
     ndf: int = 64
     sigmoid_output: bool = False
-    conv_impl: str = "auto"
     dtype: Dtype = jnp.float32
 
     @nn.compact
@@ -575,15 +556,14 @@ class IdentityPatchDiscriminator(nn.Module):
         x = jnp.concatenate([image, identity], axis=-1).astype(self.dtype)
         for i, width in enumerate((self.ndf, self.ndf * 2, self.ndf * 4, self.ndf * 8)):
             x = _conv(width, 4, 2, 1, name=f"conv_{i}", in_channels=x.shape[-1],
-                      kernel_init=TORCH_DEFAULT_INIT, impl=self.conv_impl, dtype=self.dtype)(x)
+                      kernel_init=TORCH_DEFAULT_INIT, dtype=self.dtype)(x)
             if i > 0:
                 x = InstanceNorm(epsilon=1e-5, dtype=self.dtype, name=f"norm_{i}")(x)
             x = leaky_relu(x, 0.2)
         # nn.ZeroPad2d((1, 0, 1, 0)) then Conv(k4, p1): padding (top 2, bottom 1, left 2,
         # right 1) on the conv.
         x = _conv(1, 4, 1, ((2, 1), (2, 1)), name="conv_4", in_channels=x.shape[-1],
-                  kernel_init=TORCH_DEFAULT_INIT, use_bias=False, impl=self.conv_impl,
-                  dtype=self.dtype)(x)
+                  kernel_init=TORCH_DEFAULT_INIT, use_bias=False, dtype=self.dtype)(x)
         x = x.astype(jnp.float32)
         return nn.sigmoid(x) if self.sigmoid_output else x
 

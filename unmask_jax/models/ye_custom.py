@@ -84,7 +84,6 @@ class YeUnetC(nn.Module):
       out_channels: output image channels (tanh output in [-1, 1]).
       use_dropout: Dropout(dropout_rate) after the up norm of levels 4, 3, 2 in training.
       in_epsilon: InstanceNorm epsilon (torch 1e-5).
-      conv_impl, convt_impl: Conv / ConvTranspose implementations (``layers.Conv``).
     """
 
     ngf: int = 64
@@ -95,8 +94,6 @@ class YeUnetC(nn.Module):
     use_dropout: bool = False
     dropout_rate: float = 0.5
     in_epsilon: float = 1e-5
-    conv_impl: str = "auto"
-    convt_impl: str = "auto"
     dtype: Dtype = jnp.float32
     param_dtype: Dtype = jnp.float32
 
@@ -106,7 +103,6 @@ class YeUnetC(nn.Module):
         if min(x.shape[1:3]) < 2**n or x.shape[1] % 2**n or x.shape[2] % 2**n:
             raise ValueError(f"YeUnetC needs H and W divisible by {2**n}, got {x.shape[1:3]}")
         kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
-        ckw = dict(impl=self.conv_impl, **kw)
 
         def norm(h: Array, name: str) -> Array:
             return InstanceNorm(epsilon=self.in_epsilon, affine=False, name=name, **kw)(h)
@@ -116,26 +112,24 @@ class YeUnetC(nn.Module):
         for d in range(n):
             if d > 0:
                 h = leaky_relu(h, 0.2)
-            h = Conv(ye_level_channels(d, self.ngf), 4, 2, 1, name=f"down_conv_{d}", **ckw)(h)
+            h = Conv(ye_level_channels(d, self.ngf), 4, 2, 1, name=f"down_conv_{d}", **kw)(h)
             if d > 0:
                 h = norm(h, f"down_norm_{d}")
             if d in YE_SE_LEVELS:
-                h = squeeze_excitation(h, reduction=self.se_reduction, prefix=f"se_{d}_",
-                                       conv_impl=self.conv_impl, **kw)
+                h = squeeze_excitation(h, reduction=self.se_reduction, prefix=f"se_{d}_", **kw)
             skips.append(h)
 
         u = h
         for i, rate in enumerate(self.dilation_rates):
             u = leaky_relu(u, 0.2)
             u = Conv(self.dilated_channels, 3, 1, int(rate), dilation=int(rate),
-                     name=f"dilated_conv_{i}", **ckw)(u)
+                     name=f"dilated_conv_{i}", **kw)(u)
             u = norm(u, f"dilated_norm_{i}")
 
         for d in range(n - 1, -1, -1):
             u = nn.relu(jnp.concatenate([skips[d], u], axis=-1))
             features = self.out_channels if d == 0 else ye_level_channels(d - 1, self.ngf)
-            u = ConvTranspose(features, 4, 2, 1, impl=self.convt_impl, name=f"up_conv_{d}",
-                              **kw)(u)
+            u = ConvTranspose(features, 4, 2, 1, name=f"up_conv_{d}", **kw)(u)
             if d > 0:
                 u = norm(u, f"up_norm_{d}")
                 if self.use_dropout and d in YE_DROPOUT_LEVELS:

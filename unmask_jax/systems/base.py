@@ -39,8 +39,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from unmask_jax import optim
-from unmask_jax.models.layers import dispatch
+from unmask_jax import backends, optim
 from unmask_jax.state import NetState, TrainState
 
 Batch = Mapping[str, jax.Array]
@@ -95,20 +94,24 @@ class System:
         #: True: ``load_frozen`` gives shapes, and no weights file decides a backbone.
         self.abstract_frozen = bool(abstract_frozen)
         self.networks: dict[str, Network] = {}
-        #: XLA CPU convolution library its programs are compiled for ('ynnpack', XLA's
-        #: default, or 'eigen'; ``models.layers.dispatch``). Runs recorded before the key
-        #: existed ran with 'ynnpack'.
-        self.cpu_convolutions = dispatch.check_cpu_convolutions(
-            config.model.get("cpu_convolutions", "ynnpack"))
+        #: 'auto' (the forms measured to help on the platform a program is compiled for) or
+        #: 'off' (plain XLA ops): ``config.model.backend_forms`` (:mod:`unmask_jax.backends`).
+        self.backend_forms = backends.check_forms(config.model.get("backend_forms", "auto"))
+
+    #: The XLA CPU library this system's CPU programs are compiled for
+    #: (:data:`unmask_jax.backends.CPU_LIBRARIES`); a system states another where it measured
+    #: faster (GANMasker: 'eigen'). Ignored off the CPU.
+    cpu_library: str = "ynnpack"
 
     def jit(self, fn: Callable[..., Any], *, platform: str | None = None,
             **jit_kwargs: Any) -> Callable[..., Any]:
         """``jax.jit(fn, **jit_kwargs)`` for this system's programs, traced and compiled for
         ``platform``: the platform of the devices the program runs on (default
         ``jax.default_backend()``), e.g. 'tpu' when compiling ahead of time for TPU devices
-        from a CPU host. On the CPU it is compiled for :attr:`cpu_convolutions`
-        (:func:`~unmask_jax.models.layers.dispatch.jit`)."""
-        return dispatch.jit(fn, self.cpu_convolutions, platform=platform, **jit_kwargs)
+        from a CPU host, with :attr:`backend_forms` and :attr:`cpu_library`
+        (:func:`unmask_jax.backends.jit`)."""
+        return backends.jit(fn, platform=platform, forms=self.backend_forms,
+                            cpu_library=self.cpu_library, **jit_kwargs)
 
     # -- initialisation ----------------------------------------------------------------------
 

@@ -101,10 +101,17 @@ def load_segmenter_run(workdir: str) -> SegmenterRun:
                         workdir=str(workdir))
 
 
+#: GANMasker's CPU programs run their convolutions on Eigen: its 3x3 convolutions' kernel
+#: gradients 2-3x faster than on YNNPACK, two-stage inference 0.76-0.87x -> 0.94-0.99x
+#: PyTorch at batch 8 (``benchmarks/README.md``, "XLA CPU convolution library").
+CPU_LIBRARY = "eigen"
+
+
 class GANMaskerSegSystem(base.System):
     """Stage 1: M-Seg, BCE + Dice, no discriminator."""
 
     name = "ganmasker_seg"
+    cpu_library = CPU_LIBRARY
 
     def __init__(self, config, abstract_frozen: bool = False):
         super().__init__(config, abstract_frozen)
@@ -152,6 +159,7 @@ class GANMaskerSystem(Pix2PixSystem):
     """Stage 2 (FU-Net + SN discriminator, MURF) or the one-stage ablation."""
 
     name = "ganmasker"
+    cpu_library = CPU_LIBRARY
 
     def __init__(self, config, abstract_frozen: bool = False):
         self.stage = config.model.stage
