@@ -411,3 +411,28 @@ def test_a_relative_workdir_saves_and_restores(tmp_path, monkeypatch):
     manager = checkpoints.make_manager("runs/rel", config)
     state, restored = checkpoints.restore_latest(manager, make_state(), config=config)
     assert restored and int(state["step"]) == 2
+
+
+def test_runs_recorded_before_the_backend_seam_resume_and_rebuild():
+    """Configs as checkpoints recorded them at a1de79c (tests/data), with
+    ``model.cpu_convolutions`` and without ``model.backend_forms``: today's configs differ
+    from them only in keys that may change, and each recorded config still builds its
+    system (evaluation and prediction rebuild a run's stage 1 from its recorded config)."""
+    from ml_collections import config_dict
+
+    from configs import ganmasker, pix2pix, unveilify, ye
+    from unmask_jax import systems
+    recorded = json.loads((Path(__file__).parent / "data" /
+                           "recorded_configs_a1de79c.json").read_text())
+    current = {"pix2pix:quick": pix2pix.get_config("quick"),
+               "ganmasker:unmask": ganmasker.get_config("unmask"),
+               "ganmasker:seg": ganmasker.get_config("seg"), "ye:c": ye.get_config("c"),
+               "unveilify:": unveilify.get_config()}
+    for name, config in current.items():
+        assert "cpu_convolutions" in recorded[name]["model"], name
+        unsafe, safe = checkpoints.compare_configs(recorded[name], config)
+        assert unsafe == [], (name, unsafe)
+        assert [k for k, _, _ in safe] == ["model.cpu_convolutions"], (name, safe)
+        system = systems.build(config_dict.ConfigDict(recorded[name]))
+        assert system.backend_forms == "auto"
+        assert system.cpu_library == ("eigen" if name.startswith("ganmasker") else "ynnpack")
