@@ -262,6 +262,15 @@ def test_bad_topology_exits_2(tmp_path):
     assert "Traceback" not in proc.stderr
 
 
+def test_a_gpu_target_without_the_cuda_plugin_exits_2_saying_what_to_install(tmp_path):
+    # CI has no jax[cuda12]: the message names the package, no traceback.
+    proc = _main(tmp_path, "--config=configs/pix2pix.py:quick", "--mode=compile",
+                 "--topology=h100:1x1x8")
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    assert f'pip install "jax[cuda12]=={jax.__version__}"' in proc.stderr, proc.stderr[-3000:]
+    assert "Traceback" not in proc.stderr
+
+
 def test_a_plain_cpu_run_does_not_start_libtpu():
     env = {k: v for k, v in os.environ.items() if k != "JAX_PLATFORMS"}
     proc = subprocess.run([sys.executable, "-c", "import unmask_jax, jax, os; "

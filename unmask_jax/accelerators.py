@@ -219,9 +219,17 @@ def devices(target: Target) -> list[Any]:
             chips_per_host_bounds=target.chips_per_host_bounds, num_slices=1,
             wrap=target.wrap)
     else:
-        topo = topologies.get_topology_desc(
-            "gpu", "cuda", target_config=gpu_target_config_text(target),
-            topology=target.topology)
+        try:
+            topo = topologies.get_topology_desc(
+                "gpu", "cuda", target_config=gpu_target_config_text(target),
+                topology=target.topology)
+        except (NotImplementedError, RuntimeError) as e:
+            import jax
+            raise TopologyError(
+                f"{target.name}: compiling for GPUs needs JAX's CUDA plugin, at this jax "
+                f"version: pip install \"jax[cuda12]=={jax.__version__}\" (in an environment "
+                f"of its own; about 3 GB), then run with JAX_PLATFORMS=cpu on a machine "
+                f"without a GPU ({type(e).__name__}: {str(e).splitlines()[0]})") from None
     found = list(topo.devices)
     if len(found) != target.num_devices:
         raise TopologyError(f"{target.name}: expected {target.num_devices} devices, the "

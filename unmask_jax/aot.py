@@ -364,9 +364,9 @@ def compile_for(config, workdir: str | None, topology: str, per_chip_batch: int 
     per_chip_batch = int(per_chip_batch)
     try:
         target = accelerators.resolve(topology)
+        devices = accelerators.devices(target)
     except accelerators.TopologyError as e:
         raise CompileSetupError(str(e)) from None
-    devices = accelerators.devices(target)
     mesh = parallel.make_data_mesh(devices)
     system = systems.build(config, abstract_frozen=True)
     report: dict[str, Any] = {
