@@ -208,6 +208,18 @@ def cmd_render(args) -> int:
         *rows_table(reports, "predict", {}),
         "",
     ]
+    over = [(r, name, p["cost"]) for r in reports for name, p in r["programs"].items()
+            if (p["cost"].get("compiled_flops_per_step") or 0) and p["cost"][
+                "model_flops_per_step"] > 1.05 * p["cost"]["compiled_flops_per_step"]]
+    if over:
+        text += ["Model FLOPs above the compiled count (" + "; ".join(
+            f"{r['config']} {name} on {r['target']['name']}: "
+            f"{c['model_flops_per_image'] / 1e9:,.1f} vs "
+            f"{c['compiled_flops_per_image'] / 1e9:,.1f} GFLOP/image" for r, name, c in over)
+            + "): XLA's count of the unoptimised program includes every tap of a padded "
+            "convolution, and the TPU compiler turns 3x3 stride-2 convolutions on 1-4 px "
+            "maps (the pSp encoder's style blocks) into dots over the taps that touch data. "
+            "Such a row is compute-bound at the roofline, so its MFU bound is 100%.", ""]
     text += [
         "## What cannot be known without the hardware",
         "",
