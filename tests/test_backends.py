@@ -6,8 +6,6 @@ from __future__ import annotations
 import functools
 import logging
 
-import dm_pix
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -179,47 +177,6 @@ def test_subpixel_forward_with_gemm_gradients():
         assert _rel(g, 2.0 * g0) <= GRAD_TOL
 
 
-# -- pooling and SSIM ------------------------------------------------------------------------
-
-def _nn_max_pool(x):
-    return nn.max_pool(x, (2, 2), strides=(2, 2))
-
-
-@pytest.mark.parametrize("shape", [(2, 8, 6, 3), (1, 2, 2, 1), (3, 16, 4, 5)])
-def test_max_pool_2x2_equals_nn_max_pool(shape):
-    x = _normal(np.random.default_rng(len(shape) + shape[1]), shape)
-    _assert_same_function(forms.max_pool_2x2, _nn_max_pool, x)
-
-
-def test_max_pool_2x2_tie_breaking_gradient():
-    """With ties each window's gradient goes to its first maximum in row-major order,
-    as XLA's select-and-scatter (``nn.max_pool``) and torch's max_pool2d give it."""
-    rng = np.random.default_rng(9)
-    x = jnp.asarray(rng.integers(0, 2, (2, 8, 8, 3)), jnp.float32)  # many ties
-    _assert_same_function(forms.max_pool_2x2, _nn_max_pool, x)
-    window = jnp.asarray([[[[1.0], [3.0]], [[3.0], [3.0]]]])  # (1, 2, 2, 1): 3 maxima
-    (dx,) = jax.vjp(forms.max_pool_2x2, window)[1](jnp.ones((1, 1, 1, 1)))
-    np.testing.assert_array_equal(np.asarray(dx)[0, :, :, 0], [[0.0, 1.0], [0.0, 0.0]])
-    flat = jnp.full((1, 2, 2, 1), 7.0)
-    (dx,) = jax.vjp(forms.max_pool_2x2, flat)[1](jnp.full((1, 1, 1, 1), 2.0))
-    np.testing.assert_array_equal(np.asarray(dx)[0, :, :, 0], [[2.0, 0.0], [0.0, 0.0]])
-
-
-SSIM = dict(filter_size=11, filter_sigma=1.5, k1=0.01, k2=0.03)
-
-
-@pytest.mark.parametrize("shape", [(2, 32, 32, 3), (1, 24, 17, 1)])
-def test_ssim_shifted_equals_dm_pix(shape):
-    rng = np.random.default_rng(shape[1])
-    b = jnp.asarray(rng.uniform(0, 1, shape), jnp.float32)
-    a = jnp.clip(b + jnp.asarray(rng.normal(0, 0.2, shape), jnp.float32), 0, 1)
-    # (Identical images sit at SSIM's maximum: their gradient is rounding noise, ~1e-16.)
-    for x, y in ((a, b), (0.5 * b + 0.25, b)):
-        _assert_same_function(  # jitted: dm_pix's blur op by op is slow
-            jax.jit(lambda x, y: forms.ssim_shifted(x, y, **SSIM)),
-            jax.jit(lambda x, y: dm_pix.ssim(x, y, max_val=1.0, **SSIM)), x, y)
-
-
 # -- the rule: which form a target gets ------------------------------------------------------
 
 def _lowered(module, variables, x, grad: bool = False, **target) -> str:
@@ -313,24 +270,13 @@ def test_plain_convolutions_off_the_cpu_rule(layers_and_inputs, target):
         assert _count(text, "convolution") == 1 and _count(text, "dot_general") == 0
 
 
-def test_pool_and_ssim_rules():
-    """The 2x2 max pool and SSIM forms apply on the CPU only; odd pool sizes stay plain."""
-    def plain(*args, **kwargs):
-        return "plain"
-
-    x_even, x_odd = jnp.zeros((1, 4, 4, 2)), jnp.zeros((1, 5, 4, 2))
-    a = jnp.zeros((1, 16, 16, 3))
+def test_the_cpu_rule_applies_on_the_cpu_only():
     with backends.use("cpu"):
-        provider = backends.forms()
-        assert isinstance(provider, cpu.CpuForms)
-        assert provider.max_pool_2x2(plain, x_even).shape == (1, 2, 2, 2)
-        assert provider.max_pool_2x2(plain, x_odd) == "plain"
-        assert provider.ssim(plain, a, a, **SSIM).shape == (1,)
-    for target in (dict(platform="tpu"), dict(platform="cpu", forms="off")):
+        assert isinstance(backends.forms(), cpu.CpuForms)
+    for target in (dict(platform="tpu"), dict(platform="gpu"),
+                   dict(platform="cpu", forms="off")):
         with backends.use(**target):
             assert backends.forms() is backends.PLAIN
-            assert backends.forms().max_pool_2x2(plain, x_even) == "plain"
-            assert backends.forms().ssim(plain, a, a, **SSIM) == "plain"
 
 
 def test_use_sets_and_restores_the_target():

@@ -81,20 +81,11 @@ SSIM_FILTER_SIZE, SSIM_FILTER_SIGMA, SSIM_K1, SSIM_K2 = 11, 1.5, 0.01, 0.03
 
 def ssim(pred: Array, target: Array) -> Array:
     """Per-image SSIM of NHWC images in [-1, 1] (mapped to [0, 1]); Gaussian 11, sigma 1.5,
-    K1 0.01, K2 0.03 (``dm_pix.ssim``). Returns shape (B,). A platform with a measured form
-    of it computes the same numbers another way (:mod:`unmask_jax.backends`; on the CPU the
-    blur as shifted slices)."""
-    from unmask_jax import backends  # a leaf module: no models import
+    K1 0.01, K2 0.03 (``dm_pix.ssim``). Returns shape (B,)."""
     a = (_f32(pred) + 1.0) * 0.5
     b = (_f32(target) + 1.0) * 0.5
-    return backends.forms().ssim(_dm_pix_ssim, a, b, filter_size=SSIM_FILTER_SIZE,
-                                 filter_sigma=SSIM_FILTER_SIGMA, k1=SSIM_K1, k2=SSIM_K2)
-
-
-def _dm_pix_ssim(a: Array, b: Array, *, filter_size: int, filter_sigma: float, k1: float,
-                 k2: float) -> Array:
-    return dm_pix.ssim(a, b, max_val=1.0, filter_size=filter_size, filter_sigma=filter_sigma,
-                       k1=k1, k2=k2)
+    return dm_pix.ssim(a, b, max_val=1.0, filter_size=SSIM_FILTER_SIZE,
+                       filter_sigma=SSIM_FILTER_SIGMA, k1=SSIM_K1, k2=SSIM_K2)
 
 
 def ssim_loss(pred: Array, target: Array) -> Array:

@@ -1,7 +1,7 @@
 """Backend-specific forms of the layers: one seam, one switch, one home.
 
 The models are plain Flax: a ``Conv`` computes ``lax.conv_general_dilated``, a
-``ConvTranspose`` ``lax.conv_transpose``, a max pool ``nn.max_pool``, SSIM ``dm_pix``. Where a
+``ConvTranspose`` ``lax.conv_transpose``. Where a
 platform runs another form of the same maths faster (measured), the form lives here, in one
 module per platform (:mod:`unmask_jax.backends.cpu`; a TPU module would sit beside it), and
 the layers ask :func:`forms` for it at trace time. Every form gives the plain form's numbers
@@ -98,12 +98,6 @@ class PlainForms:
     def conv_transpose(self, plain: Callable[..., Any], x, kernel, strides, padding,
                        output_padding):
         return plain(x, kernel, strides, padding, output_padding)
-
-    def max_pool_2x2(self, plain: Callable[..., Any], x):
-        return plain(x)
-
-    def ssim(self, plain: Callable[..., Any], a, b, **params):
-        return plain(a, b, **params)
 
     def compiler_options(self) -> dict[str, str]:
         return {}

@@ -12,9 +12,6 @@ Rules (``library`` is the XLA CPU library the program is compiled for):
 - ``ConvTranspose``: GEMM + col2im for inputs of at most :data:`GEMM_MAX_PIXELS` pixels or
   at most :data:`GEMM_MAX_OUT_FEATURES` output channels (an RGB last layer), else the
   sub-pixel convolution forward (per batch chunk) with the GEMM form's gradients.
-- 2x2 max pool (even sizes): a reshape and a max, with select-and-scatter's gradient as
-  elementwise selects.
-- SSIM: the Gaussian blur as shifted slices.
 
 Libraries (a per-program compiler option, so chosen per jitted program): ``ynnpack``
 (XLA's default: YNNPACK runs convolutions, dots and reductions), ``eigen`` (YNNPACK keeps
@@ -111,13 +108,6 @@ class CpuForms:
             functools.partial(f.batch_chunked, f.conv_transpose_subpixel),
             f.conv_transpose_gemm, x, kernel, static)
 
-    def max_pool_2x2(self, plain, x):
-        if x.shape[1] % 2 or x.shape[2] % 2:
-            return plain(x)
-        return f.max_pool_2x2(x)
-
-    def ssim(self, plain, a, b, **params):
-        return f.ssim_shifted(a, b, **params)
 
 
 @functools.lru_cache(maxsize=None)

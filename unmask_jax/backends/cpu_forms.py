@@ -1,5 +1,5 @@
-"""The CPU forms of the layers: the products, their gradients and the pooling and SSIM
-variants measured faster on XLA CPU than the plain XLA ops (figures and the commands that
+"""The CPU forms of the layers: the products and their gradients in the forms measured
+faster on XLA CPU than the plain XLA ops (figures and the commands that
 measure them: ``benchmarks/README.md``). Same numbers as the plain forms up to float
 rounding; the rule that picks among them is :class:`unmask_jax.backends.cpu.CpuForms`.
 
@@ -12,10 +12,7 @@ rounding; the rule that picks among them is :class:`unmask_jax.backends.cpu.CpuF
   (what PyTorch does);
 - :func:`batch_chunked`: a form applied per batch chunk (XLA CPU's convolutions scale
   worse than linearly with the batch);
-- :func:`forward_with_grads_of`: one form forward, another's gradients (custom VJP);
-- :func:`max_pool_2x2`: 2x2 max pool as a reshape and a max, with select-and-scatter's
-  gradient as elementwise selects;
-- :func:`ssim_shifted`: ``dm_pix.ssim``'s formula with the Gaussian blur as shifted slices.
+- :func:`forward_with_grads_of`: one form forward, another's gradients (custom VJP).
 
 Kernel layouts as the layers': ``Conv`` (kH, kW, in, out), ``ConvTranspose`` (kH, kW, out,
 in).
@@ -274,93 +271,3 @@ def forward_with_grads_of(forward: Callable[..., Array], grads_of: Callable[...,
 
     f.defvjp(f_fwd, f_bwd)
     return f(x, kernel)
-
-
-# -- pooling ---------------------------------------------------------------------------------
-
-@jax.custom_vjp
-def max_pool_2x2(x: Array) -> Array:
-    """NHWC 2x2 / stride 2 max pool (even H, W) as a reshape and a max, with the gradient
-    of ``torch.nn.functional.max_pool2d`` / XLA's select-and-scatter: each window's
-    gradient goes to its first maximum in row-major order. On XLA CPU the gradient of
-    ``nn.max_pool`` (select-and-scatter) is several times slower than these elementwise
-    selects (benchmarks/README.md)."""
-    return _windows_max(x)[1]
-
-
-def _windows_max(x: Array) -> tuple[Array, Array]:
-    b, h, w, c = x.shape
-    xr = x.reshape(b, h // 2, 2, w // 2, 2, c)
-    return xr, jnp.max(xr, axis=(2, 4))
-
-
-def _max_pool_fwd(x: Array) -> tuple[Array, Array]:
-    y = _windows_max(x)[1]
-    return y, (x, y)
-
-
-def _max_pool_bwd(res: tuple[Array, Array], g: Array) -> tuple[Array]:
-    x, y = res
-    b, h, w, c = x.shape
-    xr = x.reshape(b, h // 2, 2, w // 2, 2, c)
-    taken = None
-    rows = []
-    for di in range(2):
-        row = []
-        for dj in range(2):
-            hit = xr[:, :, di, :, dj, :] == y
-            if taken is None:
-                taken = hit
-            else:
-                hit = hit & ~taken
-                taken = taken | hit
-            row.append(jnp.where(hit, g, jnp.zeros((), g.dtype)))
-        rows.append(jnp.stack(row, axis=3))  # (b, h/2, w/2, 2 [dj], c)
-    dx = jnp.stack(rows, axis=2)  # (b, h/2, 2 [di], w/2, 2 [dj], c)
-    return (dx.reshape(b, h, w, c),)
-
-
-max_pool_2x2.defvjp(_max_pool_fwd, _max_pool_bwd)
-
-
-# -- SSIM ------------------------------------------------------------------------------------
-
-def _gaussian_taps(size: int, sigma: float) -> list[float]:
-    """dm_pix's normalised 1-D Gaussian (symmetric, so convolution = correlation)."""
-    import math
-    half = size // 2
-    shift = (2 * half - size + 1) / 2
-    taps = [math.exp(-0.5 * ((i - half + shift) / sigma) ** 2) for i in range(size)]
-    total = sum(taps)
-    return [t / total for t in taps]
-
-
-def _blur_valid(z: Array, taps: list[float], axis: int) -> Array:
-    """'valid' correlation of ``z`` with ``taps`` along ``axis``, as a sum of shifted
-    slices (fused by XLA; its gradient is pads and adds)."""
-    n = z.shape[axis] - len(taps) + 1
-    out = None
-    for k, t in enumerate(taps):
-        term = t * jax.lax.slice_in_dim(z, k, k + n, axis=axis)
-        out = term if out is None else out + term
-    return out
-
-
-def ssim_shifted(a: Array, b: Array, *, filter_size: int, filter_sigma: float, k1: float,
-                 k2: float, max_val: float = 1.0) -> Array:
-    """``dm_pix.ssim`` (valid Gaussian filtering, variance clipping) on NHWC [0, 1] images,
-    the five blurred maps stacked along channels and blurred once per axis."""
-    taps = _gaussian_taps(filter_size, filter_sigma)
-    a, b = jnp.moveaxis(a, -1, 1), jnp.moveaxis(b, -1, 1)  # NCHW: W is the minor axis
-    stacked = jnp.stack([a, b, a * a, b * b, a * b])
-    blurred = _blur_valid(_blur_valid(stacked, taps, 4), taps, 3)
-    mu0, mu1, e00, e11, e01 = blurred
-    mu00, mu11, mu01 = mu0 * mu0, mu1 * mu1, mu0 * mu1
-    eps = jnp.finfo(jnp.float32).eps ** 2
-    s00 = jnp.maximum(eps, e00 - mu00)
-    s11 = jnp.maximum(eps, e11 - mu11)
-    s01 = e01 - mu01
-    s01 = jnp.sign(s01) * jnp.minimum(jnp.sqrt(s00 * s11), jnp.abs(s01))
-    c1, c2 = (k1 * max_val) ** 2, (k2 * max_val) ** 2
-    ssim_map = ((2 * mu01 + c1) * (2 * s01 + c2)) / ((mu00 + mu11 + c1) * (s00 + s11 + c2))
-    return jnp.mean(ssim_map, axis=(1, 2, 3))

@@ -72,7 +72,6 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from unmask_jax import backends
 from unmask_jax.models.blocks import SNConv, cbam
 from unmask_jax.models.layers import BatchNorm, Conv, leaky_relu
 
@@ -112,9 +111,8 @@ def upsample2x(x: Array, mode: str) -> Array:
 
 
 def _max_pool(x: Array) -> Array:
-    """2x2 / stride 2 max pool: ``nn.max_pool``, or the platform's form of it
-    (:func:`unmask_jax.backends.forms`; same values and gradient)."""
-    return backends.forms().max_pool_2x2(lambda v: nn.max_pool(v, (2, 2), strides=(2, 2)), x)
+    """2x2 / stride 2 max pool (``torch.nn.MaxPool2d(2)``)."""
+    return nn.max_pool(x, (2, 2), strides=(2, 2))
 
 
 def _check_size(x: Array, multiple: int, what: str) -> None:
