@@ -7,12 +7,13 @@ its backend (``configure(jax.default_backend())``).
     python benchmarks/host_allocator.py [--size 256] [--batch 1] [--steps 5] [--threads 2]
 
 Each setting runs in a fresh interpreter (allocator settings are per process). The step is
-self-contained (no trainer): pix2pix U-Net G and PatchGAN D forward and backward, BCE +
-100 * L1, Adam on both, state donated, as the training step's memory traffic.
+the pix2pix system's own train step (``system.train_step``, as the trainer jits it: U-Net G
+and PatchGAN D forward and backward, GAN + 100 * L1, Adam on both, state donated).
 """
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import subprocess
@@ -42,64 +43,33 @@ def child(args) -> dict:
 
     if args.when == "after":
         message = host_allocator.configure(jax.default_backend(), args.mode)
-    from unmask_jax.models import create_model
+    from configs import pix2pix
+    from unmask_jax import state as state_lib, systems
 
+    # The trainer's own step: configs/pix2pix.py (U-Net G, PatchGAN D, GAN + 100 * L1, Adam
+    # on both, sequential order), state donated.
     size, b = args.size, args.batch
-    g = create_model("pix2pix_unet", num_downs=int(round(np.log2(size))))
-    d = create_model("patchgan")
-    tx = optax.adam(2e-4, b1=0.5, b2=0.999)
-    x = jnp.zeros((b, size, size, 3))
-    gv = g.init(jax.random.key(0), x, False)
-    dv = d.init(jax.random.key(1), jnp.zeros((b, size, size, 6)), False)
-    state = (gv, dv, tx.init(gv["params"]), tx.init(dv["params"]))
-
-    def step(state, a, y, key):
-        gv, dv, gopt, dopt = state
-        bce = optax.sigmoid_binary_cross_entropy
-
-        def g_out(gp):
-            return g.apply({**gv, "params": gp}, a, True, rngs={"dropout": key},
-                           mutable=["batch_stats"])
-
-        def d_loss(dp, fake):
-            def logits(img):
-                return d.apply({**dv, "params": dp}, jnp.concatenate([a, img], -1), True,
-                               mutable=["batch_stats"])[0]
-            real_l, fake_l = logits(y), logits(fake)
-            return 0.5 * jnp.mean(bce(real_l, jnp.ones_like(real_l)) +
-                                  bce(fake_l, jnp.zeros_like(fake_l)))
-
-        fake, _ = g_out(gv["params"])
-        dgrad = jax.grad(d_loss)(dv["params"], jax.lax.stop_gradient(fake))
-        dupd, dopt = tx.update(dgrad, dopt)
-        dparams = optax.apply_updates(dv["params"], dupd)
-
-        def g_loss(gp):
-            out, _ = g_out(gp)
-            logits = d.apply({**dv, "params": dparams}, jnp.concatenate([a, out], -1), True,
-                             mutable=["batch_stats"])[0]
-            return jnp.mean(bce(logits, jnp.ones_like(logits))) + 100 * jnp.mean(
-                jnp.abs(out - y))
-
-        loss, ggrad = jax.value_and_grad(g_loss)(gv["params"])
-        gupd, gopt = tx.update(ggrad, gopt)
-        gparams = optax.apply_updates(gv["params"], gupd)
-        return ({**gv, "params": gparams}, {**dv, "params": dparams}, gopt, dopt), loss
-
+    config = pix2pix.get_config()
+    config.data.resolution = size
+    config.model.generator_kwargs.num_downs = int(round(np.log2(size)))
+    system = systems.build(config)
+    txs = {name: optax.adam(2e-4, b1=0.5, b2=0.999) for name in system.networks}
+    state = jax.jit(lambda: state_lib.create_state(system, txs, 0, size))()
+    frozen = system.load_frozen()
     rng = np.random.default_rng(0)
-    a = jnp.asarray(rng.uniform(-1, 1, (b, size, size, 3)), jnp.float32)
-    y = jnp.asarray(rng.uniform(-1, 1, (b, size, size, 3)), jnp.float32)
-    key = jax.random.key(2)
-    compiled = jax.jit(step, donate_argnums=(0,)).lower(state, a, y, key).compile()
+    batch = {k: jnp.asarray(rng.uniform(-1, 1, (b, size, size, c)), jnp.float32)
+             for k, c in (("masked", 3), ("target", 3), ("mask", 1))}
+    compiled = system.jit(functools.partial(system.train_step, txs=txs),
+                          donate_argnums=(0,)).lower(state, batch, frozen).compile()
     analysis = compiled.memory_analysis()
     temp = getattr(analysis, "temp_size_in_bytes", None) if analysis is not None else None
-    state, loss = compiled(state, a, y, key)
-    jax.block_until_ready(loss)
+    state, metrics = compiled(state, batch, frozen)
+    jax.block_until_ready(metrics)
     faults, times = [], []
     for _ in range(args.steps):
         f0, t0 = resource.getrusage(resource.RUSAGE_SELF).ru_minflt, time.perf_counter()
-        state, loss = compiled(state, a, y, key)
-        jax.block_until_ready(loss)
+        state, metrics = compiled(state, batch, frozen)
+        jax.block_until_ready(metrics)
         times.append(time.perf_counter() - t0)
         faults.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - f0)
     med = lambda v: sorted(v)[len(v) // 2]  # noqa: E731

@@ -50,22 +50,12 @@ USER_ERROR_STATUS = 2
 MARKER = "reproduce.json"
 TILE = 128  # samples.png tile size cap (pixels)
 
-#: Table rows: system -> (label, what the paper calls it).
-LABELS = {
-    "pix2pix": "pix2pix (Isola et al.)",
-    "ye_a": "Ye Train A (pix2pix, 3 ch)",
-    "ye_b": "Ye Train B (pix2pix, image + map)",
-    "ye_c": "Ye Train C (dilated SE U-Net, SSIM)",
-    "tf_tutorial": "Masked GANs (TF pix2pix tutorial)",
-    "ganmasker_seg": "GANMasker stage 1 (M-Seg)",
-    "ganmasker": "GANMasker two-stage",
-    "ganmasker_one_stage": "GANMasker one-stage (ablation)",
-    "unveilify": "UnVeilify (identity image)",
-}
-#: Systems that remove masks (rows of samples.png and of the claims); the rest segment.
-UNMASKING = tuple(s for s in protocol.SYSTEMS if s != "ganmasker_seg")
-#: Systems whose output does not see an identity image.
-IDENTITY_FREE = tuple(s for s in UNMASKING if s != "unveilify")
+#: Table rows: entry -> its label (declared with the entry in its config file).
+LABELS = {name: e["label"] for name, e in protocol.ENTRIES.items()}
+#: Entries that remove masks (rows of samples.png and of the claims); the rest segment.
+UNMASKING = tuple(name for name, e in protocol.ENTRIES.items() if e["unmasks"])
+#: Entries whose output does not see an identity image.
+IDENTITY_FREE = tuple(name for name in UNMASKING if not protocol.ENTRIES[name]["identity"])
 
 
 class UsageError(Exception):
@@ -87,15 +77,18 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 
 def plan(systems_arg: str) -> list[str]:
-    """The systems to run, in protocol order; GANMasker two-stage brings its stage 1."""
+    """The entries to run, in protocol order; an entry that reads its mask maps from another
+    entry's run (``maps_from``, e.g. a two-stage system's stage 1) brings that entry."""
     wanted = [s.strip() for s in systems_arg.split(",") if s.strip()]
     unknown = [s for s in wanted if s not in protocol.SYSTEMS]
     if unknown or not wanted:
         raise UsageError(f"--systems: unknown {', '.join(unknown) or '(none given)'}; choose "
                          f"from {', '.join(protocol.SYSTEMS)}")
-    if "ganmasker" in wanted and "ganmasker_seg" not in wanted:
-        print("reproduce: ganmasker (two-stage) needs its stage 1: adding ganmasker_seg")
-        wanted.append("ganmasker_seg")
+    for name in list(wanted):
+        dep = protocol.ENTRIES[name].get("maps_from")
+        if dep and dep not in wanted:
+            print(f"reproduce: {name} reads its mask maps from {dep}: adding {dep}")
+            wanted.append(dep)
     return [s for s in protocol.SYSTEMS if s in wanted]
 
 
@@ -107,8 +100,9 @@ def command(system: str, args: argparse.Namespace, out: str) -> list[str]:
            f"--workdir={run_dir(out, system)}"]
     if args.data_dir:
         cmd.append(f"--config.data.data_dir={os.path.abspath(args.data_dir)}")
-    if system == "ganmasker":
-        cmd.append(f"--config.model.segmenter_workdir={run_dir(out, 'ganmasker_seg')}")
+    dep = protocol.ENTRIES[system].get("maps_from")
+    if dep:
+        cmd.append(f"--config.model.segmenter_workdir={run_dir(out, dep)}")
     return cmd
 
 
@@ -247,22 +241,21 @@ def claims(runs: dict[str, dict[str, Any]]) -> list[tuple[str, str, str]]:
         ok = va > vb if higher else va < vb
         out.append((claim, f"{key}: {va:.4f} vs {vb:.4f}", "yes" if ok else "no"))
 
-    compare("Ye: Train B beats Train A in the mask region", "ye_b", "ye_a", "psnr_mask")
-    compare("Ye: Train B beats Train A on the whole raw output", "ye_b", "ye_a",
-            "raw_psnr")
-    compare("Ye: Train C beats Train B in the mask region", "ye_c", "ye_b", "psnr_mask")
-    compare("GANMasker: two-stage beats one-stage", "ganmasker", "ganmasker_one_stage", "psnr")
-    uv = _metric(runs, "unveilify", "id_sim")
-    others = {s: _metric(runs, s, "id_sim") for s in IDENTITY_FREE}
-    others = {s: v for s, v in others.items() if v is not None}
-    if uv is None or not others:
-        out.append(("UnVeilify: better identity similarity than identity-free systems",
-                    "not run", "—"))
-    else:
-        best = max(others, key=others.get)
-        out.append(("UnVeilify: better identity similarity than identity-free systems",
-                    f"id_sim: {uv:.4f} vs best identity-free {others[best]:.4f} ({best})",
-                    "yes" if uv > others[best] else "no"))
+    for c in protocol.CLAIMS:
+        if c["against"] != "identity_free":
+            compare(c["claim"], c["entry"], c["against"], c["key"], c.get("higher", True))
+            continue
+        # The best of the entries that remove masks without an identity image.
+        ours = _metric(runs, c["entry"], c["key"])
+        others = {s: _metric(runs, s, c["key"]) for s in IDENTITY_FREE}
+        others = {s: v for s, v in others.items() if v is not None}
+        if ours is None or not others:
+            out.append((c["claim"], "not run", "—"))
+            continue
+        best = (max if c.get("higher", True) else min)(others, key=others.get)
+        ok = ours > others[best] if c.get("higher", True) else ours < others[best]
+        out.append((c["claim"], f"{c['key']}: {ours:.4f} vs best identity-free "
+                    f"{others[best]:.4f} ({best})", "yes" if ok else "no"))
     return out
 
 
@@ -421,8 +414,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             if system in done:
                 print(f"reproduce: {system}: finished earlier, not trained again")
                 continue
-            if system == "ganmasker" and "ganmasker_seg" in failed:
-                print("reproduce: ganmasker: skipped, its stage 1 (ganmasker_seg) failed")
+            dep = protocol.ENTRIES[system].get("maps_from")
+            if dep in failed:
+                print(f"reproduce: {system}: skipped, {dep} (its mask maps) failed")
                 failed.append(system)
                 continue
             if train(system, cmd, out)["status"] != "ok":

@@ -15,7 +15,9 @@ Rows (images/s; the ratio columns are JAX speed / PyTorch speed):
   The torch D outputs sigmoid probabilities (the reference's), so its loss is ``BCELoss`` on
   them; the Flax D outputs logits with ``sigmoid_binary_cross_entropy``: the same function.
   No LPIPS / identity terms (the torch side would need those networks with the same weights).
-  JAX: one jitted step with the state donated; PyTorch: the same sequence by hand.
+  JAX: the system's own ``train_step`` (configs/unveilify.py with these widths, only the L1
+  and GAN terms, inputs taken as already in the networks' space), jitted with the state
+  donated as the trainer does; PyTorch: the same sequence by hand.
 
 Both frameworks start from the same Flax initialisation, exported with
 ``keymaps.flax_to_torch`` and loaded with ``load_state_dict(strict=True)``. The script checks
@@ -181,53 +183,51 @@ def main(argv: list[str] | None = None) -> int:
     del tg, g_dev
 
     # ---------------- train step ----------------
+    # The system's own step (``UnVeilifySystem.train_step``, as the trainer jits it), on
+    # configs/unveilify.py with the benchmark's widths, inputs already in the networks' space
+    # (input_norm 'unit': the batch below is), and only the L1 and GAN terms (the torch twin's
+    # loss below).
+    from ml_collections import config_dict
+
+    from configs import unveilify as unveilify_config
+    from unmask_jax import systems
+    from unmask_jax.state import NetState, TrainState
+
     tx = optax.adam(LR, b1=BETAS[0], b2=BETAS[1], eps=EPS)
+    cfg = unveilify_config.get_config("ref")
+    cfg.data.resolution = res
+    cfg.model.generator_kwargs = config_dict.ConfigDict(g_kwargs)
+    cfg.model.discriminator_kwargs = config_dict.ConfigDict(d_kwargs)
+    cfg.model.input_norm = "unit"
+    cfg.model.backend_forms = args.backend_forms
+    cfg.loss.terms = config_dict.ConfigDict({
+        "gan": {"weight": 1.0, "kind": "vanilla"},
+        "l1": {"weight": L1_WEIGHT, "pred": "output_model", "target": "target_model"}})
+    cfg.loss.d_scale = D_SCALE
+    system = systems.build(cfg)
+    system.cpu_library = args.cpu_library
+    txs = {"generator": tx, "discriminator": tx}
+    frozen = system.load_frozen()
+    step = system.jit(functools.partial(system.train_step, txs=txs), donate_argnums=(0,))
 
-    def bce(logits, label):
-        return jnp.mean(optax.sigmoid_binary_cross_entropy(logits, jnp.full_like(logits, label)))
+    def net_state(variables):
+        return NetState(variables["params"],
+                        {k: v for k, v in variables.items() if k != "params"},
+                        tx.init(variables["params"]))
 
-    def jax_step(state, masked, identity, target):
-        gp, gs, go, dp, do = state
-
-        def gen(p):
-            out, mut = G.apply({"params": p, **gs}, masked, identity, True,
-                               mutable=["batch_stats"])
-            return out, mut
-
-        fake, g_vjp, g_mut = jax.vjp(gen, gp, has_aux=True)
-
-        def d_loss_fn(p):
-            logits = D.apply({"params": p}, jnp.concatenate([target, jax.lax.stop_gradient(
-                fake)]), jnp.concatenate([identity, identity]), True)
-            real, fk = jnp.split(logits, 2)
-            return D_SCALE * (bce(real, 1.0) + bce(fk, 0.0))
-
-        d_loss, d_grads = jax.value_and_grad(d_loss_fn)(dp)
-        d_upd, do = tx.update(d_grads, do, dp)
-        dp = optax.apply_updates(dp, d_upd)
-
-        def g_loss_fn(f):
-            adv = bce(D.apply({"params": dp}, f, identity, True), 1.0)
-            return L1_WEIGHT * jnp.mean(jnp.abs(f - target)) + adv
-
-        g_loss, dfake = jax.value_and_grad(g_loss_fn)(fake)
-        (g_grads,) = g_vjp(dfake)
-        g_upd, go = tx.update(g_grads, go, gp)
-        gp = optax.apply_updates(gp, g_upd)
-        return (gp, g_mut, go, dp, do), {"d_loss": d_loss, "g_loss": g_loss}
-
-    step = jit(jax_step, donate_argnums=(0,))
     for b in ([] if args.skip_train else batches):
         rng = np.random.default_rng(100 + b)
         masked, identity, target = (rng.normal(size=(b, res, res, 3)).astype(np.float32)
                                     for _ in range(3))
         mj, ij, yj = jnp.asarray(masked), jnp.asarray(identity), jnp.asarray(target)
-        state = (g_vars["params"], {"batch_stats": g_vars["batch_stats"]},
-                 tx.init(g_vars["params"]), d_vars["params"], tx.init(d_vars["params"]))
+        state = TrainState(step=jnp.zeros((), jnp.int32), rng=jax.random.PRNGKey(0),
+                           nets={"generator": net_state(g_vars),
+                                 "discriminator": net_state(d_vars)})
         holder = {"state": jax.tree.map(jnp.array, state)}
+        batch = {"masked": mj, "identity": ij, "target": yj}
 
         def run_jax():
-            holder["state"], metrics = step(holder["state"], mj, ij, yj)
+            holder["state"], metrics = step(holder["state"], batch, frozen)
             return jax.block_until_ready(metrics)
 
         t0 = time.perf_counter()

@@ -45,6 +45,25 @@ from configs import default
 VARIANTS = ("seg", "unmask", "one_stage", "512", "seg_quick", "unmask_quick",
             "one_stage_quick")
 
+#: This file's runs in the one-protocol reproduction (configs/reproduce.py): entry -> the
+#: paper's variant, the small-widths variant, the report's label, its row, whether it removes
+#: masks and whether it sees an identity image.
+REPRODUCE = {
+    "ganmasker_seg": dict(paper="seg", small="seg_quick", label="GANMasker stage 1 (M-Seg)",
+                          row=5, unmasks=False, identity=False),
+    # maps_from: the entry whose run gives its mask maps (model.segmenter_workdir).
+    "ganmasker": dict(paper="unmask", small="unmask_quick", label="GANMasker two-stage",
+                      row=6, unmasks=True, identity=False, maps_from="ganmasker_seg"),
+    "ganmasker_one_stage": dict(paper="one_stage", small="one_stage_quick",
+                                label="GANMasker one-stage (ablation)", row=7, unmasks=True,
+                                identity=False),
+}
+#: The paper's claims (see configs/ye.py).
+CLAIMS = (
+    dict(claim="GANMasker: two-stage beats one-stage", entry="ganmasker",
+         against="ganmasker_one_stage", key="psnr"),
+)
+
 
 def get_config(variant: str = "unmask"):
     variant = variant or "unmask"

@@ -12,6 +12,14 @@ by default; any source by override.
 """
 from configs import default
 
+#: This file's runs in the one-protocol reproduction (configs/reproduce.py): entry -> the
+#: paper's variant, the small-widths variant, the report's label, its row, whether it removes
+#: masks and whether it sees an identity image.
+REPRODUCE = {
+    "tf_tutorial": dict(paper="", small="quick", label="Masked GANs (TF pix2pix tutorial)",
+                        row=4, unmasks=True, identity=False),
+}
+
 
 def get_config(variant: str = ""):
     c = default.get_config()

@@ -11,6 +11,14 @@ Variants: ``:quick`` (64x64, small widths, ~3 min on CPU).
 """
 from configs import default
 
+#: This file's runs in the one-protocol reproduction (configs/reproduce.py): entry -> the
+#: paper's variant, the small-widths variant, the report's label, its row, whether it removes
+#: masks and whether it sees an identity image.
+REPRODUCE = {
+    "pix2pix": dict(paper="", small="quick", label="pix2pix (Isola et al.)", row=0,
+                    unmasks=True, identity=False),
+}
+
 
 def get_config(variant: str = ""):
     c = default.get_config()

@@ -2,10 +2,12 @@
 
 ``--config=configs/reproduce.py:SYSTEM,SCALE,DATA`` -- for example ``ye_c,cpu,celeba``:
 
-- SYSTEM (:data:`SYSTEMS`): ``pix2pix``, ``ye_a``, ``ye_b``, ``ye_c``, ``tf_tutorial``
-  (configs/masked_gan.py), ``ganmasker_seg`` (stage 1, M-Seg), ``ganmasker`` (stage 2,
-  FU-Net; evaluated two-stage with ``--config.model.segmenter_workdir=<the ganmasker_seg
-  run>``), ``ganmasker_one_stage``, ``unveilify``.
+- SYSTEM (:data:`SYSTEMS`): the entries the config files declare (``REPRODUCE`` in each
+  file, with their report labels and their papers' ``CLAIMS``): ``pix2pix``, ``ye_a``,
+  ``ye_b``, ``ye_c``, ``tf_tutorial`` (configs/masked_gan.py), ``ganmasker_seg`` (stage 1,
+  M-Seg), ``ganmasker`` (stage 2, FU-Net; evaluated two-stage with
+  ``--config.model.segmenter_workdir=<the ganmasker_seg run>``), ``ganmasker_one_stage``,
+  ``unveilify``.
 - SCALE (:data:`SCALES`):
 
   * ``smoke``: minutes for all of them; checks that every system trains and evaluates.
@@ -32,21 +34,37 @@ augmentation.
 from __future__ import annotations
 
 import importlib
+import pkgutil
 
 from ml_collections import config_dict
 
+
+def _declared() -> tuple[dict[str, dict], tuple[dict, ...]]:
+    """Every config file's ``REPRODUCE`` entries (with ``module``: the file) in ``row`` order,
+    and their ``CLAIMS`` in the order of their first entry's row."""
+    import configs
+    entries, claims = {}, []
+    for info in sorted(pkgutil.iter_modules(configs.__path__), key=lambda m: m.name):
+        if info.name in ("reproduce", "default"):
+            continue
+        mod = importlib.import_module(f"configs.{info.name}")
+        for name, entry in getattr(mod, "REPRODUCE", {}).items():
+            if name in entries:
+                raise ValueError(f"configs/{info.name}.py: reproduction entry {name!r} is "
+                                 f"also declared in configs/{entries[name]['module']}.py")
+            entries[name] = {"module": info.name, **entry}
+        claims += list(getattr(mod, "CLAIMS", ()))
+    entries = dict(sorted(entries.items(), key=lambda kv: kv[1]["row"]))
+    order = list(entries)
+    claims.sort(key=lambda c: order.index(c["entry"]))
+    return entries, tuple(claims)
+
+
+#: name -> its declaration (the ``REPRODUCE`` dicts of the config files, plus ``module``).
+ENTRIES, CLAIMS = _declared()
 #: name -> (config module, the paper's variant, the small-widths variant).
 SYSTEMS: dict[str, tuple[str, str, str]] = {
-    "pix2pix": ("pix2pix", "", "quick"),
-    "ye_a": ("ye", "a", "a_quick"),
-    "ye_b": ("ye", "b", "b_quick"),
-    "ye_c": ("ye", "c", "c_quick"),
-    "tf_tutorial": ("masked_gan", "", "quick"),
-    "ganmasker_seg": ("ganmasker", "seg", "seg_quick"),
-    "ganmasker": ("ganmasker", "unmask", "unmask_quick"),
-    "ganmasker_one_stage": ("ganmasker", "one_stage", "one_stage_quick"),
-    "unveilify": ("unveilify", "ref", "quick"),
-}
+    name: (e["module"], e["paper"], e["small"]) for name, e in ENTRIES.items()}
 
 #: Scales with one common setting: resolution, batch, steps, eval images, logging and
 #: checkpoint intervals. ``full`` keeps each paper's config.

@@ -57,6 +57,20 @@ from ml_collections import config_dict
 from configs import default
 
 VARIANTS = ("ref", "quick")
+
+#: This file's runs in the one-protocol reproduction (configs/reproduce.py): entry -> the
+#: paper's variant, the small-widths variant, the report's label, its row, whether it removes
+#: masks and whether it sees an identity image.
+REPRODUCE = {
+    "unveilify": dict(paper="ref", small="quick", label="UnVeilify (identity image)", row=8,
+                      unmasks=True, identity=True),
+}
+#: The paper's claims (see configs/ye.py); ``against="identity_free"``: the best of the
+#: entries that remove masks without seeing an identity image.
+CLAIMS = (
+    dict(claim="UnVeilify: better identity similarity than identity-free systems",
+         entry="unveilify", against="identity_free", key="id_sim"),
+)
 UNVEILIFY_CROP_256 = (35, 223, 32, 220)
 
 
@@ -74,7 +88,7 @@ def get_config(variant: str = "ref"):
     c.data.flip = True                 # horizontal flip of the pair
     c.data.vflip = True                # vertical flip of the pair
     c.data.rot90 = True                # rotation of the pair by k * 90 degrees
-    c.data.identity_augment = "unveilify"  # identity image: own flips, rotation in [-90, 90]
+    c.data.identity_augment = "flip_rotate"  # identity image: own flips, rotation in [-90, 90]
     # Corners the rotation uncovers: the reference fills 0 in ImageNet-normalised space, i.e.
     # the ImageNet mean colour.
     c.data.identity_rotation_fill = (124, 116, 104)

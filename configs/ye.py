@@ -20,6 +20,28 @@ Use LFW with --config.data.source=lfw --config.data.data_dir=PATH/lfw
 """
 from configs import default
 
+#: This file's runs in the one-protocol reproduction (configs/reproduce.py): entry -> the
+#: paper's variant, the small-widths variant, the report's label, its row, whether it removes
+#: masks and whether it sees an identity image.
+REPRODUCE = {
+    "ye_a": dict(paper="a", small="a_quick", label="Ye Train A (pix2pix, 3 ch)", row=1,
+                 unmasks=True, identity=False),
+    "ye_b": dict(paper="b", small="b_quick", label="Ye Train B (pix2pix, image + map)", row=2,
+                 unmasks=True, identity=False),
+    "ye_c": dict(paper="c", small="c_quick", label="Ye Train C (dilated SE U-Net, SSIM)",
+                 row=3, unmasks=True, identity=False),
+}
+#: The paper's claims checked on the reproduction's numbers: ``entry`` beats ``against`` on
+#: the metric ``key`` (higher is better unless ``higher=False``).
+CLAIMS = (
+    dict(claim="Ye: Train B beats Train A in the mask region", entry="ye_b", against="ye_a",
+         key="psnr_mask"),
+    dict(claim="Ye: Train B beats Train A on the whole raw output", entry="ye_b",
+         against="ye_a", key="raw_psnr"),
+    dict(claim="Ye: Train C beats Train B in the mask region", entry="ye_c", against="ye_b",
+         key="psnr_mask"),
+)
+
 
 def get_config(variant: str = "a"):
     c = default.get_config()

@@ -25,7 +25,7 @@ import numpy as np
 
 FRAMINGS = ("landmarks", "center")
 #: Values of ``DataConfig.identity_augment`` (see there).
-IDENTITY_AUGMENTS = ("none", "flip", "unveilify")
+IDENTITY_AUGMENTS = ("none", "flip", "flip_rotate")
 
 #: Types of the fields whose default is None (config placeholders need a type).
 OPTIONAL_FIELD_TYPES: dict[str, type] = {"data_dir": str}
@@ -63,15 +63,15 @@ class DataConfig:
     identity_image: bool = False
     # Augmentation of the identity image in training (independent of the target's; eval
     # identity images are never augmented): "none"; "flip" (default): its own random
-    # horizontal flip when ``flip`` is on; "unveilify": its own random vertical and
+    # horizontal flip when ``flip`` is on; "flip_rotate": its own random vertical and
     # horizontal flips (p 0.5 each) and a rotation by a uniform angle in [-90, 90] degrees
     # about the centre (nearest neighbour, corners filled with the model's zero = mid-grey,
-    # as torchvision's RandomRotation on UnVeilify's normalised tensors). Ignored without
+    # as torchvision's RandomRotation on normalised tensors; UnVeilify's choice). Ignored without
     # ``identity_image``.
     identity_augment: str = "flip"
-    # uint8 RGB of the corners the "unveilify" rotation uncovers: mid-grey (a [-1, 1] model's
-    # 0); UnVeilify's reference rotates its ImageNet-normalised tensors, so its 0 fill is the
-    # ImageNet mean colour (124, 116, 104), which configs/unveilify.py sets.
+    # uint8 RGB of the corners the "flip_rotate" rotation uncovers: mid-grey (a [-1, 1] model's
+    # 0); a model fed ImageNet-normalised tensors has the ImageNet mean colour
+    # (124, 116, 104) as its 0 (configs/unveilify.py sets it).
     identity_rotation_fill: tuple[int, int, int] = (128, 128, 128)
     num_workers: int = 0            # Grain worker processes (0: prepare in this process)
     worker_buffer_size: int = 2

@@ -93,10 +93,10 @@ def _tag_position(position: int, record: Mapping[str, Any]) -> dict[str, Any]:
     return out
 
 
-#: Default uint8 fill of the identity image's rotated-in corners ("unveilify"): mid-grey,
+#: Default uint8 fill of the identity image's rotated-in corners ("flip_rotate"): mid-grey,
 #: which a [-1, 1] model sees as ~0 (``DataConfig.identity_rotation_fill`` sets it).
 IDENTITY_ROTATION_FILL = (128, 128, 128)
-#: Largest identity-image rotation ("unveilify"): uniform in [-90, 90] degrees.
+#: Largest identity-image rotation ("flip_rotate"): uniform in [-90, 90] degrees.
 IDENTITY_MAX_ROTATION_DEG = 90.0
 #: How many other images of the person are tried before the example is skipped.
 IDENTITY_TRIES = 4
@@ -268,7 +268,7 @@ class PrepareExample:
         vflip = angle = None
         if mode == "flip":
             hflip = bool(cfg.flip and rng.random() < 0.5)
-        elif mode == "unveilify":
+        elif mode == "flip_rotate":
             vflip, hflip = bool(rng.random() < 0.5), bool(rng.random() < 0.5)
             angle = float(rng.uniform(-IDENTITY_MAX_ROTATION_DEG, IDENTITY_MAX_ROTATION_DEG))
         else:

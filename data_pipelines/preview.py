@@ -3,7 +3,7 @@
     python -m data_pipelines.preview --source=NAME [--data_dir=PATH] [--resolution=256]
         [--num=16] [--seed=0] [--split=train] [--source_option k=v ...] [--identity]
         [--mask_types=surgical,n95] [--cols=N] [--train [--vflip] [--rot90]
-        [--identity_augment=none|flip|unveilify]] --out=grid.png
+        [--identity_augment=none|flip|flip_rotate]] --out=grid.png
 
 Every example is one strip of tiles: masked | mask map | target [| identity image]; the
 strips are laid out ``--cols`` to a row (default: about square). The examples come from
@@ -153,7 +153,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--rot90", action="store_true",
                         help="DataConfig.rot90 (training only: use with --train)")
     parser.add_argument("--identity_augment", default="flip",
-                        help="DataConfig.identity_augment: none, flip or unveilify "
+                        help="DataConfig.identity_augment: none, flip or flip_rotate "
                              "(training only: use with --train)")
     parser.add_argument("--out", required=True, help="output PNG path")
     args = parser.parse_args(argv)

@@ -413,6 +413,21 @@ def test_a_relative_workdir_saves_and_restores(tmp_path, monkeypatch):
     assert restored and int(state["step"]) == 2
 
 
+def test_recorded_configs_read_renamed_and_removed_keys_and_values():
+    recorded = {"model": {"cpu_convolutions": "eigen", "generator": "g"},
+                "data": {"identity_augment": "unveilify", "resolution": 64}}
+    up = checkpoints.upgrade_recorded(recorded)
+    assert up == {"model": {"generator": "g"},
+                  "data": {"identity_augment": "flip_rotate", "resolution": 64}}
+    assert recorded["data"]["identity_augment"] == "unveilify"
+    current = {"model": {"generator": "g"},
+               "data": {"identity_augment": "flip_rotate", "resolution": 64}}
+    assert checkpoints.compare_configs(recorded, current) == ([], [])
+    current["data"]["identity_augment"] = "flip"
+    assert checkpoints.compare_configs(recorded, current)[0] == [
+        ("data.identity_augment", "flip_rotate", "flip")]
+
+
 def test_runs_recorded_before_the_backend_seam_resume_and_rebuild():
     """Configs as checkpoints recorded them at a1de79c (tests/data), with
     ``model.cpu_convolutions`` and without ``model.backend_forms``: today's configs differ
@@ -432,7 +447,11 @@ def test_runs_recorded_before_the_backend_seam_resume_and_rebuild():
         assert "cpu_convolutions" in recorded[name]["model"], name
         unsafe, safe = checkpoints.compare_configs(recorded[name], config)
         assert unsafe == [], (name, unsafe)
-        assert [k for k, _, _ in safe] == ["model.cpu_convolutions"], (name, safe)
-        system = systems.build(config_dict.ConfigDict(recorded[name]))
+        # model.cpu_convolutions is a removed key (checkpoints.REMOVED_KEYS): dropped.
+        assert safe == [], (name, safe)
+        upgraded = checkpoints.upgrade_recorded(recorded[name])
+        assert "cpu_convolutions" not in upgraded["model"]
+        assert "cpu_convolutions" in recorded[name]["model"]  # the recording is not changed
+        system = systems.build(config_dict.ConfigDict(upgraded))
         assert system.backend_forms == "auto"
         assert system.cpu_library == ("eigen" if name.startswith("ganmasker") else "ynnpack")

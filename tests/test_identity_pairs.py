@@ -237,7 +237,7 @@ def test_defaults_draw_nothing_and_augmentation_is_training_only():
     assert DataConfig().identity_augment == "flip"
     # Eval: the new settings change nothing, identity images included.
     plain = cfg_of()
-    aug = cfg_of(vflip=True, rot90=True, identity_augment="unveilify")
+    aug = cfg_of(vflip=True, rot90=True, identity_augment="flip_rotate")
     a = take(pipeline.eval_dataset(plain, batch_size=8, num_images=8))
     b = take(pipeline.eval_dataset(aug, batch_size=8, num_images=8))
     for k in a[0]:
@@ -246,14 +246,14 @@ def test_defaults_draw_nothing_and_augmentation_is_training_only():
     x = take(pipeline.train_dataset(aug, batch_size=4), 2)
     y = take(pipeline.train_dataset(aug, batch_size=4), 2)
     z = take(pipeline.train_dataset(cfg_of(vflip=True, rot90=True, seed=1,
-                                           identity_augment="unveilify"), batch_size=4), 2)
+                                           identity_augment="flip_rotate"), batch_size=4), 2)
     for u, v in zip(x, y):
         assert all(u[k].tobytes() == v[k].tobytes() for k in u)
     assert x[0]["identity"].tobytes() != z[0]["identity"].tobytes()
 
 
-def test_unveilify_identity_augmentation_is_flips_then_rotation():
-    cfg = cfg_of(identity_augment="unveilify")
+def test_flip_rotate_identity_augmentation_is_flips_then_rotation():
+    cfg = cfg_of(identity_augment="flip_rotate")
     source = pipeline.build_source(cfg, "train")
     other = source[1]
     base = frame(other, cfg)
@@ -283,11 +283,11 @@ def test_new_fields_are_validated_and_settable_from_the_command_line():
         with pytest.raises(ValueError, match=f"config.data.{key}="):
             cfg_of(**{key: bad})
     c = parse_command_line("--config.data.vflip=True", "--config.data.rot90=True",
-                           "--config.data.identity_augment=unveilify",
+                           "--config.data.identity_augment=flip_rotate",
                            "--config.data.identity_image=True")
     cfg = DataConfig.from_dict(c.data.to_dict())
     assert (cfg.vflip, cfg.rot90, cfg.identity_augment, cfg.identity_image) == (
-        True, True, "unveilify", True)
+        True, True, "flip_rotate", True)
     assert DataConfig.from_dict(parse_command_line().data.to_dict()).vflip is False
 
 
@@ -296,7 +296,7 @@ def test_preview_of_the_augmented_training_stream(tmp_path):
 
     args = ["--source=synthetic", "--resolution=64", "--num=4", "--identity",
             "--source_option", "num_records=8", "--source_option", "images_per_identity=2"]
-    train = [*args, "--train", "--vflip", "--rot90", "--identity_augment=unveilify"]
+    train = [*args, "--train", "--vflip", "--rot90", "--identity_augment=flip_rotate"]
     a, b, c = tmp_path / "a.png", tmp_path / "b.png", tmp_path / "c.png"
     assert preview.main([*train, f"--out={a}"]) == 0
     assert preview.main([*train, f"--out={b}"]) == 0

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from configs import default, masked_gan, pix2pix, ye
-from unmask_jax import main, programs, state as state_lib, systems, train
+from unmask_jax import checkpoints, main, programs, state as state_lib, systems, train
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -309,3 +309,42 @@ def test_export_without_checkpoint_names_the_workdir(tmp_path):
     from unmask_jax.export import checkpoint as export_checkpoint
     with pytest.raises(FileNotFoundError, match="no checkpoint"):
         export_checkpoint.export_checkpoint(tiny_config(), str(tmp_path))
+
+
+def test_other_modes_run_with_the_runs_recorded_config(tmp_path, full_run, caplog):
+    """Export, evaluate, predict and compile on a run start from the config its checkpoint
+    recorded: the config file alone (without the run's overrides: batch size, widths) is
+    enough, training-only differences are logged and not used, and each mode takes only
+    what it may change from the command line."""
+    from configs import pix2pix
+    from unmask_jax import run_config
+    from unmask_jax.export import checkpoint as export_checkpoint
+    given = pix2pix.get_config("quick")  # ngf 64, batch 16: the run had ngf 8, batch 4
+    given.train.batch_size = 16
+    given.eval.num_images = 4
+    given.predict.batch_size = 2
+    given.train.compute_dtype = "bfloat16"
+    given.model.generator_kwargs.extra = 3   # a key the run never had
+    with caplog.at_level("INFO"):
+        export_cfg = run_config.for_mode(given, str(full_run), "export")
+    assert export_cfg.train.batch_size == 4
+    assert export_cfg.model.generator_kwargs.to_dict() == \
+        tiny_config().model.generator_kwargs.to_dict()
+    assert export_cfg.eval.num_images == 8
+    assert "train.batch_size: 4 -> 16" in caplog.text
+    entries = export_checkpoint.export_checkpoint(export_cfg, str(full_run),
+                                                  str(tmp_path / "export"))
+    assert entries["generator"]["step"] == 6
+    # Without the recorded config, the same given config is refused (networks differ).
+    with pytest.raises(checkpoints.CheckpointError, match="generator_kwargs.ngf"):
+        export_checkpoint.export_checkpoint(pix2pix.get_config("quick"), str(full_run),
+                                            str(tmp_path / "x"))
+    ev = run_config.for_mode(given, str(full_run), "evaluate")
+    assert (ev.eval.num_images, ev.train.batch_size) == (4, 4)
+    pr = run_config.for_mode(given, str(full_run), "predict")
+    assert (pr.predict.batch_size, pr.eval.num_images) == (2, 8)
+    co = run_config.for_mode(given, str(full_run), "compile")
+    assert (co.train.compute_dtype, co.train.batch_size) == ("bfloat16", 4)
+    # Training, or a workdir without a checkpoint: the given config as it is.
+    assert run_config.for_mode(given, str(full_run), "train") is given
+    assert run_config.for_mode(given, str(tmp_path / "none"), "export") is given

@@ -33,7 +33,7 @@ import logging
 import math
 import os
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, Sequence
 
 import grain
 import jax
@@ -74,20 +74,18 @@ SAFE_CONFIG_KEYS = (
     "data.data_dir",
     "data.read_threads",
     "data.worker_buffer_size",
-    # Initial weights from PyTorch files: only used when a run starts without a checkpoint.
+    # Initial weights from PyTorch files: only used when a run starts without a checkpoint
+    # (a system's own such keys: System.resume_safe_keys).
     "model.generator_init",
     "model.discriminator_init",
-    "model.psp_irse50_init",
     "train.early_stopping.*",
     # Prediction settings, and the frozen stage-1 run that evaluation/prediction read masks
     # from: neither changes the trained networks.
     "predict.*",
     "model.segmenter_workdir",
     # How the layers are computed on the platform (unmask_jax/backends): the same networks
-    # and numbers up to float rounding. model.cpu_convolutions is the key runs recorded
-    # before model.backend_forms (the system now states its XLA CPU library).
+    # and numbers up to float rounding.
     "model.backend_forms",
-    "model.cpu_convolutions",
 )
 
 #: Keys added to the config after checkpoint format 2, with the value that keeps the earlier
@@ -101,6 +99,55 @@ ADDED_KEYS = {
     "data.identity_rotation_fill": [128, 128, 128],
     "model.backend_forms": "auto",
 }
+
+
+#: How a config recorded by an earlier version reads today (:func:`upgrade_recorded`, applied
+#: wherever a recorded config is compared or rebuilt: resume, evaluate, predict, export):
+#: keys removed since (dropped from the recording), keys renamed (old -> new) and values
+#: renamed (key -> {old: new}).
+REMOVED_KEYS = (
+    # The XLA CPU convolution choice, before model.backend_forms (systems now state their
+    # XLA CPU library).
+    "model.cpu_convolutions",
+)
+RENAMED_KEYS: dict[str, str] = {}
+RENAMED_VALUES = {
+    # The identity image's flips + rotation, named after the first system that used it.
+    "data.identity_augment": {"unveilify": "flip_rotate"},
+}
+
+
+def upgrade_recorded(recorded: Mapping[str, Any]) -> dict[str, Any]:
+    """A recorded JSON config with :data:`REMOVED_KEYS`, :data:`RENAMED_KEYS` and
+    :data:`RENAMED_VALUES` applied (a new dict; the recording itself is not changed)."""
+    out = json.loads(json.dumps(recorded))
+
+    def parent(key: str, create: bool = False):
+        node = out
+        *path, leaf = key.split(".")
+        for part in path:
+            if not isinstance(node.get(part), dict):
+                if not create:
+                    return None, leaf
+                node[part] = {}
+            node = node[part]
+        return node, leaf
+
+    for key in REMOVED_KEYS:
+        node, leaf = parent(key)
+        if node is not None:
+            node.pop(leaf, None)
+    for old, new in RENAMED_KEYS.items():
+        node, leaf = parent(old)
+        if node is not None and leaf in node:
+            value = node.pop(leaf)
+            dst, dleaf = parent(new, create=True)
+            dst.setdefault(dleaf, value)
+    for key, values in RENAMED_VALUES.items():
+        node, leaf = parent(key)
+        if node is not None and isinstance(node.get(leaf), str) and node[leaf] in values:
+            node[leaf] = values[node[leaf]]
+    return out
 
 
 class CheckpointError(Exception):
@@ -192,19 +239,23 @@ def flatten(data: Any, prefix: str = "") -> dict[str, Any]:
     return {prefix[:-1]: data}
 
 
-def is_safe_config_key(key: str) -> bool:
-    """True if ``key`` (dotted) may change when a run resumes (see :data:`SAFE_CONFIG_KEYS`)."""
-    return any(fnmatch.fnmatchcase(key, pattern) for pattern in SAFE_CONFIG_KEYS)
+def is_safe_config_key(key: str, system_keys: Sequence[str] = ()) -> bool:
+    """True if ``key`` (dotted) may change when a run resumes (see :data:`SAFE_CONFIG_KEYS`;
+    ``system_keys``: the patterns the run's system declares, ``System.resume_safe_keys``)."""
+    return any(fnmatch.fnmatchcase(key, pattern)
+               for pattern in (*SAFE_CONFIG_KEYS, *system_keys))
 
 
-def compare_configs(recorded: Mapping[str, Any], current: Any
+def compare_configs(recorded: Mapping[str, Any], current: Any, system_keys: Sequence[str] = ()
                     ) -> tuple[list[tuple[str, Any, Any]], list[tuple[str, Any, Any]]]:
-    """(unsafe changes, safe changes) between a recorded JSON config and the current config.
+    """(unsafe changes, safe changes) between a recorded JSON config (read as today's code
+    reads it: :func:`upgrade_recorded`) and the current config; ``system_keys``: the
+    resume-safe keys the system declares.
 
     Each change is (dotted key, recorded value, current value); a side that lacks the key has
     the value ``"<unset>"``.
     """
-    old = flatten(recorded)
+    old = flatten(upgrade_recorded(recorded))
     new = flatten(config_to_json(current))
     unsafe, safe = [], []
     for key in sorted(set(old) | set(new)):
@@ -213,7 +264,8 @@ def compare_configs(recorded: Mapping[str, Any], current: Any
                                     for pattern, default in ADDED_KEYS.items()):
             continue  # a setting newer than the checkpoint, at its behaviour-keeping value
         if before != after:
-            (safe if is_safe_config_key(key) else unsafe).append((key, before, after))
+            (safe if is_safe_config_key(key, system_keys) else unsafe).append(
+                (key, before, after))
     return unsafe, safe
 
 
@@ -222,9 +274,10 @@ def _fmt_changes(changes: list[tuple[str, Any, Any]]) -> str:
                      f"{json.dumps(b) if b is not _UNSET else b}" for key, a, b in changes)
 
 
-def check_meta(meta: Mapping[str, Any], step: int, where: str, config=None) -> None:
+def check_meta(meta: Mapping[str, Any], step: int, where: str, config=None,
+               system_keys: Sequence[str] = ()) -> None:
     """Raises CheckpointError unless checkpoint ``step`` (its ``meta``) fits this code and
-    ``config``; logs the safe config changes."""
+    ``config`` (``system_keys``: :func:`compare_configs`); logs the safe config changes."""
     version = meta.get("format_version")
     if version is None:
         raise CheckpointError(
@@ -246,7 +299,7 @@ def check_meta(meta: Mapping[str, Any], step: int, where: str, config=None) -> N
         if config is not None:
             log.info("checkpoint step %d records no config: nothing to compare", step)
         return
-    unsafe, safe = compare_configs(recorded, config)
+    unsafe, safe = compare_configs(recorded, config, system_keys)
     if unsafe:
         lines = "\n".join(f"  {key}: {json.dumps(a) if a is not _UNSET else a} -> "
                           f"{json.dumps(b) if b is not _UNSET else b}" for key, a, b in unsafe)
@@ -364,7 +417,8 @@ class _Attempt:
         self.code, self.reason, self.state, self.error = code, reason, state, error
 
 
-def _try_step(directory: epath.Path, step: int, state: Any, data_iter, config) -> _Attempt:
+def _try_step(directory: epath.Path, step: int, state: Any, data_iter, config,
+              system_keys: Sequence[str] = ()) -> _Attempt:
     step_dir = directory / str(step)
     where = os.fspath(directory)
     # 1. meta: format version, config, process count.
@@ -375,7 +429,7 @@ def _try_step(directory: epath.Path, step: int, state: Any, data_iter, config) -
     except Exception as err:  # pylint: disable=broad-except
         return _Attempt(_CORRUPT, f"meta: {_first_line(err)}")
     try:
-        check_meta(meta, step, where, config)
+        check_meta(meta, step, where, config, system_keys)
     except CheckpointError as err:
         return _Attempt(_INCOMPATIBLE, str(err), error=err)
     # 2. state, into the current shapes and shardings.
@@ -438,7 +492,8 @@ def _agreed_latest(manager: ocp.CheckpointManager) -> int | None:
 
 
 def restore_latest(manager: ocp.CheckpointManager, state: Any, data_iter=None,
-                   step: int | None = None, *, config=None) -> tuple[Any, bool]:
+                   step: int | None = None, *, config=None,
+                   system_keys: Sequence[str] = ()) -> tuple[Any, bool]:
     """Restores ``step`` (default: the newest readable checkpoint) into the shapes and shardings
     of ``state``; every process calls it.
 
@@ -466,7 +521,7 @@ def restore_latest(manager: ocp.CheckpointManager, state: Any, data_iter=None,
         if step not in available:
             raise NoCheckpointError(
                 f"no checkpoint for step {step} in {where}; available: {available}")
-        attempt = _try_step(directory, step, state, data_iter, config)
+        attempt = _try_step(directory, step, state, data_iter, config, system_keys)
         code = parallel.all_processes_max(attempt.code)
         if code == _OK:
             return attempt.state, True
@@ -490,7 +545,8 @@ def restore_latest(manager: ocp.CheckpointManager, state: Any, data_iter=None,
             raise NoCheckpointError(
                 f"no readable checkpoint left in {where}: {details}. Start a new run with a new "
                 f"--workdir (or remove {where}).")
-        attempt = _try_step(directory, candidate, state, data_iter, config)
+        attempt = _try_step(directory, candidate, state, data_iter, config,
+                           system_keys)
         code = parallel.all_processes_max(attempt.code)
         if code == _OK:
             if lost:
@@ -557,4 +613,4 @@ def recorded_config(workdir: str | os.PathLike, step: int | None = None) -> dict
     check_meta(meta, step, os.fspath(checkpoint_dir(workdir)))
     if meta.get("config") is None:
         raise CheckpointError(f"checkpoint step {step} in {workdir} records no config")
-    return meta["config"]
+    return upgrade_recorded(meta["config"])

@@ -170,6 +170,10 @@ def main(argv) -> None:
     log.info(host_allocator.configure(host_allocator.platform_before_start()
                                       or jax.default_backend()))
     try:
+        # Evaluate, predict, export and compile on a run: its recorded config, with what the
+        # mode may change taken from the command line.
+        from unmask_jax import run_config
+        config = run_config.for_mode(config, workdir, mode)
         validate_config(config, mode)
     except (ValueError, TypeError, KeyError) as e:
         _fail(f"bad config {config.name!r}: {e}")

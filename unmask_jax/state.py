@@ -116,5 +116,6 @@ def load_state(config, workdir: str, step: int | None = None, *,
         raise FileNotFoundError(f"no checkpoint for step {step} in {workdir}; available: "
                                 f"{sorted(manager.all_steps())}")
     state, _ = checkpoints.restore_latest(manager, template, None, step=step,
-                                          config=config if check_config else None)
+                                          config=config if check_config else None,
+                                          system_keys=system.resume_safe_keys)
     return state, system, mesh

@@ -91,7 +91,8 @@ def _train(config, workdir: str) -> dict[str, Any]:
     data_iter = iter(data)
 
     manager = checkpoints.make_manager(workdir, config)
-    state, resumed = checkpoints.restore_latest(manager, state, data_iter, config=config)
+    state, resumed = checkpoints.restore_latest(manager, state, data_iter, config=config,
+                                                system_keys=system.resume_safe_keys)
     start = int(state.step)
     if resumed:
         log.info("resumed from %s at step %d", workdir, start)

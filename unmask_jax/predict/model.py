@@ -8,11 +8,14 @@ jitted inference per batch-size bucket.
 * No checkpoint but ``config.model.generator_init`` (PyTorch weights in the network's
   PyTorch layout, e.g. canonical pix2pix): the config given is the geometry.
 
-Mask maps (``MaskPlan``): GANMasker stage 2 finds the map with its own stage 1
-(``model.segmenter_workdir``; ``predict(mask_source="segmenter")`` returns it); systems whose
-generator takes a map read it from a stage-1 run (``systems.ganmasker.load_segmenter_run``)
-or from the user's mask images (``predict.mask``, which wins); systems that need none run as
-trained, and their paste-back region is the map when one is available, else the lower face.
+Mask maps (``MaskPlan``; what a system needs is its ``predict_needs()``): a system that finds
+the map itself with an earlier stage (``PredictNeeds.finds_map``, its stage named by
+``model.segmenter_workdir``) returns it from ``predict`` with ``predict_variant(find_map=True)``;
+systems whose generator takes a map read it from a run that finds maps (:class:`MapRun`: any
+run whose system makes maps and does not unmask, ``model.segmenter_workdir``) or from the
+user's mask images (``predict.mask``, which wins); systems that need none run as trained, and
+their paste-back region is the map when one is available, else the lower face. A map is
+thresholded at the threshold its system declares (``PredictNeeds.map_threshold``).
 """
 from __future__ import annotations
 
@@ -50,6 +53,42 @@ class MaskPlan:
     model_needs_map: bool
 
 
+@dataclasses.dataclass
+class MapRun:
+    """A finished run whose system finds mask maps and does not unmask them (e.g. a
+    segmentation stage), loaded to give another model its map: ``system.predict(state, batch,
+    frozen)["mask"]`` are probabilities, thresholded at ``threshold``."""
+
+    system: Any
+    state: Any
+    frozen: Any
+    threshold: float
+    resolution: int
+    workdir: str
+
+
+def load_map_run(workdir: str) -> MapRun:
+    """The run in ``workdir`` rebuilt with the config it recorded; PredictSetupError when its
+    system unmasks (it is not a run that finds maps)."""
+    from ml_collections import config_dict
+
+    from unmask_jax import checkpoints, state as state_lib, systems
+    recorded = config_dict.ConfigDict(checkpoints.recorded_config(workdir))
+    needs = systems.build(recorded).predict_needs()
+    if needs.unmasks or needs.map_threshold is None:
+        raise PredictSetupError(
+            f"config.model.segmenter_workdir={workdir} is a {recorded.get('system')} run "
+            "that does not find mask maps: name a run of a mask-segmentation stage")
+    state, system, _ = state_lib.load_state(recorded, workdir)
+    log.info("mask maps from %s (%s, step %d)", workdir, system.name, int(state.step))
+    # Inference reads parameters and collections only.
+    state = state.replace(nets={n: net.replace(opt_state=()) for n, net in state.nets.items()})
+    return MapRun(system=system, state=state,
+                  frozen=jax.device_put(system.load_frozen(training=False)),
+                  threshold=float(needs.map_threshold),
+                  resolution=int(recorded.data.resolution), workdir=str(workdir))
+
+
 def _bucket(n: int, batch_size: int) -> int:
     """Padded batch size: the next power of two (capped at ``batch_size``)."""
     b = 1
@@ -77,8 +116,8 @@ class PredictModel:
         needs = system.predict_needs()
         if not needs.unmasks:
             raise PredictSetupError(
-                "this is a GANMasker stage-1 run (M-Seg): it finds masks but does not unmask "
-                "them. Predict with a stage-2 run and name this one with "
+                f"this is a {system.name} run: it finds masks but does not unmask them. "
+                "Predict with a run that unmasks and name this one with "
                 f"--config.model.segmenter_workdir={workdir}")
         self.system = system
         inputs = tuple(getattr(system, "generator_inputs", ()))
@@ -94,11 +133,11 @@ class PredictModel:
         elif seg_workdir:
             self.plan = MaskPlan("segmenter", needs_map)
         elif needs_map:
-            what = ("GANMasker stage 2" if two_stage else
+            what = (f"{system.name} (two stages)" if two_stage else
                     f"this model (generator input {' + '.join(inputs)})")
             raise PredictSetupError(
-                f"{what} needs a mask map: name a GANMasker stage-1 run with "
-                "--config.model.segmenter_workdir=<the :seg run> (it finds the masks), or "
+                f"{what} needs a mask map: name a run that finds masks (a mask-segmentation "
+                "stage) with --config.model.segmenter_workdir=<its workdir>, or "
                 "give your own mask images with --config.predict.mask=<image or folder "
                 "mirroring --input> (white = mask)")
         else:
@@ -109,27 +148,26 @@ class PredictModel:
                 "--config.predict.identity=<photo, or a folder mirroring --input>")
 
         self.state = self._load_state(config, workdir, system, self.pretrained)
-        # Two-stage GANMasker loads its stage 1 here; user masks need no segmenter.
+        # A system that finds its own map loads its earlier stage here, unless the user's
+        # masks make it unneeded.
+        find_map = self.plan.source == "system"
         try:
-            frozen = system.load_frozen(training=False)
-        except ValueError as e:  # e.g. segmenter_workdir naming a run that is not stage 1
+            self.frozen = system.inference_frozen(find_map=find_map)
+        except ValueError as e:  # e.g. segmenter_workdir naming a run that finds no maps
             raise PredictSetupError(str(e)) from None
-        if two_stage and self.plan.source == "user":
-            frozen.pop("segmenter", None)
-        self.frozen = frozen
-        self.segmenter = None
+        self.map_run = None
+        self.map_threshold = needs.map_threshold if find_map else None
         if self.plan.source == "segmenter":
-            from unmask_jax.systems.ganmasker import load_segmenter_run
             try:
-                self.segmenter = load_segmenter_run(seg_workdir)
+                self.map_run = load_map_run(seg_workdir)
             except ValueError as e:
                 raise PredictSetupError(str(e)) from None
-            if self.segmenter.resolution != self.geometry.resolution:
-                log.warning("stage-1 run %s was trained at %dx%d, this model at %dx%d",
-                            seg_workdir, self.segmenter.resolution, self.segmenter.resolution,
+            self.map_threshold = self.map_run.threshold
+            if self.map_run.resolution != self.geometry.resolution:
+                log.warning("mask-map run %s was trained at %dx%d, this model at %dx%d",
+                            seg_workdir, self.map_run.resolution, self.map_run.resolution,
                             self.geometry.resolution, self.geometry.resolution)
-        self.predict_kwargs = ({"mask_source": "segmenter" if self.plan.source == "system"
-                                else "gt"} if two_stage else {})
+        self.predict_kwargs = system.predict_variant(find_map=find_map)
         self._jitted = system.jit(self._infer)
         self.buckets: dict[int, float] = {}   # padded batch size -> first-call seconds
         self.load_seconds = time.perf_counter() - t0
@@ -164,14 +202,15 @@ class PredictModel:
 
     # -- inference -----------------------------------------------------------------------
 
-    def _infer(self, state, frozen, seg_variables, batch):
+    def _infer(self, state, frozen, map_run, batch):
         out = {}
         batch = dict(batch)
-        if self.segmenter is not None:
-            prob = self.segmenter.module.apply(seg_variables, batch["masked"], train=False)
+        if self.map_run is not None:
+            map_state, map_frozen = map_run
+            prob = self.map_run.system.predict(map_state, batch, map_frozen)["mask"]
             prob = prob.astype(jnp.float32)
             out["mask"] = prob
-            batch["mask"] = (prob >= self.segmenter.threshold).astype(batch["masked"].dtype)
+            batch["mask"] = (prob >= self.map_run.threshold).astype(batch["masked"].dtype)
         result = self.system.predict(state, batch, frozen, **self.predict_kwargs)
         out["raw"] = result["raw"].astype(jnp.float32)
         if "mask" in result:
@@ -201,9 +240,10 @@ class PredictModel:
                              else np.ones(masked.shape[:3] + (1,), np.float32))}
         if identity is not None:
             batch["identity"] = pad(identity)
-        seg = self.segmenter.variables if self.segmenter is not None else None
+        map_run = ((self.map_run.state, self.map_run.frozen) if self.map_run is not None
+                   else None)
         t0 = time.perf_counter()
-        out = jax.device_get(self._jitted(self.state, self.frozen, seg, batch))
+        out = jax.device_get(self._jitted(self.state, self.frozen, map_run, batch))
         if b not in self.buckets:
             self.buckets[b] = time.perf_counter() - t0
         return {k: np.asarray(v)[:n] for k, v in out.items()}

@@ -252,10 +252,8 @@ class Predictor:
         source = self.model.plan.source
         if source == "user":
             return face.user_mask[..., 0]
-        if source in ("segmenter", "system"):
-            threshold = (self.model.segmenter.threshold if source == "segmenter"
-                         else float(self.model.system.threshold))
-            return (face.mask[..., 0] >= threshold).astype(np.float32)
+        if self.model.map_threshold is not None:  # a map from a run or the system itself
+            return (face.mask[..., 0] >= self.model.map_threshold).astype(np.float32)
         return faces_lib.lower_face_region(face.crop_landmarks, self.geometry.resolution)
 
     def _finish(self, job: _Job, out_dir: str) -> None:

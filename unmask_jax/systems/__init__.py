@@ -32,4 +32,14 @@ def build(config, abstract_frozen: bool = False) -> System:
     return SYSTEMS[name](config, abstract_frozen=abstract_frozen)
 
 
-__all__ = ["SYSTEMS", "System", "build"]
+def system_class(config) -> type[System]:
+    """The class ``config`` builds (a family's constructor chooses by the config), without
+    building it: its class-level declarations (``resume_safe_keys``, ``report``)."""
+    name = config.get("system", None)
+    if name not in SYSTEMS:
+        raise ValueError(f"config.system={name!r}: choose one of {sorted(SYSTEMS)}")
+    make = SYSTEMS[name]
+    return make if isinstance(make, type) else make.system_class(config)
+
+
+__all__ = ["SYSTEMS", "System", "build", "system_class"]

@@ -74,13 +74,16 @@ class PredictNeeds:
     mask_map    its generator takes the mask map (a stage-1 run or the user's masks give it);
     finds_map   it finds the map itself when its stage-1 run is configured
                 (``predict(..., mask_source="segmenter")``, GANMasker two-stage);
-    identity    it conditions on another photo of the same person.
+    identity    it conditions on another photo of the same person;
+    map_threshold  where it makes a map (a segmentation stage; ``finds_map``), the
+                probability from which a pixel is masked.
     """
 
     unmasks: bool = True
     mask_map: bool = False
     finds_map: bool = False
     identity: bool = False
+    map_threshold: float | None = None
 
 
 class System:
@@ -88,6 +91,10 @@ class System:
 
     #: Registry name (``config.system``).
     name: str = ""
+    #: Config keys (fnmatch patterns) of this system that may change when a run resumes,
+    #: beside ``checkpoints.SAFE_CONFIG_KEYS`` (e.g. a pretrained start read only when a run
+    #: starts without a checkpoint).
+    resume_safe_keys: tuple[str, ...] = ()
 
     def __init__(self, config, abstract_frozen: bool = False):
         self.config = config
@@ -112,6 +119,21 @@ class System:
         (:func:`unmask_jax.backends.jit`)."""
         return backends.jit(fn, platform=platform, forms=self.backend_forms,
                             cpu_library=self.cpu_library, **jit_kwargs)
+
+    # -- inference on photos (``--mode=predict``) ------------------------------------------
+
+    def inference_frozen(self, find_map: bool) -> dict[str, Any]:
+        """The ``frozen`` argument of ``predict`` on photos; ``find_map`` False: the map comes
+        from elsewhere (the user's masks, a map run), so a stage that finds it is not
+        loaded."""
+        del find_map
+        return self.load_frozen(training=False)
+
+    def predict_variant(self, find_map: bool) -> dict[str, Any]:
+        """``predict``'s keyword arguments on photos (``find_map``: it finds the map itself,
+        ``PredictNeeds.finds_map``)."""
+        del find_map
+        return {}
 
     # -- initialisation ----------------------------------------------------------------------
 

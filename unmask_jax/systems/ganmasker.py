@@ -126,7 +126,8 @@ class GANMaskerSegSystem(base.System):
         self.S = self.networks["segmenter"].module
 
     def predict_needs(self) -> base.PredictNeeds:
-        return base.PredictNeeds(unmasks=False)
+        return base.PredictNeeds(
+            unmasks=False, map_threshold=float(self.config.model.get("mask_threshold", 0.5)))
 
     def describe(self) -> str:
         return "stage 1 (M-Seg): masked face -> mask map, " + " + ".join(
@@ -177,8 +178,20 @@ class GANMaskerSystem(Pix2PixSystem):
         self._segmenter = None
 
     def predict_needs(self) -> base.PredictNeeds:
+        two_stage = self.stage == "unmask"
         return base.PredictNeeds(mask_map="mask" in self.generator_inputs,
-                                 finds_map=self.stage == "unmask")
+                                 finds_map=two_stage,
+                                 map_threshold=self.threshold if two_stage else None)
+
+    def inference_frozen(self, find_map: bool) -> dict[str, Any]:
+        # Without find_map (the user's masks) stage 1 is not loaded.
+        return (self.load_frozen(training=False) if find_map
+                else super().load_frozen(training=False))
+
+    def predict_variant(self, find_map: bool) -> dict[str, Any]:
+        if self.stage != "unmask":
+            return {}
+        return {"mask_source": "segmenter" if find_map else "gt"}
 
     def describe(self) -> str:
         what = ("stage 2 (FU-Net, MURF, SN discriminator)" if self.stage == "unmask"
@@ -246,10 +259,16 @@ class GANMaskerSystem(Pix2PixSystem):
         return out
 
 
-def build(config, abstract_frozen: bool = False) -> base.System:
+def system_class(config) -> type[base.System]:
+    """The stage's class: ``model.stage`` 'seg' (M-Seg) or 'unmask' (FU-Net)."""
     stage = config.model.get("stage")
     if stage not in STAGES:
         raise ValueError(f"config.model.stage={stage!r}: choose one of {STAGES}")
-    if stage == "seg":
-        return GANMaskerSegSystem(config, abstract_frozen)
-    return GANMaskerSystem(config, abstract_frozen)
+    return GANMaskerSegSystem if stage == "seg" else GANMaskerSystem
+
+
+def build(config, abstract_frozen: bool = False) -> base.System:
+    return system_class(config)(config, abstract_frozen)
+
+
+build.system_class = system_class  # type: ignore[attr-defined]  # systems.system_class

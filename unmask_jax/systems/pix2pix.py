@@ -9,7 +9,7 @@ pix2pix-tutorial variant of paper 003. Config keys read here:
 * ``model.composite_in_training``: MURF composite of G's output before the losses;
 * ``loss.terms`` (:mod:`unmask_jax.loss_terms`; ``gan`` reads D's logits on the output),
   ``loss.d_scale`` (D loss = d_scale * (real + fake));
-* ``loss.update_order``:
+* ``loss.update_order`` (the step: :mod:`unmask_jax.systems.gan_step`):
   - ``sequential`` (the canonical PyTorch pix2pix ``optimize_parameters``): one G forward;
     D updated on (fake, real) with the fake detached, fake first; then G's loss against the
     *updated* D, reusing the same G forward pass (its VJP);
@@ -29,12 +29,12 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from unmask_jax import loss_terms, losses, models
+from unmask_jax import loss_terms, models
 from unmask_jax.state import TrainState
-from unmask_jax.systems import base
+from unmask_jax.systems import base, gan_step
 
 GENERATOR_INPUTS = {"masked": 3, "mask": 1, "identity": 3}
-UPDATE_ORDERS = ("sequential", "simultaneous")
+UPDATE_ORDERS = gan_step.UPDATE_ORDERS
 BN_STATISTICS = ("per_image", "running")
 
 
@@ -110,9 +110,18 @@ class Pix2PixSystem(base.System):
     def train_step(self, state: TrainState, batch: base.Batch, frozen: Any,
                    txs: Mapping[str, optax.GradientTransformation]
                    ) -> tuple[TrainState, dict[str, jax.Array]]:
-        if self.update_order == "sequential":
-            return self._sequential_step(state, batch, frozen, txs)
-        return self._simultaneous_step(state, batch, frozen, txs)
+        """The shared G/D step (:mod:`unmask_jax.systems.gan_step`) in ``update_order``: D
+        sees concat(generator input, image)."""
+        rng = jax.random.fold_in(state.rng, state.step)
+        g_in = self.generator_input(batch)
+        parts = gan_step.GanParts(
+            generate=self._generate(state, g_in, batch, rng),
+            discriminate=lambda disc, d_params, image: base.apply_train(
+                self.D, disc, self._d_input(g_in, image), params=d_params),
+            real=batch["target"],
+            g_objective=lambda output, logits: self._g_objective(frozen, output, batch, logits),
+            gan_kind=self.gan_kind, d_scale=self.d_scale)
+        return gan_step.train_step(self.update_order, state, txs, parts)
 
     def _generate(self, state, g_in, batch, rng):
         def generate(g_params):
@@ -122,83 +131,6 @@ class Pix2PixSystem(base.System):
                 out = base.composite(out, batch)
             return out, cols
         return generate
-
-    def _sequential_step(self, state, batch, frozen, txs):
-        gen, disc = state.nets["generator"], state.nets["discriminator"]
-        rng = jax.random.fold_in(state.rng, state.step)
-        g_in = self.generator_input(batch)
-        fake, g_vjp, g_cols = jax.vjp(self._generate(state, g_in, batch, rng), gen.params,
-                                      has_aux=True)
-
-        # Discriminator: detached fake then real, two calls (separate BN batches, as PyTorch).
-        def d_loss_fn(d_params):
-            fake_logits, cols = base.apply_train(
-                self.D, disc, self._d_input(g_in, jax.lax.stop_gradient(fake)),
-                params=d_params)
-            real_logits, cols = base.apply_train(
-                self.D, disc.replace(collections=cols),
-                self._d_input(g_in, batch["target"]), params=d_params)
-            loss = losses.discriminator_loss(real_logits, fake_logits, self.gan_kind,
-                                             self.d_scale)
-            return loss, cols
-
-        (d_loss, d_cols), d_grads = jax.value_and_grad(d_loss_fn, has_aux=True)(disc.params)
-        d_updates, d_opt_state = txs["discriminator"].update(d_grads, disc.opt_state,
-                                                             disc.params)
-        d_params = optax.apply_updates(disc.params, d_updates)
-
-        # Generator: adversarial term against the updated D plus the other terms.
-        def g_loss_fn(output):
-            logits, cols = base.apply_train(
-                self.D, disc.replace(collections=d_cols), self._d_input(g_in, output),
-                params=d_params)
-            total, terms = self._g_objective(frozen, output, batch, logits)
-            return total, (cols, terms)
-
-        (g_loss, (d_cols, g_terms)), d_output = jax.value_and_grad(
-            g_loss_fn, has_aux=True)(fake)
-        (g_grads,) = g_vjp(d_output)
-
-        finite = base.all_finite(d_loss, g_loss, d_grads, g_grads)
-        nets = base.commit_if_finite(
-            finite, state.nets, txs=txs, grads={"generator": g_grads},
-            updated={"discriminator": (d_params, d_opt_state)},
-            collections={"generator": g_cols, "discriminator": d_cols})
-        metrics = {"d_loss": d_loss, "g_loss": g_loss,
-                   "nonfinite": 1.0 - finite.astype(jnp.float32), **g_terms}
-        return state.replace(step=state.step + 1, nets=nets), metrics
-
-    def _simultaneous_step(self, state, batch, frozen, txs):
-        gen, disc = state.nets["generator"], state.nets["discriminator"]
-        rng = jax.random.fold_in(state.rng, state.step)
-        g_in = self.generator_input(batch)
-        generate = self._generate(state, g_in, batch, rng)
-
-        def both_losses(g_params, d_params):
-            fake, g_cols = generate(g_params)
-            real_logits, d_cols = base.apply_train(
-                self.D, disc, self._d_input(g_in, batch["target"]), params=d_params)
-            fake_logits, d_cols = base.apply_train(
-                self.D, disc.replace(collections=d_cols), self._d_input(g_in, fake),
-                params=d_params)
-            g_loss, terms = self._g_objective(frozen, fake, batch, fake_logits)
-            d_loss = losses.discriminator_loss(real_logits, fake_logits, self.gan_kind,
-                                               self.d_scale)
-            return (g_loss, d_loss), (g_cols, d_cols, terms)
-
-        (g_loss, d_loss), vjp, (g_cols, d_cols, g_terms) = jax.vjp(
-            both_losses, gen.params, disc.params, has_aux=True)
-        one, zero = jnp.ones((), g_loss.dtype), jnp.zeros((), d_loss.dtype)
-        g_grads, _ = vjp((one, zero))
-        _, d_grads = vjp((zero, one))
-        finite = base.all_finite(d_loss, g_loss, d_grads, g_grads)
-        nets = base.commit_if_finite(
-            finite, state.nets, txs=txs,
-            grads={"generator": g_grads, "discriminator": d_grads},
-            collections={"generator": g_cols, "discriminator": d_cols})
-        metrics = {"d_loss": d_loss, "g_loss": g_loss,
-                   "nonfinite": 1.0 - finite.astype(jnp.float32), **g_terms}
-        return state.replace(step=state.step + 1, nets=nets), metrics
 
     # -- inference ---------------------------------------------------------------------------
 

@@ -20,9 +20,11 @@ does; unset = random init, as the UnVeilify reference does; logged either way), 
 D's logits on the output; pixel terms may compare ``output_model`` / ``target_model``, the
 images in the networks' space), ``loss.d_scale``.
 
-The step is the reference's order: one generator forward; D updated on (real, detached fake)
-with loss d_scale * (real + fake); then the generator's loss against the updated D, through
-the same forward pass. Two deliberate departures from the reference code, both documented in
+The step is the reference's order, the shared sequential step
+(:mod:`unmask_jax.systems.gan_step`): one generator forward; D updated on the detached fake
+and the real image (two calls; with InstanceNorm only they equal the reference's one call on
+both) with loss d_scale * (real + fake); then the generator's loss against the updated D,
+through the same forward pass. Two deliberate departures from the reference code, both documented in
 ``configs/unveilify.py``: the identity term's gradient reaches the generator (the reference
 swaps the arguments and detaches the generator's features), and LPIPS and the identity
 network see images in their own [-1, 1] convention (the reference hands them
@@ -42,9 +44,9 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from unmask_jax import loss_terms, losses, models
+from unmask_jax import loss_terms, models
 from unmask_jax.state import TrainState
-from unmask_jax.systems import base
+from unmask_jax.systems import base, gan_step
 
 log = logging.getLogger(__name__)
 
@@ -101,6 +103,8 @@ def _resolve_identity(terms: dict[str, Any], check_files: bool = True
 
 class UnVeilifySystem(base.System):
     name = "unveilify"
+    #: The pSp encoder's IR-SE50 start is read only when a run starts without a checkpoint.
+    resume_safe_keys = ("model.psp_irse50_init",)
 
     def __init__(self, config, abstract_frozen: bool = False):
         terms, self.identity_backbone = _resolve_identity(config.loss.terms.to_dict(),
@@ -202,50 +206,28 @@ class UnVeilifySystem(base.System):
     def train_step(self, state: TrainState, batch: base.Batch, frozen: Any,
                    txs: Mapping[str, optax.GradientTransformation]
                    ) -> tuple[TrainState, dict[str, jax.Array]]:
-        gen, disc = state.nets["generator"], state.nets["discriminator"]
+        """The shared sequential G/D step (:mod:`unmask_jax.systems.gan_step`): G(masked,
+        identity); D sees (image, identity) in the networks' space; G's objective reads the
+        output in both spaces."""
+        gen = state.nets["generator"]
         masked, identity = self._inputs(batch)
         target = to_model_space(batch["target"], self.input_norm)
 
-        def generate(g_params):
-            return base.apply_train(self.G, gen, masked, identity, params=g_params)
-
-        fake, g_vjp, g_cols = jax.vjp(generate, gen.params, has_aux=True)
-
-        def d_loss_fn(d_params):
-            # InstanceNorm only: real and fake in one call equal two separate calls.
-            logits, cols = base.apply_train(
-                self.D, disc, jnp.concatenate([target, jax.lax.stop_gradient(fake)]),
-                jnp.concatenate([identity, identity]), params=d_params)
-            real_logits, fake_logits = jnp.split(logits, 2)
-            loss = losses.discriminator_loss(real_logits, fake_logits, self.gan_kind,
-                                             self.d_scale)
-            return loss, cols
-
-        (d_loss, d_cols), d_grads = jax.value_and_grad(d_loss_fn, has_aux=True)(disc.params)
-        d_updates, d_opt_state = txs["discriminator"].update(d_grads, disc.opt_state,
-                                                             disc.params)
-        d_params = optax.apply_updates(disc.params, d_updates)
-
-        def g_loss_fn(output_model):
-            logits, _ = base.apply_train(self.D, disc.replace(collections=d_cols),
-                                         output_model, identity, params=d_params)
+        def g_objective(output_model, logits):
             inputs = {"output": from_model_space(output_model, self.input_norm),
                       "target": batch["target"], "output_model": output_model,
                       "target_model": target, "identity": batch["identity"],
                       "fake_logits": logits}
             return self.objective(frozen["loss"], inputs)
 
-        (g_loss, g_terms), d_output = jax.value_and_grad(g_loss_fn, has_aux=True)(fake)
-        (g_grads,) = g_vjp(d_output)
-
-        finite = base.all_finite(d_loss, g_loss, d_grads, g_grads)
-        nets = base.commit_if_finite(
-            finite, state.nets, txs=txs, grads={"generator": g_grads},
-            updated={"discriminator": (d_params, d_opt_state)},
-            collections={"generator": g_cols, "discriminator": d_cols})
-        metrics = {"d_loss": d_loss, "g_loss": g_loss,
-                   "nonfinite": 1.0 - finite.astype(jnp.float32), **g_terms}
-        return state.replace(step=state.step + 1, nets=nets), metrics
+        parts = gan_step.GanParts(
+            generate=lambda g_params: base.apply_train(self.G, gen, masked, identity,
+                                                       params=g_params),
+            discriminate=lambda disc, d_params, image: base.apply_train(
+                self.D, disc, image, identity, params=d_params),
+            real=target, g_objective=g_objective, gan_kind=self.gan_kind,
+            d_scale=self.d_scale)
+        return gan_step.train_step("sequential", state, txs, parts)
 
     # -- inference ---------------------------------------------------------------------------
 
