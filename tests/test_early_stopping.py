@@ -54,9 +54,9 @@ def test_trainer_stops_early_and_a_rerun_stays_stopped(tmp_path):
 
 
 def test_a_metric_the_evaluation_never_writes_is_refused_before_training():
-    from unmask_jax import main
+    from unmask_jax import validation
     with pytest.raises(ValueError, match="not an evaluation metric"):
-        main.validate_config(tiny_config(**{"train.early_stopping.metric": "psnrr"}))
-    main.validate_config(tiny_config(**{"train.early_stopping.metric": "gt_mask/raw_psnr"}))
+        validation.validate_config(tiny_config(**{"train.early_stopping.metric": "psnrr"}))
+    validation.validate_config(tiny_config(**{"train.early_stopping.metric": "gt_mask/raw_psnr"}))
     with pytest.raises(early_stopping.EarlyStoppingMetricError, match="value None"):
         early_stopping.EarlyStopping("fid").value({"fid": None, "psnr": 20.0})

@@ -234,9 +234,9 @@ def test_compare_prints_one_row_per_run(tmp_path, capsys):
 
 
 def test_a_missing_fid_weights_file_stops_before_work(tmp_path):
-    from unmask_jax import main
+    from unmask_jax import validation
     from unmask_jax.features import MissingWeightsError
     config = _config()
     config.eval.fid_weights = str(tmp_path / "pt_inception-2015-12-05-6726825d.pth")
     with pytest.raises(MissingWeightsError, match="pt_inception"):
-        main.validate_config(config, "evaluate")
+        validation.validate_config(config, "evaluate")

@@ -9,7 +9,7 @@ import pytest
 
 from configs import ganmasker, ye
 from tests.test_train import random_batch, set_keys
-from unmask_jax import main, state as state_lib, systems, train
+from unmask_jax import state as state_lib, summary, systems, train, validation
 
 
 def tiny(variant, **overrides):
@@ -44,8 +44,8 @@ def _init(config):
     ("one_stage", {"generator", "discriminator"}), ("512", {"generator", "discriminator"})])
 def test_variants_build_and_summarise(tmp_path, variant, nets):
     c = ganmasker.get_config(variant)
-    main.validate_config(c, "summary")
-    result = main.summary(c, str(tmp_path))
+    validation.validate_config(c, "summary")
+    result = summary.summary(c, str(tmp_path))
     assert set(result["networks"]) == nets
     assert all(v["params"] > 0 for v in result["networks"].values())
 
@@ -131,7 +131,7 @@ def test_two_stage_evaluation_chains_the_segmenter(tmp_path):
     with pytest.raises(ValueError, match="segmenter_workdir"):
         systems.build(tiny("unmask_quick")).eval_variants()
     with pytest.raises(ValueError, match="segmenter_workdir"):
-        main.validate_config(tiny("unmask_quick"))
+        validation.validate_config(tiny("unmask_quick"))
 
 
 def test_ye_c_config():

@@ -21,7 +21,7 @@ from PIL import Image, ImageOps
 
 from data_pipelines.sources.synthetic.render import render_face
 from tests.test_train import REPO, tiny_config
-from unmask_jax import checkpoints, main, parallel, state as state_lib, systems
+from unmask_jax import checkpoints, parallel, state as state_lib, systems, validation
 from unmask_jax.predict import Predictor, PredictSetupError, faces as faces_lib, io
 
 FACE = 128  # rendered face size (the crop is ~1.7x the jaw width)
@@ -341,7 +341,7 @@ def test_setup_mistakes_name_what_to_give(tmp_path):
     with pytest.raises(checkpoints.NoCheckpointError, match="generator_init"):
         Predictor(_config(), str(empty), detector=StubDetector())
     with pytest.raises(ValueError, match="predict.faces"):
-        main.validate_config(_config(faces="biggest"), "predict")
+        validation.validate_config(_config(faces="biggest"), "predict")
 
 
 def test_orientation_matches_pillow():

@@ -16,7 +16,7 @@ sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
 import reproduce  # noqa: E402
 
 from configs import reproduce as protocol  # noqa: E402
-from unmask_jax import evaluate, main as main_lib, train  # noqa: E402
+from unmask_jax import evaluate, train, validation  # noqa: E402
 
 ALL = tuple(protocol.SYSTEMS)
 
@@ -38,7 +38,7 @@ def test_every_system_is_in_the_protocol():
 def test_configs_validate_and_share_the_protocol(scale):
     configs = {s: _config(s, scale) for s in ALL}
     for c in configs.values():
-        main_lib.validate_config(c)
+        validation.validate_config(c)
     for key in ("data.source", "data.eval_split", "data.mask", "data.identity_image",
                 "data.face_scale", "data.framing", "eval.num_sample_images", "eval.lpips_net",
                 "eval.id_backbone", "data.source_options.num_records"):

@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 
 from configs import default, masked_gan, pix2pix, ye
-from unmask_jax import checkpoints, main, programs, state as state_lib, systems, train
+from unmask_jax import (checkpoints, programs, state as state_lib, summary, systems, train,
+                        validation)
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -73,7 +74,7 @@ def _setup(config):
     (masked_gan.get_config, "", 54_414_979, 2_768_641),
 ])
 def test_summary_parameter_counts(tmp_path, get, variant, g, d):
-    result = main.summary(get(variant), str(tmp_path))
+    result = summary.summary(get(variant), str(tmp_path))
     assert result["networks"]["generator"]["params"] == g
     assert result["networks"]["discriminator"]["params"] == d
     assert json.loads((tmp_path / "summary.json").read_text()) == result
@@ -222,11 +223,11 @@ def test_bad_config_values_fail_validation():
                               ("data.resolution", 32, "resolution"),
                               ("model.generator_inputs", ("masked", "depth"), "generator_inputs")]:
         with pytest.raises(ValueError, match=match):
-            main.validate_config(tiny_config(**{key: value}))
+            validation.validate_config(tiny_config(**{key: value}))
     c = tiny_config()
     c.optim.constant_epochs = 3
     with pytest.raises(ValueError, match="constant_steps"):
-        main.validate_config(c)
+        validation.validate_config(c)
 
 
 @pytest.mark.parametrize("args,needle", [

@@ -11,7 +11,7 @@ import pytest
 
 from configs import unveilify
 from tests.test_train import random_batch, set_keys
-from unmask_jax import main, state as state_lib, systems
+from unmask_jax import state as state_lib, summary, systems, validation
 from unmask_jax.features import identity as identity_lib
 from unmask_jax.systems import unveilify as unveilify_system
 
@@ -39,8 +39,8 @@ def tiny(**overrides):
 
 def test_reference_parameter_counts_through_summary(tmp_path):
     c = unveilify.get_config("ref")
-    main.validate_config(c, "summary")
-    result = main.summary(c, str(tmp_path))
+    validation.validate_config(c, "summary")
+    result = summary.summary(c, str(tmp_path))
     nets = result["networks"]
     assert nets["generator"]["params"] == 192_518_241
     assert nets["generator"]["parts"] == {"psp_encoder": 176_474_816, "generator": 16_043_425}

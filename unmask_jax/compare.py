@@ -21,8 +21,7 @@ from typing import Any, Sequence
 from etils import epath
 
 from unmask_jax import report
-
-USER_ERROR_STATUS = 2
+from unmask_jax.exits import USER_ERROR_STATUS
 
 
 class CompareError(Exception):

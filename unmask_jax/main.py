@@ -14,17 +14,16 @@ one message naming what to change and exits with status 2; no traceback. A faile
 """
 from __future__ import annotations
 
-import json
 import logging
-import os
 import sys
-from typing import NoReturn
 
 from absl import app, flags
 from ml_collections import config_flags
 
+from unmask_jax.exits import USER_ERROR_STATUS, UserError, exit_now, fail, user_error_types
+
 MODES = ("train", "evaluate", "summary", "export", "predict", "compile")
-USER_ERROR_STATUS = 2
+log = logging.getLogger("unmask_jax")
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "Config file, e.g. configs/pix2pix.py:quick", lock_config=True)
@@ -48,100 +47,6 @@ _COMPILE_PROGRAMS = flags.DEFINE_string(
     "--mode=compile: the programs to compile (train_step, predict), comma-separated.")
 flags.mark_flags_as_required(["config"])
 
-log = logging.getLogger("unmask_jax")
-
-
-class UserError(Exception):
-    """A mistake in the command, config or files, with a message saying what to change."""
-
-
-def validate_config(config, mode: str = "train") -> None:
-    """Fails fast on values the trainer would only reject later (after compiling)."""
-    from data_pipelines import pipeline
-    from unmask_jax import early_stopping, optim, systems
-
-    pipeline.DataConfig.from_dict(config.data.to_dict())
-    # A compile reads no weights file: the configured frozen networks, as shapes.
-    system = systems.build(config, abstract_frozen=mode == "compile")
-    if mode in ("train", "evaluate"):
-        system.eval_variants()  # e.g. a two-stage evaluation that needs its first stage's run
-        fid_weights = config.eval.get("fid_weights")
-        if fid_weights and not os.path.isfile(fid_weights):
-            from unmask_jax.features import fid
-            fid.load_fid_variables(fid_weights)  # MissingWeightsError naming file and command
-    if mode == "predict":
-        from unmask_jax.predict import PredictOptions
-        PredictOptions.from_config(config)
-    optim.resolve_steps(config.train, "num", steps_per_epoch=1)
-    rule = early_stopping.EarlyStopping.from_config(config.train.get("early_stopping"))
-    if rule is not None:
-        from unmask_jax.evaluate import METRIC_NAMES
-        name = rule.metric.split("/")[-1]
-        if name.removeprefix("raw_") not in METRIC_NAMES:
-            raise ValueError(f"config.train.early_stopping.metric={rule.metric!r}: not an "
-                             f"evaluation metric; choose one of {METRIC_NAMES} (raw_<name> for "
-                             "the raw output, <variant>/<name> for a variant such as gt_mask)")
-    for network in system.networks:
-        optim.learning_rate_schedule(optim.network_settings(config.optim, network),
-                                     steps_per_epoch=1)
-    for key in ("log_every_steps", "sample_every_steps", "checkpoint_every_steps",
-                "eval_every_steps", "batch_size"):
-        if int(config.train[key]) <= 0:
-            raise ValueError(f"config.train.{key}={config.train[key]} must be positive")
-
-
-def summary(config, workdir: str | None) -> dict:
-    """Parameter counts of every network; writes WORKDIR/summary.json and prints a table."""
-    import jax
-    from etils import epath
-
-    from unmask_jax import models, systems
-
-    system = systems.build(config)
-    shapes = jax.eval_shape(
-        lambda: system.init_variables(jax.random.PRNGKey(0), config.data.resolution))
-    result = {"system": system.name, "networks": {}}
-    for name, v in shapes.items():
-        info = {"params": models.count_params(v["params"])}
-        parts = {p: models.count_params(v["params"][p]) for p in system.summary_parts(name)
-                 if p in v["params"]}
-        if parts:
-            info["parts"] = parts
-        result["networks"][name] = info
-    width = max([len(n) for n in result["networks"]] + [
-        len(p) + 2 for info in result["networks"].values() for p in info.get("parts", {})])
-    print(f"{config.name} (system {system.name}): {system.describe()}, "
-          f"{config.data.resolution}x{config.data.resolution}")
-    for name, info in result["networks"].items():
-        print(f"  {name:<{width}}  {info['params']:>14,d} params")
-        for part, count in info.get("parts", {}).items():
-            print(f"    {part:<{width - 2}}  {count:>14,d}")
-    if workdir:
-        path = epath.Path(workdir)
-        path.mkdir(parents=True, exist_ok=True)
-        (path / "summary.json").write_text(json.dumps(result, indent=2) + "\n")
-    return result
-
-
-def _user_error_types() -> tuple[type[BaseException], ...]:
-    """Exceptions that mean the user has something to fix (message, no traceback)."""
-    from data_pipelines.landmarks.detect import LandmarkDetectorUnavailable
-    from unmask_jax import aot, checkpoints, early_stopping, train, workdir_lock
-    from unmask_jax.features import MissingWeightsError
-    return (UserError, aot.DoesNotFit, aot.CompileSetupError, train.DataSetupError,
-            checkpoints.CheckpointError, workdir_lock.WorkdirLockedError,
-            early_stopping.EarlyStoppingMetricError, MissingWeightsError,
-            LandmarkDetectorUnavailable, FileNotFoundError, NotADirectoryError, PermissionError)
-
-
-def _fail(message: str, status: int = USER_ERROR_STATUS) -> NoReturn:
-    log.error("%s", message)
-    print(f"error: {message}", file=sys.stderr)
-    sys.stdout.flush()
-    sys.stderr.flush()
-    sys.exit(status)
-
-
 def main(argv) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
@@ -149,7 +54,7 @@ def main(argv) -> None:
     try:  # ml_collections loads the file lazily: a missing or broken one fails here
         config.to_dict()
     except (OSError, AttributeError, ValueError, TypeError, SyntaxError, ImportError) as e:
-        _fail(f"--config={flags.FLAGS['config'].serialize().split('=', 1)[-1]}: "
+        fail(f"--config={flags.FLAGS['config'].serialize().split('=', 1)[-1]}: "
               f"{str(e).strip()}")
     mode = _MODE.value
     workdir = _WORKDIR.value
@@ -164,7 +69,7 @@ def main(argv) -> None:
         parallel.initialize_distributed(
             parallel.DistributedConfig.from_dict(config.distributed.to_dict()))
     except ValueError as e:
-        _fail(f"distributed start-up: {e}")
+        fail(f"distributed start-up: {e}")
     # glibc arenas are per thread and fixed at a thread's first allocation: the settings must
     # come before the backend starts its threads (host_allocator.platform_before_start).
     log.info(host_allocator.configure(host_allocator.platform_before_start()
@@ -172,36 +77,37 @@ def main(argv) -> None:
     try:
         # Evaluate, predict, export and compile on a run: its recorded config, with what the
         # mode may change taken from the command line.
-        from unmask_jax import run_config
+        from unmask_jax import run_config, validation
         config = run_config.for_mode(config, workdir, mode)
-        validate_config(config, mode)
+        validation.validate_config(config, mode)
     except (ValueError, TypeError, KeyError) as e:
-        _fail(f"bad config {config.name!r}: {e}")
-    except _user_error_types() as e:  # e.g. a weights file the config names is missing
-        _fail(str(e))
+        fail(f"bad config {config.name!r}: {e}")
+    except user_error_types() as e:  # e.g. a weights file the config names is missing
+        fail(str(e))
 
     try:
         _run_mode(config, mode, workdir)
-    except _user_error_types() as e:
+    except user_error_types() as e:
         if jax.process_count() > 1:
             log.error("%s", e)
-            _exit_now(jax.process_index())
-        _fail(str(e))
+            exit_now(jax.process_index())
+        fail(str(e))
     except Exception:  # pylint: disable=broad-except
         if jax.process_count() > 1:
-            _exit_now(jax.process_index())
+            exit_now(jax.process_index())
         raise
 
 
 def _run_mode(config, mode: str, workdir: str | None) -> None:
     if mode == "summary":
-        summary(config, workdir)
+        from unmask_jax import summary
+        summary.summary(config, workdir)
     elif mode == "train":
         from unmask_jax import train
         try:
             train.train_and_evaluate(config, workdir)
         except train.NonFiniteLossError as e:
-            _fail(f"training stopped: {e}", status=1)
+            fail(f"training stopped: {e}", status=1)
     elif mode == "evaluate":
         from unmask_jax import evaluate
         evaluate.evaluate_checkpoint(config, workdir)
@@ -228,21 +134,6 @@ def _run_mode(config, mode: str, workdir: str | None) -> None:
             predict.predict(config, workdir, _INPUT.value, _OUTPUT.value)
         except predict.PredictSetupError as e:
             raise UserError(str(e)) from None
-
-
-def _exit_now(process_index: int) -> NoReturn:
-    """Ends this process at once (status 1) after an exception in a multi-process run.
-
-    A normal exit would wait at JAX's distributed shutdown barrier (up to 300 s) for the
-    other processes, which wait in their next collective for this one: the whole job would
-    hang. Exiting now, without the barrier, makes the others abort after
-    ``distributed.heartbeat_timeout_s``, as when a process crashes.
-    """
-    log.exception("process %d failed; exiting now so that the other processes stop too",
-                  process_index)
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(1)
 
 
 def _parse_flags(argv: list[str]) -> list[str]:
