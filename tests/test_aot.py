@@ -140,6 +140,7 @@ def _conv_net_program(widths=(8, 16, 16), resolution=32):
     return aot._Program("conv_net", make, args), flops
 
 
+@pytest.mark.slow
 def test_flops_match_an_analytic_count_for_a_small_conv_net():
     program, per_image = _conv_net_program()
     target = accelerators.resolve(TOPOLOGY)
@@ -164,6 +165,7 @@ def _convolutions(hlo: str) -> dict[str, int]:
     return counts
 
 
+@pytest.mark.slow
 def test_accelerator_program_is_traced_for_the_target_not_the_host(monkeypatch):
     from unmask_jax import programs, systems
     config = tiny_pix2pix()
@@ -192,6 +194,7 @@ def test_accelerator_program_is_traced_for_the_target_not_the_host(monkeypatch):
     assert program.make(mesh, "tpu").compiler_options == {}
 
 
+@pytest.mark.slow
 def test_compile_mode_writes_the_report(tmp_path):
     config = tiny_pix2pix()
     report = aot.compile_for(config, str(tmp_path), TOPOLOGY, per_chip_batch=2)
@@ -243,6 +246,7 @@ def _main(tmp_path, *args):
                           capture_output=True, text=True, timeout=600)
 
 
+@pytest.mark.slow
 def test_a_program_too_large_for_the_chip_exits_2_with_the_numbers(tmp_path):
     proc = _main(tmp_path, "--config=configs/pix2pix.py:quick", "--mode=compile",
                  f"--topology={TOPOLOGY}", "--per_chip_batch=100000",
@@ -255,6 +259,7 @@ def test_a_program_too_large_for_the_chip_exits_2_with_the_numbers(tmp_path):
     assert report["programs"]["predict"]["fits"] is False
 
 
+@pytest.mark.slow
 def test_bad_topology_exits_2(tmp_path):
     proc = _main(tmp_path, "--config=configs/pix2pix.py:quick", "--mode=compile",
                  "--topology=v5e-7")
@@ -262,6 +267,7 @@ def test_bad_topology_exits_2(tmp_path):
     assert "Traceback" not in proc.stderr
 
 
+@pytest.mark.slow
 def test_a_gpu_target_without_the_cuda_plugin_exits_2_saying_what_to_install(tmp_path):
     # CI has no jax[cuda12]: the message names the package, no traceback.
     proc = _main(tmp_path, "--config=configs/pix2pix.py:quick", "--mode=compile",
@@ -271,6 +277,7 @@ def test_a_gpu_target_without_the_cuda_plugin_exits_2_saying_what_to_install(tmp
     assert "Traceback" not in proc.stderr
 
 
+@pytest.mark.slow
 def test_a_plain_cpu_run_does_not_start_libtpu():
     env = {k: v for k, v in os.environ.items() if k != "JAX_PLATFORMS"}
     proc = subprocess.run([sys.executable, "-c", "import unmask_jax, jax, os; "

@@ -67,6 +67,7 @@ CONV_CASES = [
 ]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("form", ["pre-padded", "gemm"])
 @pytest.mark.parametrize("shape,kernel_hw,features,strides,padding,dilation", CONV_CASES)
 def test_conv_forms_equal_lax(form, shape, kernel_hw, features, strides, padding, dilation):
@@ -100,6 +101,7 @@ def test_weight_matmul_values_and_gradients():
                               a, w)
 
 
+@pytest.mark.slow
 def test_batch_chunked_equals_the_whole_batch():
     rng = np.random.default_rng(5)
     x = _normal(rng, (5, 12, 12, 3))
@@ -132,6 +134,7 @@ CONVT_CASES = [
 ]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("form", ["subpixel", "gemm"])
 @pytest.mark.parametrize("k,s,p,op,h,w", CONVT_CASES)
 def test_conv_transpose_forms_equal_lax(form, k, s, p, op, h, w):
@@ -154,6 +157,7 @@ def test_conv_transpose_forms_refuse_bad_arguments():
             fn(x, jnp.zeros((4, 4, 2, 5)), 2, 1)
 
 
+@pytest.mark.slow
 def test_subpixel_forward_with_gemm_gradients():
     """What a large ConvTranspose runs on the CPU: the sub-pixel form (per batch chunk)
     forward, the GEMM form's gradients, through a custom VJP; equal to lax's."""
@@ -217,6 +221,7 @@ def layers_and_inputs():
     return conv, up, cv, uv, bv, small, big
 
 
+@pytest.mark.slow
 def test_cpu_rule_gemm_for_small_outputs_convolution_for_large(layers_and_inputs):
     conv, up, cv, uv, bv, small, big = layers_and_inputs
     text = _lowered(conv, cv, small, platform="cpu")          # 4x4 output: GEMM
@@ -379,6 +384,7 @@ def test_forms_choice_is_logged_once(monkeypatch, caplog):
 
 # -- a network: the CPU forms vs the plain ones ----------------------------------------------
 
+@pytest.mark.slow
 def test_unet_with_cpu_forms_equals_plain_unet():
     """A small U-Net traced with the CPU forms and with plain XLA ops: same outputs, batch
     statistics and gradients up to float32 rounding."""

@@ -14,6 +14,7 @@ import subprocess
 import sys
 
 import dlib  # noqa: F401  (the [test] extra installs it: fail, do not skip)
+import pytest
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -52,6 +53,7 @@ print(json.dumps({"faces": sum(e is not None for e in expected), "mismatches": m
 """
 
 
+@pytest.mark.slow
 def test_concurrent_detection_does_not_crash_and_matches_single_thread():
     threads = 3
     env = dict(os.environ, PYTHONPATH=REPO + os.pathsep + os.environ.get("PYTHONPATH", ""),

@@ -367,6 +367,7 @@ def _id(command: DocCommand) -> str:
     return command.id
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("command", [c for c in RUN if c.kind == "main"], ids=_id)
 def test_documented_main_command(command, tmp_path):
     argv = _substitute(list(command.argv), tmp_path, summary=True)
@@ -379,6 +380,7 @@ def test_documented_main_command(command, tmp_path):
     assert (workdir / "summary.json").is_file()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("command", [c for c in RUN if c.kind == "launcher"], ids=_id)
 def test_documented_launcher_command(command, tmp_path):
     split = command.argv.index("--")
@@ -394,6 +396,7 @@ def test_documented_launcher_command(command, tmp_path):
     assert (Path(_flag(argv, "--workdir")) / "summary.json").is_file()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("command", [c for c in RUN if c.kind in ("preview", "landmarks")],
                          ids=_id)
 def test_documented_data_command(command, tmp_path):
@@ -411,6 +414,7 @@ def test_documented_data_command(command, tmp_path):
         assert list(data_dir.glob("landmarks_*.npz")), "no landmark cache next to the data"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("command", [c for c in RUN if c.kind == "tpu_pod"], ids=_id)
 def test_documented_tpu_pod_command_dry_run(command, tmp_path):
     env = dict(command.env)

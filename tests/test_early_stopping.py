@@ -31,6 +31,7 @@ def test_config_checks_and_nested_metric():
         early_stopping.EarlyStopping("psnrr").value({"psnr": 1.0})
 
 
+@pytest.mark.slow
 def test_trainer_stops_early_and_a_rerun_stays_stopped(tmp_path):
     # min_delta larger than any PSNR gain: the first evaluation is the best, patience 1 ends
     # training at the second one (step 2 of 6).

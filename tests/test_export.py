@@ -90,6 +90,7 @@ PARITY_CASES = [
 ]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("model_name,kwargs,channels,size,batch", PARITY_CASES)
 def test_export_parity_and_import(tmp_path, model_name, kwargs, channels, size, batch):
     model, template = _template(model_name, kwargs, channels, size)
@@ -123,6 +124,7 @@ def test_export_parity_and_import(tmp_path, model_name, kwargs, channels, size, 
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
 
 
+@pytest.mark.slow
 def test_unet256_canonical_layout_and_parity(tmp_path):
     """The full unet_256 / 70x70 PatchGAN: exact canonical keys, strict load, parity."""
     model, template = _template("pix2pix_unet", {}, 3, 256)

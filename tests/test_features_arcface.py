@@ -38,6 +38,7 @@ def test_irse_round_trip_reduced_depth():
     assert _compare(tm, fm, variables) < 1e-5
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind,n_params,torch_layers", [
     ("arcface_iresnet50", 43_590_848, (3, 4, 14, 3)),
     ("arcface_iresnet100", 65_156_160, (3, 13, 30, 3)),
@@ -98,6 +99,7 @@ def test_missing_weights_message_names_file_and_converter(tmp_path, monkeypatch)
         identity.load_identity_net("arcface_iresnet100")
 
 
+@pytest.mark.slow
 def test_convert_command_end_to_end(tmp_path):
     """The CLI converts a full-size pSp-layout checkpoint built here, loadable by IRSE(50)."""
     from unmask_jax.features.__main__ import main

@@ -97,6 +97,7 @@ def test_pyramid_layout_shapes():
             assert t + rh <= t2 or t2 + rh2 <= t or l + rw <= l2 or l2 + rw2 <= l
 
 
+@pytest.mark.slow
 def test_detections_match_dlib(detector, reference, faces):
     found = 0
     for img in faces:

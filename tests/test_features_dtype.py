@@ -108,6 +108,7 @@ def test_perceptual_shapes_equal_loaded_variables(perceptual_setup):
         "conv1_1", "conv1_2", "conv2_1"]
 
 
+@pytest.mark.slow
 def test_perceptual_bf16_convs_value_and_float32_default(perceptual_setup):
     cfg, variables = perceptual_setup
     x, y = images(0, (2, 32, 32, 3)), images(1, (2, 32, 32, 3))
@@ -209,6 +210,7 @@ _run_embed = jax.jit(lambda net, v, x: (net.embed(v, x), net.module.apply(v, net
                      static_argnums=0)
 
 
+@pytest.mark.slow
 def test_dlib_bf16_convs_and_values(dlib_nets):
     net, variables, net16, _ = dlib_nets
     n_convs = sum(op[0] == "conv" for op in net.module.spec.program)
@@ -232,6 +234,7 @@ def test_dlib_bf16_convs_and_values(dlib_nets):
 
 
 # Parameter counts as in tests/test_features_arcface.py (the torch twins' counts).
+@pytest.mark.slow
 @pytest.mark.parametrize("kind,n_params", [("arcface_iresnet50", 43_590_848),
                                            ("arcface_iresnet100", 65_156_160),
                                            ("irse50", 43_797_696)])
@@ -260,6 +263,7 @@ SMALL_ARCFACE = {
 }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", sorted(SMALL_ARCFACE))
 @pytest.mark.parametrize("suffix", [".msgpack", ".npz"])
 def test_arcface_abstract_equals_converted_file(kind, suffix, tmp_path, monkeypatch):
@@ -280,6 +284,7 @@ def test_arcface_abstract_equals_converted_file(kind, suffix, tmp_path, monkeypa
     assert net16.module.dtype == jnp.bfloat16 and net.module.dtype == jnp.float32
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", sorted(SMALL_ARCFACE))
 def test_arcface_bf16(kind):
     """bf16 ArcFace: bf16 convolutions (IResNet: every conv layer), float32 embedding close
@@ -309,6 +314,7 @@ def test_arcface_bf16(kind):
 # --------------------------------------------------------------------------- loss terms
 
 
+@pytest.mark.slow
 def test_objective_compiled_on_abstract_shapes_runs_on_loaded_variables():
     """The use ``loss_terms`` makes of all this: a bf16 objective lowered and compiled on
     the abstract variables, then run with the loaded ones, matches the float32 objective."""

@@ -82,6 +82,7 @@ def torch_inception():
     return torch, net, sd
 
 
+@pytest.mark.slow
 def test_flax_fid_inception_matches_the_pytorch_mirror(torch_inception, tmp_path):
     import jax
 

@@ -112,6 +112,7 @@ def test_adaptive_pool_matches_torch():
     np.testing.assert_allclose(ours, ref.numpy().transpose(0, 2, 3, 1), atol=1e-5)
 
 
+@pytest.mark.slow
 def test_identity_loss_gradient_reaches_generator():
     from unmask_jax.features import arcface
 

@@ -146,6 +146,7 @@ PARITY_CASES = [
 ]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("model_name,kwargs,channels,batch", PARITY_CASES)
 def test_export_parity_and_import(tmp_path, model_name, kwargs, channels, batch):
     model = create_model(model_name, **kwargs)

@@ -59,6 +59,7 @@ def test_unknown_variant_and_stage():
         systems.build(c)
 
 
+@pytest.mark.slow
 def test_seg_stage_trains_with_bce_and_dice():
     system, txs, state = _init(tiny("seg_quick"))
     step = jax.jit(lambda s, b: system.train_step(s, b, {"loss": {}}, txs))
@@ -73,6 +74,7 @@ def test_seg_stage_trains_with_bce_and_dice():
     assert float(jnp.min(out["mask"])) >= 0.0 and float(jnp.max(out["mask"])) <= 1.0
 
 
+@pytest.mark.slow
 def test_murf_keeps_pixels_outside_the_map_exactly():
     system, txs, state = _init(tiny("unmask_quick"))
     batch = random_batch()
@@ -87,6 +89,7 @@ def test_murf_keeps_pixels_outside_the_map_exactly():
     assert {"g_gan", "g_smooth_l1", "g_ssim"} <= set(m)
 
 
+@pytest.mark.slow
 def test_one_stage_has_no_map():
     system, _, state = _init(tiny("one_stage_quick"))
     assert system.networks["generator"].input_shapes(64) == ((1, 64, 64, 3),)
@@ -108,6 +111,7 @@ def test_perceptual_falls_back_to_vgg16_and_says_so(tmp_path, monkeypatch):
         systems.build(c)
 
 
+@pytest.mark.slow
 def test_two_stage_evaluation_chains_the_segmenter(tmp_path):
     """A tiny stage-1 run; stage 2 evaluates with the map stage 1 predicts (top level, with
     dice) and with the ground-truth map (gt_mask)."""
@@ -134,6 +138,7 @@ def test_two_stage_evaluation_chains_the_segmenter(tmp_path):
         validation.validate_config(tiny("unmask_quick"))
 
 
+@pytest.mark.slow
 def test_ye_c_config():
     c = ye.get_config("c")
     assert c.model.generator == "ye_unet_c" and c.train.batch_size == 4

@@ -56,6 +56,7 @@ def _probe(platform: str, mode: str) -> dict:
     return json.loads(out.stdout)
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not GLIBC, reason="the settings are glibc-only")
 def test_reuse_serves_large_blocks_from_the_heap_without_new_page_faults():
     pages = (64 << 20) // 4096
@@ -68,6 +69,7 @@ def test_reuse_serves_large_blocks_from_the_heap_without_new_page_faults():
     assert max(reuse["faults"][1:]) < pages // 20, reuse
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not GLIBC, reason="the settings are glibc-only")
 @pytest.mark.parametrize("platform", ["gpu", "tpu"])
 def test_non_cpu_platforms_keep_glibc_defaults(platform):
@@ -112,6 +114,7 @@ def test_platform_before_start(monkeypatch):
         assert host_allocator.platform_before_start() == expected
 
 
+@pytest.mark.slow
 def test_platform_before_start_starts_no_backend():
     code = ("import jax; from jax._src import xla_bridge;"
             "from unmask_jax.backends import host_allocator;"

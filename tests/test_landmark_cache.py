@@ -152,6 +152,7 @@ def test_precompute_records_no_face_and_resumes(tmp_path):
     assert "zz_broken.jpg" not in cache  # decode failures are retried, not cached
 
 
+@pytest.mark.slow
 def test_precompute_command_line_with_worker_pool(tmp_path):
     import dlib  # noqa: F401  (the [test] extra installs it: fail, do not skip)
     names = _blank_folder(tmp_path / "data", 3)

@@ -106,6 +106,7 @@ def test_independent_mode_warning():
     assert "independent" in lm.independent_mode_warning(["--config.distributed.mode", "off"])
 
 
+@pytest.mark.slow
 def test_run_local_success_and_logs(tmp_path):
     code = """
         import os
@@ -120,6 +121,7 @@ def test_run_local_success_and_logs(tmp_path):
     assert result.log_paths[1] == tmp_path / "process_1.log"
 
 
+@pytest.mark.slow
 def test_run_local_failure_kills_the_rest_after_grace(tmp_path):
     code = """
         import os, sys, time
@@ -134,6 +136,7 @@ def test_run_local_failure_kills_the_rest_after_grace(tmp_path):
     assert result.duration_s < 20
 
 
+@pytest.mark.slow
 def test_run_local_hard_timeout(tmp_path):
     result = lm.run_local(2, 1, py("import time; time.sleep(60)"), timeout=1.0,
                           log_dir=tmp_path)
@@ -142,6 +145,7 @@ def test_run_local_hard_timeout(tmp_path):
     assert result.duration_s < 20
 
 
+@pytest.mark.slow
 def test_run_local_signal_after_marker(tmp_path):
     code = """
         import os, signal, sys, time
@@ -161,6 +165,7 @@ def test_run_local_signal_after_marker(tmp_path):
         assert result.log(i).split() == ["READY", "got", "SIGTERM"]
 
 
+@pytest.mark.slow
 def test_cli_exit_status_and_echo(tmp_path):
     script = str(LAUNCH / "local_multiprocess.py")
     ok = subprocess.run(
@@ -201,6 +206,7 @@ def gcloud_lines(proc: subprocess.CompletedProcess) -> list[str]:
     return [l[2:] for l in proc.stdout.splitlines() if l.startswith("+ ")]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("script", [TPU_POD, SBATCH])
 def test_scripts_parse_with_bash_n(script):
     proc = subprocess.run(["bash", "-n", str(script)], capture_output=True, text=True)
@@ -210,6 +216,7 @@ def test_scripts_parse_with_bash_n(script):
 COMMON = ("--name=pod1", "--zone=us-west4-a", "--project=proj", "--dry-run")
 
 
+@pytest.mark.slow
 def test_tpu_pod_dry_run_create_and_delete():
     lines = gcloud_lines(run_pod("create", *COMMON, "--accelerator-type=v5litepod-32", "--spot"))
     assert lines == ["gcloud compute tpus tpu-vm create pod1 --zone=us-west4-a --project=proj "
@@ -226,6 +233,7 @@ def test_tpu_pod_dry_run_create_and_delete():
         "--force --quiet"]
 
 
+@pytest.mark.slow
 def test_tpu_pod_dry_run_setup_run_logs_stop():
     setup = gcloud_lines(run_pod("setup", *COMMON))
     assert len(setup) == 3
@@ -256,6 +264,7 @@ def test_tpu_pod_dry_run_setup_run_logs_stop():
     assert len(stop) == 1 and "--worker=all" in stop[0] and "kill -TERM" in stop[0]
 
 
+@pytest.mark.slow
 def test_tpu_pod_dry_run_output_is_valid_shell():
     """Every printed line is a well-formed shell command (quotes balanced)."""
     proc = run_pod("run", *COMMON, "--workdir=gs://b/x", "--config=c.py:a,b=1")
@@ -264,6 +273,7 @@ def test_tpu_pod_dry_run_output_is_valid_shell():
         assert check.returncode == 0, (line, check.stderr)
 
 
+@pytest.mark.slow
 def test_tpu_pod_rejects_bad_input():
     no_gs = run_pod("run", *COMMON, "--workdir=/tmp/local", "--config=c.py")
     assert no_gs.returncode != 0 and "gs://" in no_gs.stderr
@@ -285,6 +295,7 @@ def test_slurm_template_uses_srun_and_auto_detection():
     assert "--config.distributed.mode=auto" in text
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(shutil.which("sbatch") is not None, reason="real SLURM present")
 def test_slurm_template_refuses_missing_arguments():
     proc = subprocess.run(["bash", str(SBATCH)], capture_output=True, text=True, timeout=30)

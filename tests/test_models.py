@@ -155,6 +155,7 @@ def test_conv_transpose_module_matches_torch_module(forms):
     np.testing.assert_allclose(out, ref, rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("forms", ["auto", "off"])
 @pytest.mark.parametrize("size,stride,padding", [(8, 2, 1), (8, 1, 1), (8, 2, "SAME"),
                                                  (40, 2, 1)])

@@ -85,6 +85,7 @@ def test_second_epoch_same_faces_new_masks():
     assert order[:2] != order[2:]
 
 
+@pytest.mark.slow
 def test_worker_processes_give_the_same_batches():
     cfg = synthetic_cfg()
     serial = take(pipeline.train_dataset(cfg, batch_size=4, num_epochs=1))

@@ -196,6 +196,7 @@ def _read(path):
         return np.asarray(ImageOps.exif_transpose(im)), im.format, im.mode, im.size
 
 
+@pytest.mark.slow
 def test_every_file_gets_its_status_and_the_run_continues(photos, predicted):
     root, _, expect, faces = photos
     out, report, _ = predicted
@@ -358,6 +359,7 @@ def test_orientation_matches_pillow():
         np.testing.assert_array_equal(io.unorient(io.orient(stored, o), o), stored)
 
 
+@pytest.mark.slow
 def test_cli_without_checkpoint_is_one_message_and_status_2(tmp_path):
     env = dict(os.environ, JAX_PLATFORMS="cpu")
     proc = subprocess.run(

@@ -112,6 +112,7 @@ def _fake_run(out, system, *, psnr, psnr_mask, id_sim, masked, target, gt_mask=F
         json.dump({"status": status, "command": ["python", "-m", system], "wall_s": 120.0}, f)
 
 
+@pytest.mark.slow
 def test_results_table_claims_and_samples(tmp_path):
     rng = np.random.default_rng(0)
     masked = rng.integers(0, 255, (4, 8, 8, 3), dtype=np.uint8)
@@ -172,6 +173,7 @@ def _run(args, **kw):
                           + args, capture_output=True, text=True, cwd=ROOT, **kw)
 
 
+@pytest.mark.slow
 def test_usage_errors_exit_2_without_traceback(tmp_path):
     r = _run(["--scale=smoke", "--data=celeba", f"--out={tmp_path}"])
     assert r.returncode == 2 and "needs --data_dir" in r.stderr and "Traceback" not in r.stderr
@@ -182,6 +184,7 @@ def test_usage_errors_exit_2_without_traceback(tmp_path):
     assert r.returncode == 2 and "unknown pix3pix" in r.stderr
 
 
+@pytest.mark.slow
 def test_smoke_run_writes_every_file_and_resumes(tmp_path):
     env = dict(os.environ, JAX_COMPILATION_CACHE_DIR=os.environ.get(
         "UNMASK_TEST_XLA_CACHE", ""), JAX_PLATFORMS="cpu")

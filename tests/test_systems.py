@@ -112,6 +112,7 @@ def test_pixel_and_mask_losses_known_values():
                       rel=1e-5)
 
 
+@pytest.mark.slow
 def test_feature_loss_terms_train_reach_the_generator_and_are_logged():
     """perceptual + lpips + identity + l1 (+ gan) named in the config: two training steps run,
     every term is logged, and every term alone has a non-zero gradient in the generator."""
@@ -211,6 +212,7 @@ def _tf_reference_step(system, state, batch, tx):
     return out
 
 
+@pytest.mark.slow
 def test_tf_tutorial_step_order_against_a_hand_written_reference():
     from configs import masked_gan
     c = masked_gan.get_config("quick")
@@ -253,6 +255,7 @@ def _imports_of(path):
     return names
 
 
+@pytest.mark.slow
 def test_nothing_below_the_trainer_imports_it():
     """Statically: no module of unmask_jax except main.py imports unmask_jax.train (train.py
     is the trainer itself). At run time: evaluation, export, state and systems load without
@@ -294,6 +297,7 @@ def test_commit_if_finite_keeps_every_network():
         jax.tree.map(np.testing.assert_array_equal, bad[n], nets[n])
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("variant", ["pix2pix", "ganmasker_unmask"])
 def test_backend_forms_change_no_number(variant):
     """One train step with the CPU forms (``model.backend_forms=auto``, the system's XLA CPU

@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 
 from configs import default, masked_gan, pix2pix, ye
-from unmask_jax import (checkpoints, programs, state as state_lib, summary, systems, train,
-                        validation)
+from unmask_jax import (checkpoints, main, programs, state as state_lib, summary, systems,
+                        train, validation)
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -88,6 +88,7 @@ def tiny_setup():
     return _setup(config)
 
 
+@pytest.mark.slow
 def test_short_training_lowers_losses(tiny_setup):
     _, state, step = tiny_setup
     batch = random_batch()
@@ -130,6 +131,7 @@ def test_nonfinite_step_leaves_state_unchanged(tiny_setup):
             assert any(changed), (name, part)
 
 
+@pytest.mark.slow
 def test_one_device_step_equals_eight_device_step():
     """One step on a 1-device mesh equals it on 8 fake CPU devices: parameters, BN statistics,
     optimizer state and losses, max|diff| / max|ref| < 1e-5 per tensor."""
@@ -188,6 +190,7 @@ def full_run(tmp_path_factory):
     return full
 
 
+@pytest.mark.slow
 def test_resume_equals_uninterrupted_run(tmp_path, full_run):
     config = tiny_config()
     full = full_run
@@ -230,6 +233,7 @@ def test_bad_config_values_fail_validation():
         validation.validate_config(c)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("args,needle", [
     (["--config=configs/pix2pix.py:quick", "--mode=summary", "--config.train.no_such_key=1"],
      "no_such_key"),
@@ -262,6 +266,7 @@ def test_unknown_variant_is_rejected():
     assert default.get_config().train.batch_size == 1
 
 
+@pytest.mark.slow
 def test_bfloat16_compute_keeps_float32_params():
     config = tiny_config(**{"train.compute_dtype": "bfloat16"})
     _, state, step = _setup(config)
@@ -271,6 +276,7 @@ def test_bfloat16_compute_keeps_float32_params():
     assert dtypes == {np.dtype("float32")}
 
 
+@pytest.mark.slow
 def test_export_checkpoint_to_pytorch_and_back(tmp_path, full_run):
     """--mode=export of a run: safetensors + manifest in the canonical pix2pix layout; the
     generator loads strict into the PyTorch module and matches the JAX generator (eval mode);
@@ -312,6 +318,7 @@ def test_export_without_checkpoint_names_the_workdir(tmp_path):
         export_checkpoint.export_checkpoint(tiny_config(), str(tmp_path))
 
 
+@pytest.mark.slow
 def test_other_modes_run_with_the_runs_recorded_config(tmp_path, full_run, caplog):
     """Export, evaluate, predict and compile on a run start from the config its checkpoint
     recorded: the config file alone (without the run's overrides: batch size, widths) is
@@ -349,3 +356,29 @@ def test_other_modes_run_with_the_runs_recorded_config(tmp_path, full_run, caplo
     # Training, or a workdir without a checkpoint: the given config as it is.
     assert run_config.for_mode(given, str(full_run), "train") is given
     assert run_config.for_mode(given, str(tmp_path / "none"), "export") is given
+
+
+def test_two_step_run_checkpoints_and_evaluates(tmp_path):
+    """The trainer end to end at its smallest (the fast tier's run of train.py): two steps,
+    a checkpoint and an evaluation."""
+    out = train.train_and_evaluate(tiny_config(**{
+        "train.num_steps": 2, "optim.constant_steps": 1, "optim.decay_steps": 1,
+        "train.checkpoint_every_steps": 2, "train.eval_every_steps": 2,
+        "train.sample_every_steps": 2, "eval.num_images": 4}), str(tmp_path))
+    assert out["step"] == 2
+    assert checkpoints.checkpoint_dir(tmp_path).joinpath("2").exists()
+    assert json.loads((tmp_path / "eval" / "latest.json").read_text())["step"] == 2
+
+
+def test_main_dispatches_a_mode_and_knows_user_mistakes(tmp_path, capsys):
+    """main's dispatch in-process (the CLI itself runs in the slow subprocess tests)."""
+    from unmask_jax import exits
+    main._run_mode(tiny_config(), "summary", str(tmp_path))
+    assert "generator" in capsys.readouterr().out
+    assert json.loads((tmp_path / "summary.json").read_text())["system"] == "pix2pix"
+    kinds = main.user_error_types()
+    assert exits.UserError in kinds and checkpoints.CheckpointError in kinds
+    with pytest.raises(SystemExit) as e:
+        exits.fail("a message")
+    assert e.value.code == exits.USER_ERROR_STATUS == 2
+    assert "error: a message" in capsys.readouterr().err

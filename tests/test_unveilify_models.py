@@ -102,6 +102,7 @@ def full_templates():
     }
 
 
+@pytest.mark.slow
 def test_reference_parameter_counts(full_templates):
     counts = {k: count_params(v["params"]) for k, v in full_templates.items()}
     assert counts == {"psp": 176_474_816, "generator": 16_043_425,
@@ -178,6 +179,7 @@ def small():
                 logits=np.asarray(logits))
 
 
+@pytest.mark.slow
 def test_eval_parity_with_torch_twins(small):
     sd = keymaps.flax_to_torch("unveilify_mask_remover", SMALL, small["v_mr"],
                                num_batches_tracked=5)

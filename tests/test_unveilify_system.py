@@ -116,6 +116,7 @@ def stepped():
     return c, system, state, frozen, step
 
 
+@pytest.mark.slow
 def test_identity_gradient_reaches_the_generator_and_psp(stepped):
     """One compiled step run twice: with the identity network's weights, and with weights
     that make its embedding constant (so the term has no gradient). The generator's and the pSp
@@ -157,6 +158,7 @@ def test_identity_term_falls_back_to_dlib_and_says_so(monkeypatch, caplog, tmp_p
         systems.build(c)
 
 
+@pytest.mark.slow
 def test_evaluate_and_export_to_the_reference_layout(stepped, tmp_path):
     """The evaluation JSON (identity similarity to the reference photo, for the system and
     the baselines; composited and raw), and export of the trained state to the
@@ -193,6 +195,7 @@ def test_evaluate_and_export_to_the_reference_layout(stepped, tmp_path):
     np.testing.assert_allclose(got, want, atol=2e-4, rtol=1e-4)
 
 
+@pytest.mark.slow
 def test_psp_body_starts_from_converted_irse50(stepped, tmp_path, caplog):
     """``model.psp_irse50_init``: the pSp input layer and body take the converted IR-SE
     weights; the rest stays. (Stand-in file: the input layer and body of another random pSp

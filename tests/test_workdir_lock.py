@@ -69,6 +69,7 @@ def test_second_acquire_in_this_process_is_refused(tmp_path):
             workdir_lock.acquire(tmp_path)
 
 
+@pytest.mark.slow
 def test_running_holder_blocks_a_second_training_then_its_death_frees_it(tmp_path):
     holder = start_holder(tmp_path)
     try:
@@ -105,6 +106,7 @@ def test_lock_from_another_host_says_so_and_how_to_override(tmp_path):
         pass
 
 
+@pytest.mark.slow
 def test_without_flock_a_live_pid_blocks_and_a_dead_one_does_not(tmp_path, monkeypatch):
     monkeypatch.setattr(workdir_lock, "fcntl", None)  # a file system without flock
     sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])

@@ -17,17 +17,6 @@ class UserError(Exception):
     """A mistake in the command, config or files, with a message saying what to change."""
 
 
-def user_error_types() -> tuple[type[BaseException], ...]:
-    """Exceptions that mean the user has something to fix (message, no traceback)."""
-    from data_pipelines.landmarks.detect import LandmarkDetectorUnavailable
-    from unmask_jax import aot, checkpoints, early_stopping, train, workdir_lock
-    from unmask_jax.features import MissingWeightsError
-    return (UserError, aot.DoesNotFit, aot.CompileSetupError, train.DataSetupError,
-            checkpoints.CheckpointError, workdir_lock.WorkdirLockedError,
-            early_stopping.EarlyStoppingMetricError, MissingWeightsError,
-            LandmarkDetectorUnavailable, FileNotFoundError, NotADirectoryError, PermissionError)
-
-
 def fail(message: str, status: int = USER_ERROR_STATUS) -> NoReturn:
     """Prints ``error: <message>`` (and logs it) and exits with ``status``."""
     log.error("%s", message)

@@ -20,7 +20,7 @@ import sys
 from absl import app, flags
 from ml_collections import config_flags
 
-from unmask_jax.exits import USER_ERROR_STATUS, UserError, exit_now, fail, user_error_types
+from unmask_jax.exits import USER_ERROR_STATUS, UserError, exit_now, fail
 
 MODES = ("train", "evaluate", "summary", "export", "predict", "compile")
 log = logging.getLogger("unmask_jax")
@@ -96,6 +96,17 @@ def main(argv) -> None:
         if jax.process_count() > 1:
             exit_now(jax.process_index())
         raise
+
+
+def user_error_types() -> tuple[type[BaseException], ...]:
+    """Exceptions that mean the user has something to fix (message, no traceback)."""
+    from data_pipelines.landmarks.detect import LandmarkDetectorUnavailable
+    from unmask_jax import aot, checkpoints, early_stopping, train, workdir_lock
+    from unmask_jax.features import MissingWeightsError
+    return (UserError, aot.DoesNotFit, aot.CompileSetupError, train.DataSetupError,
+            checkpoints.CheckpointError, workdir_lock.WorkdirLockedError,
+            early_stopping.EarlyStoppingMetricError, MissingWeightsError,
+            LandmarkDetectorUnavailable, FileNotFoundError, NotADirectoryError, PermissionError)
 
 
 def _run_mode(config, mode: str, workdir: str | None) -> None:
