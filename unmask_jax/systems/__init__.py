@@ -34,7 +34,7 @@ def build(config, abstract_frozen: bool = False) -> System:
 
 def system_class(config) -> type[System]:
     """The class ``config`` builds (a family's constructor chooses by the config), without
-    building it: its class-level declarations (``resume_safe_keys``, ``report``)."""
+    building it: its class-level declarations (``resume_safe_keys``)."""
     name = config.get("system", None)
     if name not in SYSTEMS:
         raise ValueError(f"config.system={name!r}: choose one of {sorted(SYSTEMS)}")
