@@ -193,6 +193,17 @@ def data_section() -> config_dict.ConfigDict:
     return d
 
 
+def variant(file: str, given: str | None, choices: tuple[str, ...], default: str = "") -> str:
+    """The variant a config file was given (``--config=configs/<file>.py:<variant>``; an
+    empty one is ``default``), checked against the file's ``choices``: every config file
+    parses its variants here, with one message for an unknown one."""
+    name = given or default
+    if name not in choices:
+        shown = ", ".join(repr(c) for c in choices)
+        raise ValueError(f"configs/{file}.py: unknown variant {given!r}; choose one of {shown}")
+    return name
+
+
 def network_optim_overrides() -> config_dict.ConfigDict:
     """``optim.networks.<name>``: every overridable optimiser key, unset (None)."""
     from unmask_jax.optim import OVERRIDABLE

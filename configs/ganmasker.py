@@ -66,10 +66,7 @@ CLAIMS = (
 
 
 def get_config(variant: str = "unmask"):
-    variant = variant or "unmask"
-    if variant not in VARIANTS:
-        raise ValueError(f"configs/ganmasker.py: unknown variant {variant!r}; choose one of "
-                         f"{VARIANTS}")
+    variant = default.variant("ganmasker", variant, VARIANTS, default="unmask")
     stage = variant.replace("_quick", "")
     stage = "unmask" if stage == "512" else stage
     c = default.get_config()

@@ -21,7 +21,11 @@ REPRODUCE = {
 }
 
 
+VARIANTS = ("", "quick")
+
+
 def get_config(variant: str = ""):
+    variant = default.variant("masked_gan", variant, VARIANTS)
     c = default.get_config()
     c.name = "masked_gan"
     c.model.generator = "tf_pix2pix_unet"
@@ -41,6 +45,4 @@ def get_config(variant: str = ""):
         c.model.generator_kwargs = {"num_downs": 6, "ngf": 32}
         c.model.discriminator_kwargs = {"ndf": 32}
         c.name = "masked_gan_quick"
-    elif variant:
-        raise ValueError(f"configs/masked_gan.py: unknown variant {variant!r}; choose '' or 'quick'")
     return c

@@ -20,12 +20,14 @@ REPRODUCE = {
 }
 
 
+VARIANTS = ("", "quick")
+
+
 def get_config(variant: str = ""):
+    variant = default.variant("pix2pix", variant, VARIANTS)
     c = default.get_config()
     c.name = "pix2pix"
     if variant == "quick":
         c = default.quick(c)
         c.name = "pix2pix_quick"
-    elif variant:
-        raise ValueError(f"configs/pix2pix.py: unknown variant {variant!r}; choose '' or 'quick'")
     return c

@@ -75,10 +75,7 @@ UNVEILIFY_CROP_256 = (35, 223, 32, 220)
 
 
 def get_config(variant: str = "ref"):
-    variant = variant or "ref"
-    if variant not in VARIANTS:
-        raise ValueError(f"configs/unveilify.py: unknown variant {variant!r}; choose one of "
-                         f"{VARIANTS}")
+    variant = default.variant("unveilify", variant, VARIANTS, default="ref")
     c = default.get_config()
     c.name = f"unveilify_{variant}"
     c.system = "unveilify"

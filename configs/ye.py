@@ -43,13 +43,13 @@ CLAIMS = (
 )
 
 
+VARIANTS = ("a", "b", "c", "a_quick", "b_quick", "c_quick")
+
+
 def get_config(variant: str = "a"):
+    variant = default.variant("ye", variant, VARIANTS, default="a")
     c = default.get_config()
-    parts = variant.split("_") if variant else ["a"]
-    train, quick = parts[0], parts[1:] == ["quick"]
-    if train not in ("a", "b", "c") or (len(parts) > 1 and not quick):
-        raise ValueError(f"configs/ye.py: unknown variant {variant!r}; choose a, b, c, "
-                         "a_quick, b_quick, c_quick")
+    train, quick = variant[0], variant.endswith("_quick")
     c.name = f"ye_{train}"
     c.loss.terms.l1.weight = 200.0
     c.loss.d_scale = 0.5
