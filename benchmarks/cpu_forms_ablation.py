@@ -126,6 +126,28 @@ def traced_with(variant: str):
         cpu.forms = original
 
 
+def _train_step_call(config, variant: str, state0, batch, tx):
+    """The system's own train step (state donated, ``tx`` for every network) compiled under
+    ``variant`` by its first call; returns the zero-argument timed call."""
+    import jax
+    import jax.numpy as jnp
+
+    from unmask_jax import systems
+    system = systems.build(config)
+    frozen = system.load_frozen()
+    holder = {"state": jax.tree.map(jnp.array, state0)}
+    with traced_with(variant):
+        step = system.jit(functools.partial(system.train_step,
+                                            txs={n: tx for n in state0.nets}),
+                          donate_argnums=(0,))
+
+        def call():
+            holder["state"], metrics = step(holder["state"], batch, frozen)
+            jax.block_until_ready(metrics)
+        call()
+    return call
+
+
 def build_workloads(size: int, names: list[str]):
     """{name: (make(variant) -> zero-argument timed call)}; each make compiles (first call)
     under its variant."""
@@ -173,7 +195,8 @@ def build_workloads(size: int, names: list[str]):
             n: NetState(v["params"], {"batch_stats": v["batch_stats"]}, tx.init(v["params"]))
             for n, v in (("generator", g_vars), ("discriminator", d_vars))})
 
-        def make_train(variant):
+        # (Bound here: the later workloads reuse these names.)
+        def make_train(variant, state0=state0, batch=batch, tx=tx):
             cfg = default.get_config()
             cfg.model.generator, cfg.model.generator_kwargs = "pix2pix_unet", {
                 "num_downs": num_downs}
@@ -181,19 +204,7 @@ def build_workloads(size: int, names: list[str]):
             cfg.loss.d_scale = 0.5
             cfg.loss.update_order = "sequential"
             cfg.model.backend_forms = "off" if variant == "off" else "auto"
-            system = systems.build(cfg)
-            frozen = system.load_frozen()
-            holder = {"state": jax.tree.map(jnp.array, state0)}
-            with traced_with(variant):
-                step = system.jit(functools.partial(system.train_step,
-                                                    txs={"generator": tx, "discriminator": tx}),
-                                  donate_argnums=(0,))
-
-                def call():
-                    holder["state"], metrics = step(holder["state"], batch, frozen)
-                    jax.block_until_ready(metrics)
-                call()
-            return call
+            return _train_step_call(cfg, variant, state0, batch, tx)
         out["pix2pix train b4"] = make_train
 
     if "ganmasker two-stage b8" in names:
@@ -241,21 +252,10 @@ def build_workloads(size: int, names: list[str]):
         batch = {"masked": jnp.asarray(target * (1 - mask)), "target": jnp.asarray(target),
                  "mask": jnp.asarray(mask)}
 
-        def make_gm_train(variant):
+        def make_gm_train(variant, state0=state0, batch=batch, tx=tx):
             c = cfg_t.copy_and_resolve_references()
             c.model.backend_forms = "off" if variant == "off" else "auto"
-            system = systems.build(c)
-            frozen = system.load_frozen()
-            holder = {"state": jax.tree.map(jnp.array, state0)}
-            with traced_with(variant):
-                step = system.jit(functools.partial(
-                    system.train_step, txs={n: tx for n in state0.nets}), donate_argnums=(0,))
-
-                def call():
-                    holder["state"], metrics = step(holder["state"], batch, frozen)
-                    jax.block_until_ready(metrics)
-                call()
-            return call
+            return _train_step_call(c, variant, state0, batch, tx)
         out["ganmasker train b4"] = make_gm_train
     return out
 

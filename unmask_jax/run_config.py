@@ -103,10 +103,10 @@ def for_mode(config: config_dict.ConfigDict, workdir: str | None, mode: str
         recorded = checkpoints.recorded_config(workdir, config.eval.get("checkpoint_step"))
     except (checkpoints.CheckpointError, FileNotFoundError, KeyError, ValueError):
         return config  # no (readable) checkpoint here: the mode says what is missing
-    merged, ignored = merge(recorded, config, mode,
-                            systems.system_class(config_dict.ConfigDict(
-                                checkpoints.upgrade_recorded(recorded))).resume_safe_keys
-                            if recorded.get("system") in systems.SYSTEMS else ())
+    # (recorded_config has applied checkpoints.upgrade_recorded already.)
+    system_keys = (systems.system_class(config_dict.ConfigDict(recorded)).resume_safe_keys
+                   if recorded.get("system") in systems.SYSTEMS else ())
+    merged, ignored = merge(recorded, config, mode, system_keys)
     if ignored:
         log.info("--mode=%s uses the run's recorded config; these values given here are "
                  "not used (run -> given): %s", mode, ", ".join(

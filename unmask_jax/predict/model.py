@@ -72,14 +72,14 @@ def load_map_run(workdir: str) -> MapRun:
     system unmasks (it is not a run that finds maps)."""
     from ml_collections import config_dict
 
-    from unmask_jax import checkpoints, state as state_lib, systems
+    from unmask_jax import checkpoints, state as state_lib
     recorded = config_dict.ConfigDict(checkpoints.recorded_config(workdir))
-    needs = systems.build(recorded).predict_needs()
+    state, system, _ = state_lib.load_state(recorded, workdir)
+    needs = system.predict_needs()
     if needs.unmasks or needs.map_threshold is None:
         raise PredictSetupError(
-            f"config.model.segmenter_workdir={workdir} is a {recorded.get('system')} run "
-            "that does not find mask maps: name a run of a mask-segmentation stage")
-    state, system, _ = state_lib.load_state(recorded, workdir)
+            f"config.model.segmenter_workdir={workdir} is a {system.name} run that does not "
+            "find mask maps: name a run of a mask-segmentation stage")
     log.info("mask maps from %s (%s, step %d)", workdir, system.name, int(state.step))
     # Inference reads parameters and collections only.
     state = state.replace(nets={n: net.replace(opt_state=()) for n, net in state.nets.items()})
