@@ -171,8 +171,9 @@ def cmd_render(args) -> int:
         f"full paper configs, {DTYPE} compute with float32 parameters, {PER_CHIP_BATCH} "
         "images per chip, data parallel (state replicated, batch split over every chip). "
         "Regenerate with `python benchmarks/scale.py run` (resumes; minutes per row) then "
-        "`python benchmarks/scale.py render`; the reports are in `docs/scale/`. One row by "
-        "hand:",
+        "`python benchmarks/scale.py render"
+        + (f" --pipeline-img-per-core {args.pipeline_img_per_core}" if rates else "")
+        + "`; the reports are in `docs/scale/`. One row by hand:",
         "",
         "```bash",
         "python -m unmask_jax.main --config=configs/ganmasker.py:unmask --workdir=runs/aot \\",
@@ -201,7 +202,9 @@ def cmd_render(args) -> int:
                  "the chips on one host (img/s/chip x chips per host / the input pipeline's "
                  "images per CPU second, " + ", ".join(f"{r} px: {v:,.0f}" for r, v in
                                                        sorted(rates.items())) +
-                 ", measured with `benchmarks/pipeline_throughput.py`).", ""]
+                 ", measured on LFW with `python benchmarks/pipeline_throughput.py "
+                 "--data_dir=../shared/data/lfw --resolutions=256 --workers=0 --seconds=8`).",
+                 ""]
     text += [
         "## Predict (the system's own inference)",
         "",
