@@ -185,7 +185,7 @@ def main(argv: list[str] | None = None) -> int:
     import optax
     import torch
 
-    from configs import default
+    from configs import default, pix2pix
     from unmask_jax import state as state_lib, systems
     from unmask_jax.export import build_torch_module, keymaps
     from unmask_jax.models import create_model
@@ -234,7 +234,7 @@ def main(argv: list[str] | None = None) -> int:
 
         # ---------------- training step -----------------
         tx = optax.adam(2e-4, b1=0.5, b2=0.999)
-        cfg = default.get_config()
+        cfg = pix2pix.family(default.get_config())
         cfg.model.generator, cfg.model.generator_kwargs = g_name, g_kwargs
         cfg.model.discriminator, cfg.model.discriminator_kwargs = d_name, {}
         cfg.loss.d_scale = d_scale

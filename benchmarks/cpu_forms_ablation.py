@@ -156,7 +156,7 @@ def build_workloads(size: int, names: list[str]):
     import numpy as np
     import optax
 
-    from configs import default, ganmasker
+    from configs import default, ganmasker, pix2pix
     from unmask_jax import backends, systems
     from unmask_jax.models import create_model
     from unmask_jax.state import NetState, TrainState
@@ -197,7 +197,7 @@ def build_workloads(size: int, names: list[str]):
 
         # (Bound here: the later workloads reuse these names.)
         def make_train(variant, state0=state0, batch=batch, tx=tx):
-            cfg = default.get_config()
+            cfg = pix2pix.family(default.get_config())
             cfg.model.generator, cfg.model.generator_kwargs = "pix2pix_unet", {
                 "num_downs": num_downs}
             cfg.model.discriminator, cfg.model.discriminator_kwargs = "patchgan", {}

@@ -1,7 +1,10 @@
-"""Shared defaults for every system: the pix2pix core (systems.md section 0) on synthetic faces.
+"""What every system shares: data, the training loop, optimiser defaults, evaluation,
+prediction, distributed start-up; on synthetic faces.
 
-Each system file builds on ``get_config()`` and overrides what its paper specifies. Every
-choice is a visible key; ``python -m unmask_jax.main --config=configs/X.py --mode=summary``
+Each system's config file builds on ``get_config()`` and adds its own networks and losses
+(``model.*``, ``loss.*``, ``optim.networks.<network>``): the pix2pix family's in
+``configs/pix2pix.py`` (``family``), GANMasker's and UnVeilify's in theirs. Every choice is a
+visible key; ``python -m unmask_jax.main --config=configs/X.py --mode=summary``
 prints the resolved config and the parameter counts.
 """
 from ml_collections import config_dict
@@ -10,7 +13,7 @@ from ml_collections import config_dict
 def get_config() -> config_dict.ConfigDict:
     c = config_dict.ConfigDict()
     c.name = "default"
-    c.system = "pix2pix"                  # unmask_jax.systems registry
+    c.system = config_dict.placeholder(str)  # unmask_jax.systems registry: set by each config
     c.seed = 0
 
     # ---- data: data_pipelines.config.DataConfig, whose defaults are the only copy ----
@@ -21,26 +24,11 @@ def get_config() -> config_dict.ConfigDict:
     # read_threads, shuffle, seed. `--mode=summary` prints the resolved values.
     c.data = data_section()
 
-    # ---- networks (unmask_jax.models registry) ----
+    # ---- networks (unmask_jax.models registry): each system's config adds its own ----
     c.model = config_dict.ConfigDict()
-    c.model.generator = "pix2pix_unet"
-    c.model.generator_kwargs = config_dict.ConfigDict(
-        dict(num_downs=8, ngf=64, out_channels=3, use_dropout=True))
-    c.model.discriminator = "patchgan"
-    c.model.discriminator_kwargs = config_dict.ConfigDict(dict(ndf=64, n_layers=3))
-    # What the generator sees: "masked" (3 ch) or "masked", "mask" (4 ch). The discriminator
-    # sees concat(its condition, image); its condition is the generator input.
-    c.model.generator_inputs = ("masked",)
-    # MURF composite during training: out = G(x) * mask + masked * (1 - mask). Evaluation
-    # always composites.
-    c.model.composite_in_training = False
-    # Start from PyTorch weights (.safetensors/.pt in the network's PyTorch layout, e.g. the
-    # canonical pix2pix one; see unmask_jax.export). Used only when no checkpoint exists.
-    c.model.generator_init = config_dict.placeholder(str)
-    c.model.discriminator_init = config_dict.placeholder(str)
-    # A finished GANMasker stage-1 (M-Seg) run: the mask maps for systems that take one
-    # (GANMasker stage 2 evaluation and prediction; --mode=predict of any system whose
-    # generator input has "mask", and the paste-back region of the others).
+    # A finished mask-segmentation run (GANMasker stage 1, M-Seg): the mask maps for systems
+    # that take one (GANMasker stage 2 evaluation and prediction; --mode=predict of any
+    # system whose generator input has "mask", and the paste-back region of the others).
     c.model.segmenter_workdir = config_dict.placeholder(str)
     # Backend forms (unmask_jax/backends): "auto" runs, on the platform a program is compiled
     # for, the other forms of the same maths measured faster there (on the CPU: GEMM and
@@ -49,21 +37,8 @@ def get_config() -> config_dict.ConfigDict:
     # float rounding.
     c.model.backend_forms = "auto"
 
-    # ---- losses (unmask_jax.loss_terms registry; functions in unmask_jax.losses) ----
+    # ---- losses (unmask_jax.loss_terms registry): each system's config adds its own ----
     c.loss = config_dict.ConfigDict()
-    # Generator terms: name -> {weight, [type], [pred], [target], options}; the type defaults
-    # to the name. Types: gan (kind vanilla | lsgan), l1, smooth_l1 (beta), mse, ssim, bce,
-    # dice, perceptual (backbone vgg16 | vgg19, layers, layer_weights, criterion, weights),
-    # lpips (net alex | vgg16), identity (backbone dlib | arcface_* | irse50, weights, crop).
-    # Each is logged as g_<name>. pix2pix: BCE-with-logits adversarial + 100 * L1.
-    c.loss.terms = config_dict.ConfigDict({
-        "gan": {"weight": 1.0, "kind": "vanilla"},
-        "l1": {"weight": 100.0},
-    })
-    c.loss.d_scale = 0.5                  # D loss = d_scale * (real + fake)
-    # sequential: PyTorch pix2pix (D update, then G against the updated D);
-    # simultaneous: the TF tutorial (one tape, both against the pre-update D, real first).
-    c.loss.update_order = "sequential"
 
     # ---- optimisation (unmask_jax.optim) ----
     c.optim = config_dict.ConfigDict()
@@ -89,10 +64,10 @@ def get_config() -> config_dict.ConfigDict:
     c.optim.restart_mult = 1.0
     c.optim.warmup_shape = "linear"       # linear | exp10 (UnVeilify: lr * 10**(u - warmup))
     c.optim.min_lr = 0.0
-    # Per-network overrides of the keys above (None keeps the default), e.g.
+    # Per-network overrides of the keys above (None keeps the default), one section per
+    # trained network, added by each system's config (network_optim_overrides), e.g.
     # --config.optim.networks.discriminator.lr=1e-4.
-    c.optim.networks = config_dict.ConfigDict({
-        "generator": network_optim_overrides(), "discriminator": network_optim_overrides()})
+    c.optim.networks = config_dict.ConfigDict()
 
     # ---- training loop (unmask_jax.train) ----
     c.train = config_dict.ConfigDict()
@@ -160,6 +135,12 @@ def get_config() -> config_dict.ConfigDict:
     # Which implementation runs that CNN: jax (dlib's network and weights ported to JAX:
     # same detections, ~10x faster on CPU) | dlib (dlib's own; its pip build has no BLAS).
     c.predict.cnn_backend = "jax"
+    # An --output folder that already holds files is refused unless this is True (then files
+    # of the same name are replaced).
+    c.predict.overwrite = False
+    # Also write faces/<input>.face<k>.{crop,map,unmasked,side_by_side}.png per face, at the
+    # model's resolution.
+    c.predict.save_faces = False
 
     # ---- distributed start-up ----
     # Keys and defaults are those of unmask_jax.parallel.DistributedConfig (their one home):
@@ -222,35 +203,4 @@ def constant_schedule_for_steps(c: config_dict.ConfigDict, num_steps: int
     c.optim.schedule = "constant"
     c.optim.constant_epochs = None
     c.optim.decay_epochs = None
-    return c
-
-
-def quick(c: config_dict.ConfigDict) -> config_dict.ConfigDict:
-    """The ``:quick`` variant: 64x64, a 6-level U-Net, 300 steps, < 5 minutes on a 2-core CPU.
-
-    Keeps the system's losses, inputs and layer types; shrinks resolution, widths, steps.
-    """
-    c.data.resolution = 64
-    # Every source takes num_records: synthetic renders 2000 faces, file sources keep at most
-    # 2000 records per split, spread over identities (data_pipelines.sources).
-    c.data.source_options.num_records = 2000
-    c.model.generator_kwargs.num_downs = 6
-    c.model.generator_kwargs.ngf = 32
-    c.model.discriminator_kwargs.ndf = 32
-    c.model.discriminator_kwargs.n_layers = 2
-    c.train.batch_size = 16
-    c.train.num_epochs = None
-    c.train.num_steps = 300
-    c.optim.schedule = "linear_decay"
-    c.optim.constant_epochs = None
-    c.optim.decay_epochs = None
-    c.optim.constant_steps = 200
-    c.optim.decay_steps = 100
-    c.optim.lr = 5e-4
-    c.train.log_every_steps = 50
-    c.train.sample_every_steps = 100
-    c.train.checkpoint_every_steps = 100
-    c.train.eval_every_steps = 300
-    c.eval.num_images = 64
-    c.eval.batch_size = 16
     return c

@@ -15,6 +15,11 @@ Variants (``--config=configs/ganmasker.py:<variant>``):
 - ``:512`` -- stage 2 at 512x512, batch 8.
 - ``:seg_quick``, ``:unmask_quick``, ``:one_stage_quick`` -- 64x64, small widths, a few CPU
   minutes.
+- ``:starter_seg``, ``:starter`` -- the starter weights shipped in ``weights/`` (see
+  ``weights/MODEL_CARD.md``): 128x128, reduced widths (both stages' inference networks fit
+  25 MB), trained on the real LFW + CelebA training splits with synthesised masks that often
+  carry ear loops; ``--config.data.data_dir`` is the folder holding ``lfw/`` and ``celeba/``.
+  ``benchmarks/starter_weights.py`` trains and packs them.
 
 Paper values: LSGAN (a = 0 fake, b = 1 real, c = 1); reconstruction 0.5 * (SmoothL1 +
 (1 - SSIM)); perceptual SmoothL1 on ImageNet VGG19 features; batch 32 at 256^2 (8 at 512^2);
@@ -40,10 +45,10 @@ default source here is the embedded synthetic one; CelebA with
 """
 from ml_collections import config_dict
 
-from configs import default
+from configs import default, pix2pix
 
 VARIANTS = ("seg", "unmask", "one_stage", "512", "seg_quick", "unmask_quick",
-            "one_stage_quick")
+            "one_stage_quick", "starter_seg", "starter")
 
 #: This file's runs in the one-protocol reproduction (configs/reproduce.py): entry -> the
 #: paper's variant, the small-widths variant, the report's label, its row, whether it removes
@@ -67,34 +72,36 @@ CLAIMS = (
 
 def get_config(variant: str = "unmask"):
     variant = default.variant("ganmasker", variant, VARIANTS, default="unmask")
-    stage = variant.replace("_quick", "")
-    stage = "unmask" if stage == "512" else stage
+    stage = variant.replace("_quick", "").replace("starter_", "")
+    stage = "unmask" if stage in ("512", "starter") else stage
     c = default.get_config()
+    if stage != "seg":  # stages with a generator: the pix2pix family's step and sections
+        c = pix2pix.family(c)
     c.name = f"ganmasker_{variant}"
     c.system = "ganmasker"
 
     c.model.stage = stage
     c.model.segmenter = "ganmasker_mseg"
     c.model.segmenter_kwargs = config_dict.ConfigDict({"base_width": 32})
-    c.model.generator = "ganmasker_funet"
-    c.model.generator_kwargs = config_dict.ConfigDict({"base_width": 32})
-    c.model.discriminator = "ganmasker_discriminator"
-    c.model.discriminator_kwargs = config_dict.ConfigDict({"ndf": 64, "n_layers": 3})
-    c.model.generator_inputs = ("masked",) if stage == "one_stage" else ("masked", "mask")
-    c.model.composite_in_training = stage == "unmask"  # MURF
-    c.model.segmenter_workdir = config_dict.placeholder(str)  # the :seg run (two-stage eval)
+    # The :seg run whose maps stage 2 evaluates and predicts with: model.segmenter_workdir.
     c.model.mask_threshold = 0.5
-
-    c.loss.terms = config_dict.ConfigDict({
-        "gan": {"weight": 1.0, "kind": "lsgan"},
-        "smooth_l1": {"weight": 50.0, "beta": 1.0},
-        "ssim": {"weight": 50.0},
-        "perceptual": {"weight": 10.0, "backbone": "vgg19",
-                       "layers": ("relu1_2", "relu2_2", "relu3_3", "relu4_2"),
-                       "layer_weights": (1.0, 1.0, 1.0, 1.0), "criterion": "smooth_l1",
-                       "weights": config_dict.placeholder(str)},
-    })
-    c.loss.d_scale = 0.5
+    if stage != "seg":
+        c.model.generator = "ganmasker_funet"
+        c.model.generator_kwargs = config_dict.ConfigDict({"base_width": 32})
+        c.model.discriminator = "ganmasker_discriminator"
+        c.model.discriminator_kwargs = config_dict.ConfigDict({"ndf": 64, "n_layers": 3})
+        c.model.generator_inputs = ("masked",) if stage == "one_stage" else ("masked", "mask")
+        c.model.composite_in_training = stage == "unmask"  # MURF
+        c.loss.terms = config_dict.ConfigDict({
+            "gan": {"weight": 1.0, "kind": "lsgan"},
+            "smooth_l1": {"weight": 50.0, "beta": 1.0},
+            "ssim": {"weight": 50.0},
+            "perceptual": {"weight": 10.0, "backbone": "vgg19",
+                           "layers": ("relu1_2", "relu2_2", "relu3_3", "relu4_2"),
+                           "layer_weights": (1.0, 1.0, 1.0, 1.0), "criterion": "smooth_l1",
+                           "weights": config_dict.placeholder(str)},
+        })
+        c.loss.d_scale = 0.5
     c.loss.seg_terms = config_dict.ConfigDict({"bce": {"weight": 1.0},
                                                "dice": {"weight": 1.0}})
 
@@ -104,10 +111,7 @@ def get_config(variant: str = "unmask"):
     c.optim.decay_factor = 0.1
     c.optim.constant_epochs = None
     c.optim.decay_epochs = None
-    c.optim.networks = config_dict.ConfigDict({
-        "segmenter": default.network_optim_overrides(),
-        "generator": default.network_optim_overrides(),
-        "discriminator": default.network_optim_overrides()})
+    c.optim.networks.segmenter = default.network_optim_overrides()
 
     c.data.jitter_scale = 1.0  # the paper reports no crop jitter
     c.train.batch_size = 32
@@ -118,7 +122,43 @@ def get_config(variant: str = "unmask"):
         c.train.batch_size = 8
     if variant.endswith("_quick"):
         _quick(c, stage)
+    if variant.startswith("starter"):
+        _starter(c, stage)
     return c
+
+
+def _starter(c, stage: str) -> None:
+    """The starter weights: the paper's losses and layer types at 128x128 with reduced widths,
+    trained in about two hours of a 2-core CPU in all (stage 1: 2000 steps at batch 16, 12
+    minutes; stage 2: 3000 steps at batch 8).
+
+    Widths: M-Seg base 16 (1.19 M parameters) and FU-Net base 16 (4.38 M): 22 MB in float32
+    for both inference networks. Data: the real faces of LFW (deep-funneled, dlib landmarks
+    from the cache) and the CelebA aligned subset (its fixed aligned points), training splits
+    joined; evaluation during training on LFW's held-out identities. Masks: every type, ear
+    loops on 3 masks in 4 (real photos have them; they are part of the map)."""
+    c.data.source = "lfw+celeba"
+    c.data.data_dir = "../shared/data"
+    c.data.source_options.landmarks = "auto"
+    c.data.eval_split = "test"
+    c.data.resolution = 128
+    c.data.mask = config_dict.ConfigDict({"straps_prob": 0.75})
+    c.model.segmenter_kwargs.base_width = 16
+    if stage != "seg":
+        c.model.generator_kwargs.base_width = 16
+        c.model.discriminator_kwargs.ndf = 32
+        c.loss.terms.perceptual.layers = ("relu1_2", "relu2_2", "relu3_3")
+        c.loss.terms.perceptual.layer_weights = (1.0, 1.0, 1.0)
+    c.train.batch_size = 16 if stage == "seg" else 8
+    c.train.num_epochs = None
+    c.train.num_steps = 2000 if stage == "seg" else 3000
+    c.optim.boundaries_steps = (1400, 1800) if stage == "seg" else (2100, 2600)
+    c.train.log_every_steps = 50
+    c.train.sample_every_steps = 250
+    c.train.checkpoint_every_steps = 250
+    c.train.eval_every_steps = 1000
+    c.eval.num_images = 64
+    c.eval.batch_size = 16
 
 
 def _quick(c, stage: str) -> None:
@@ -130,11 +170,12 @@ def _quick(c, stage: str) -> None:
     c.data.resolution = 64
     c.data.source_options.num_records = 2000
     c.model.segmenter_kwargs.base_width = 8
-    c.model.generator_kwargs.base_width = 16
-    c.model.discriminator_kwargs.ndf = 16
-    c.model.discriminator_kwargs.n_layers = 2
-    c.loss.terms.perceptual.layers = ("relu1_2", "relu2_2")
-    c.loss.terms.perceptual.layer_weights = (1.0, 1.0)
+    if stage != "seg":
+        c.model.generator_kwargs.base_width = 16
+        c.model.discriminator_kwargs.ndf = 16
+        c.model.discriminator_kwargs.n_layers = 2
+        c.loss.terms.perceptual.layers = ("relu1_2", "relu2_2")
+        c.loss.terms.perceptual.layer_weights = (1.0, 1.0)
     c.train.batch_size = 16 if stage == "seg" else 8
     c.train.num_epochs = None
     c.train.num_steps = 600 if stage == "seg" else 300

@@ -10,7 +10,7 @@ real pair before the generated one; ``loss.update_order = "simultaneous"``),
 Deviation: data (the paper's 70/30 split of its own masked set is not available): synthetic
 by default; any source by override.
 """
-from configs import default
+from configs import default, pix2pix
 
 #: This file's runs in the one-protocol reproduction (configs/reproduce.py): entry -> the
 #: paper's variant, the small-widths variant, the report's label, its row, whether it removes
@@ -26,7 +26,7 @@ VARIANTS = ("", "quick")
 
 def get_config(variant: str = ""):
     variant = default.variant("masked_gan", variant, VARIANTS)
-    c = default.get_config()
+    c = pix2pix.family(default.get_config())
     c.name = "masked_gan"
     c.model.generator = "tf_pix2pix_unet"
     c.model.generator_kwargs = {}
@@ -41,7 +41,7 @@ def get_config(variant: str = ""):
     default.constant_schedule_for_steps(c, 200_000)
     c.train.checkpoint_every_steps = 5000
     if variant == "quick":
-        c = default.quick(c)
+        c = pix2pix.quick(c)
         c.model.generator_kwargs = {"num_downs": 6, "ngf": 32}
         c.model.discriminator_kwargs = {"ndf": 32}
         c.name = "masked_gan_quick"

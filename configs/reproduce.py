@@ -137,8 +137,9 @@ def get_config(variant: str = "pix2pix,smoke,synthetic") -> config_dict.ConfigDi
         return c
     s = SCALES[scale]
     c.data.resolution = s["resolution"]
-    if "resolution" in c.model.generator_kwargs:            # UnVeilify's generator
-        c.model.generator_kwargs.resolution = s["resolution"]
+    for key in c.model:  # a network built for one resolution (UnVeilify's generator)
+        if key.endswith("_kwargs") and "resolution" in c.model[key]:
+            c.model[key].resolution = s["resolution"]
     c.train.batch_size = s["batch_size"]
     stretch_schedule(c.optim, s["num_steps"] / c.train.num_steps)
     c.train.num_epochs = None

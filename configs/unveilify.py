@@ -98,9 +98,10 @@ def get_config(variant: str = "ref"):
     # Converted model_ir_se50.pth (pSp's ArcFace IR-SE50) for the pSp input layer and body
     # (the pSp paper's start; the UnVeilify reference starts from random init).
     c.model.psp_irse50_init = config_dict.placeholder(str)
-    # Remove the pix2pix keys this system does not read.
-    for key in ("generator_inputs", "composite_in_training"):
-        del c.model[key]
+    # Start from PyTorch weights (the reference's layouts, unmask_jax.export); used only when
+    # no checkpoint exists.
+    c.model.generator_init = config_dict.placeholder(str)
+    c.model.discriminator_init = config_dict.placeholder(str)
 
     c.loss.terms = config_dict.ConfigDict({
         "gan": {"weight": 1.0, "kind": "vanilla"},
@@ -111,7 +112,6 @@ def get_config(variant: str = "ref"):
                      "crop": UNVEILIFY_CROP_256, "resize": "area", "reduction": "sum"},
     })
     c.loss.d_scale = 0.5
-    del c.loss["update_order"]
 
     c.optim.lr = 2e-4
     c.optim.b1 = 0.5
@@ -125,6 +125,9 @@ def get_config(variant: str = "ref"):
     c.optim.restart_period_epochs = 50.0
     c.optim.restart_mult = 2.0
     c.optim.min_lr = 0.0
+    c.optim.networks = config_dict.ConfigDict({
+        "generator": default.network_optim_overrides(),
+        "discriminator": default.network_optim_overrides()})
     c.optim.networks.discriminator.schedule = "constant"
 
     c.train.batch_size = 16

@@ -18,7 +18,7 @@ Data: the paper's data set is LFW; the default source here is the embedded synth
 Use LFW with --config.data.source=lfw --config.data.data_dir=PATH/lfw
 (--config.data.source_options.landmarks=dlib for detected landmarks).
 """
-from configs import default
+from configs import default, pix2pix
 
 #: This file's runs in the one-protocol reproduction (configs/reproduce.py): entry -> the
 #: paper's variant, the small-widths variant, the report's label, its row, whether it removes
@@ -48,7 +48,7 @@ VARIANTS = ("a", "b", "c", "a_quick", "b_quick", "c_quick")
 
 def get_config(variant: str = "a"):
     variant = default.variant("ye", variant, VARIANTS, default="a")
-    c = default.get_config()
+    c = pix2pix.family(default.get_config())
     train, quick = variant[0], variant.endswith("_quick")
     c.name = f"ye_{train}"
     c.loss.terms.l1.weight = 200.0
@@ -66,7 +66,7 @@ def get_config(variant: str = "a"):
         c.train.batch_size = 4
         c.eval.bn_statistics = "running"   # InstanceNorm: no batch statistics to choose
     if quick:
-        c = default.quick(c)
+        c = pix2pix.quick(c)
         c.name += "_quick"
         if train == "c":
             c.model.generator_kwargs = {"ngf": 16, "dilated_channels": 64, "se_reduction": 4}

@@ -111,7 +111,7 @@ class DataConfig:
 
     def validate(self) -> None:
         from data_pipelines.masks.config import MaskSynthesisConfig
-        from data_pipelines.sources import SOURCES, source_options
+        from data_pipelines.sources import SOURCES, is_known, source_options
 
         if not 64 <= self.resolution <= 512:
             raise ValueError(f"config.data.resolution={self.resolution}: must be in 64..512")
@@ -133,9 +133,10 @@ class DataConfig:
         if self.read_threads < 1 or self.num_workers < 0:
             raise ValueError(f"config.data: read_threads={self.read_threads} must be >= 1 and "
                              f"num_workers={self.num_workers} >= 0")
-        if self.source not in SOURCES:
+        if not is_known(self.source):
             raise ValueError(f"config.data.source={self.source!r}: unknown source; choose one "
-                             f"of {sorted(SOURCES)}")
+                             f"of {sorted(SOURCES)}, or several different ones joined with "
+                             "'+' (e.g. 'lfw+celeba')")
         accepted = source_options(self.source)
         rejected = sorted(k for k, v in self.source_options.items()
                           if v is not None and k not in accepted)

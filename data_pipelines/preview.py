@@ -2,7 +2,7 @@
 
     python -m data_pipelines.preview --source=NAME [--data_dir=PATH] [--resolution=256]
         [--num=16] [--seed=0] [--split=train] [--source_option k=v ...] [--identity]
-        [--mask_types=surgical,n95] [--cols=N] [--train [--vflip] [--rot90]
+        [--mask_types=surgical,n95] [--mask_option k=v ...] [--cols=N] [--train [--vflip] [--rot90]
         [--identity_augment=none|flip|flip_rotate]] --out=grid.png
 
 Every example is one strip of tiles: masked | mask map | target [| identity image]; the
@@ -19,6 +19,8 @@ counted in the log.
 ``--source_option`` passes source options (repeatable), e.g. ``landmarks=template`` for LFW
 without a landmark cache or ``num_records=64`` for ``synthetic``; values are read as Python
 literals when they parse as one (numbers, tuples, True/False), else as strings.
+``--mask_option`` sets mask synthesis fields the same way (``masks.MaskSynthesisConfig``),
+e.g. ``straps_prob=1.0`` to see every mask with its ear loops.
 """
 from __future__ import annotations
 
@@ -100,6 +102,7 @@ def build_config(args: argparse.Namespace) -> pipeline.DataConfig:
         unknown = [t for t in mask["types"] if t not in masks.MASK_TYPES]
         if unknown:
             raise ValueError(f"--mask_types: unknown {unknown}; choose from {masks.MASK_TYPES}")
+    mask.update(dict(parse_option(o) for o in args.mask_option))
     return pipeline.DataConfig.from_dict(dict(
         source=args.source, data_dir=args.data_dir, source_options=options,
         eval_split=args.split, resolution=args.resolution, mask=mask,
@@ -145,6 +148,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                         help="add the identity image (another image of the same person)")
     parser.add_argument("--mask_types", default="",
                         help=f"comma-separated subset of {','.join(masks.MASK_TYPES)}")
+    parser.add_argument("--mask_option", action="append", default=[], metavar="K=V",
+                        help="mask synthesis field, repeatable (e.g. straps_prob=1.0)")
     parser.add_argument("--cols", type=int, default=None, help="strips per row")
     parser.add_argument("--train", action="store_true",
                         help="show the training stream (augmented) instead of the eval set")

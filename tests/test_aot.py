@@ -296,3 +296,17 @@ def test_tpu_machines_and_user_choices_keep_their_platforms(monkeypatch):
     monkeypatch.delenv("JAX_PLATFORMS")
     monkeypatch.setattr(platforms, "tpu_present", lambda environ=None: True)
     assert platforms.skip_absent_tpu() is None and "JAX_PLATFORMS" not in os.environ
+
+
+def test_compilation_cache_folder_and_opt_out(monkeypatch, tmp_path):
+    """JAX's persistent compilation cache is on by default under the user's cache folder;
+    UNMASK_JAX_COMPILATION_CACHE names another folder or turns it off."""
+    from unmask_jax import platforms
+    home = {"HOME": str(tmp_path)}
+    monkeypatch.setattr(os.path, "expanduser", lambda p: p.replace("~", str(tmp_path)))
+    assert platforms.compilation_cache_dir(home) == str(tmp_path / ".cache" / "unmask_jax"
+                                                        / "jax")
+    assert platforms.compilation_cache_dir({"UNMASK_JAX_CACHE": "/c"}) == "/c/jax"
+    assert platforms.compilation_cache_dir({platforms.CACHE_ENV: "/x"}) == "/x"
+    for off in ("off", "0", "", "false"):
+        assert platforms.compilation_cache_dir({platforms.CACHE_ENV: off}) is None

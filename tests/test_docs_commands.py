@@ -67,9 +67,10 @@ _ASSIGNMENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*=")
 _PLACEHOLDER = re.compile(r"<[A-Za-z_][\w-]*>")
 _PARAM_LINE = re.compile(r"^(?:\[p0\] )?\s+(\S+)\s+([\d,]+) params\s*$", re.M)
 # Argument values that name a dataset folder in the docs.
-_DATA_VALUE = re.compile(r"^(/data/|PATH)")
+_DATA_VALUE = re.compile(r"^(/data(/|$)|PATH)")
 # Flags whose value is a folder or file the command writes: moved under tmp_path.
-_OUTPUT_FLAGS = ("--workdir", "--export_dir", "--out", "--log_dir", "--cache_dir", "--fetch")
+_OUTPUT_FLAGS = ("--workdir", "--export_dir", "--out", "--output", "--log_dir", "--cache_dir",
+                 "--fetch")
 _FILL = {"N": "1"}  # placeholders in optional arguments (besides paths)
 
 
@@ -253,7 +254,10 @@ def _flag(argv, name):
 def _write_dataset(source: str, root: Path) -> Path:
     if root.exists():
         return root
-    if source == "lfw":
+    if "+" in source:  # several sources read as one: each in its folder under data_dir
+        for part in source.split("+"):
+            _write_dataset(part, root / part)
+    elif source == "lfw":
         fixtures.write_lfw(root)
     elif source == "celeba":
         fixtures.write_celeba(root, identities=4, per_identity=2, with_landmarks=True)
@@ -376,8 +380,11 @@ def test_documented_main_command(command, tmp_path):
         result)
     params = _PARAM_LINE.findall(result.stdout)
     assert params and all(int(n.replace(",", "")) > 0 for _, n in params), _report(result)
-    workdir = Path(_flag(argv, "--workdir"))
-    assert (workdir / "summary.json").is_file()
+    if _flag(argv, "--workdir"):
+        assert (Path(_flag(argv, "--workdir")) / "summary.json").is_file()
+    else:  # weights (--weights, or the starter weights): summarised, and left as shipped
+        weights = REPO / (_flag(argv, "--weights") or "weights/ganmasker_starter")
+        assert (weights / "manifest.json").is_file() and not (weights / "summary.json").exists()
 
 
 @pytest.mark.slow

@@ -89,3 +89,23 @@ def test_numpy_only_unpickler_refuses_code(tmp_path):
     ok = tmp_path / "ok.ckpt"
     ok.write_bytes(pickle.dumps({"a": {"b": np.arange(3.0)}}))
     np.testing.assert_array_equal(weights.load_numpy_pickle(ok)["a"]["b"], np.arange(3.0))
+
+
+def test_masked_lpips_is_lpips_for_a_full_mask_and_follows_the_region():
+    """``lpips_distance_masked``: with the whole image as the mask it is LPIPS itself; with
+    the left half as the mask, a difference in the left half scores far more than the same
+    difference in the right half (and the plain LPIPS cannot tell them apart)."""
+    variables = lpips_lib.load_lpips("alex")
+    a, b = fixed_pair(128)
+    whole, masked = lpips_lib.lpips_distance_masked(variables, a, b, np.ones((1, 128, 128, 1)))
+    np.testing.assert_allclose(masked, whole, rtol=1e-5)
+    np.testing.assert_allclose(whole, lpips_lib.lpips_distance(variables, a, b), rtol=1e-6)
+    left = np.zeros((1, 128, 128, 1), np.float32)
+    left[:, :, :64] = 1
+    in_left, in_right = a.copy(), a.copy()
+    in_left[:, :, :64] = b[:, :, :64]
+    in_right[:, :, 64:] = b[:, :, 64:]
+    w_l, m_l = lpips_lib.lpips_distance_masked(variables, a, in_left, left)
+    w_r, m_r = lpips_lib.lpips_distance_masked(variables, a, in_right, left)
+    assert float(m_l[0]) > 3 * float(m_r[0])
+    assert 0.5 < float(w_l[0]) / float(w_r[0]) < 2.0

@@ -15,8 +15,10 @@ from unmask_jax import state as state_lib, summary, systems, train, validation
 def tiny(variant, **overrides):
     c = ganmasker.get_config(variant)
     c.model.segmenter_kwargs.base_width = 4
-    c.model.generator_kwargs.base_width = 4
-    c.model.discriminator_kwargs.ndf = 4
+    if "generator_kwargs" in c.model:  # stage 1 has no generator (nor its keys)
+        c.model.generator_kwargs.base_width = 4
+        c.model.discriminator_kwargs.ndf = 4
+        c.loss.terms.perceptual.weight = 0.0  # VGG features: tested in test_systems
     c.data.source_options.num_records = 32
     c.train.batch_size = 4
     c.train.num_steps = 4
@@ -28,7 +30,6 @@ def tiny(variant, **overrides):
     c.eval.batch_size = 4
     c.eval.lpips_net = ""
     c.eval.id_backbone = ""
-    c.loss.terms.perceptual.weight = 0.0  # VGG features: tested in test_systems
     return set_keys(c, overrides)
 
 

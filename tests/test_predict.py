@@ -511,3 +511,240 @@ def test_predict_cnn_backends_find_the_same_faces():
     np.testing.assert_allclose(found["jax"][0], found["dlib"][0], atol=1.0)
     with pytest.raises(ValueError, match="cnn_backend must be one of"):
         faces_lib.dlib_detector(True, "hog+cnn", "opencv")
+
+
+# ---------------------------------------------------------------------------------------
+# Weights folders, output safety, per-face records.
+
+
+@pytest.fixture(scope="module")
+def weights_folder(run, tmp_path_factory):
+    """The ``run`` fixture exported by ``--mode=export`` (a weights folder)."""
+    from unmask_jax.export import checkpoint as export_checkpoint
+    folder = tmp_path_factory.mktemp("weights") / "tiny"
+    export_checkpoint.export_checkpoint(tiny_config(), str(run[0]), str(folder),
+                                        networks=["generator"])
+    return folder
+
+
+def test_a_weights_folder_predicts_like_its_run(photos, predicted, weights_folder, tmp_path):
+    """A weights folder (the export of a run, generator only) is read like the run: the
+    same output, its config from the folder (the given one only lends config.predict),
+    each face recorded with its box, landmarks, mask fraction and the files' sha256."""
+    from configs import default
+    root, det, _, faces = photos
+    given = default.get_config()  # what --mode=predict starts from without --config
+    given.predict.side_by_side = False
+    from unmask_jax import run_config
+    config = run_config.for_mode(given, str(weights_folder), "predict")
+    assert config.to_dict() == run_config.for_mode(_config(), str(weights_folder),
+                                                   "predict").to_dict()
+    report = Predictor(config, str(weights_folder), detector=det, progress=False).run(
+        str(root / "two_faces.png"), str(tmp_path / "out"))
+    out, _, _ = predicted
+    a, *_ = _read(tmp_path / "out" / "two_faces.png")
+    b, *_ = _read(out / "two_faces.png")
+    np.testing.assert_array_equal(a, b)
+    manifest = json.loads((weights_folder / "manifest.json").read_text())
+    sha = manifest["networks"]["generator"]["sha256"]["safetensors"]
+    (entry,) = report["files"]
+    assert len(entry["face_records"]) == 2
+    for record, lm in zip(entry["face_records"], sorted(faces["two_faces.png"],
+                                                         key=lambda x: -faces_lib.face_size(x))):
+        assert record["weights"] == report["summary"]["model"]["weights"]
+        assert f"generator:sha256:{sha[:16]}" in record["weights"]
+        np.testing.assert_allclose(record["landmarks"], lm, atol=0.06)
+        box = faces_lib.Geometry(64).box(lm)
+        assert abs(record["box"]["side"] - box[2]) <= 1
+        assert abs(record["box"]["x"] + record["box"]["side"] / 2 - box[0]) <= 1
+        assert 0.05 < record["mask_fraction"] < 0.6   # the lower-face region of the crop
+    # A changed file is refused, naming it.
+    bad = tmp_path / "changed"
+    import shutil
+    shutil.copytree(weights_folder, bad)
+    data = bytearray((bad / "generator.safetensors").read_bytes())
+    data[-1] ^= 1
+    (bad / "generator.safetensors").write_bytes(bytes(data))
+    with pytest.raises(checkpoints.CheckpointError, match="generator.safetensors does not "
+                                                          "match the sha256"):
+        Predictor(run_config.for_mode(given, str(bad), "predict"), str(bad), detector=det)
+
+
+def test_output_folder_safety(photos, run, tmp_path):
+    """--output may not be the input folder (said as such, not as "no files"), nor hold the
+    inputs; an output folder that holds files is refused unless predict.overwrite."""
+    root, det, _, _ = photos
+    single = tmp_path / "in"
+    single.mkdir()
+    (single / "face.png").write_bytes((root / "face.png").read_bytes())
+    predictor = Predictor(_config(), str(run[0]), detector=det, progress=False)
+    with pytest.raises(PredictSetupError, match="is the input folder"):
+        predictor.run(str(single), str(single))
+    with pytest.raises(PredictSetupError, match="is the input folder"):
+        predictor.run(str(single / "face.png"), str(single))
+    with pytest.raises(PredictSetupError, match="inside --output"):
+        predictor.run(str(single), str(tmp_path))
+    out = tmp_path / "out"
+    predictor.run(str(single), str(out))
+    before = (out / "face.png").read_bytes()
+    (out / "face.png").write_bytes(b"the user's own file")
+    with pytest.raises(PredictSetupError, match="already holds files.*overwrite=True"):
+        predictor.run(str(single), str(out))
+    assert (out / "face.png").read_bytes() == b"the user's own file"
+    Predictor(_config(overwrite=True), str(run[0]), detector=det, progress=False).run(
+        str(single), str(out))
+    assert (out / "face.png").read_bytes() == before
+
+
+class _InterruptingDetector(StubDetector):
+    """Ctrl-C while detecting the ``at``-th image."""
+
+    def __init__(self, base: StubDetector, at: int):
+        super().__init__()
+        self.known, self.at = base.known, at
+
+    def __call__(self, rgb):
+        if len(self.calls) + 1 == self.at:
+            raise KeyboardInterrupt
+        return super().__call__(rgb)
+
+
+def test_ctrl_c_writes_the_report_of_the_files_done(photos, run, tmp_path):
+    from unmask_jax.predict import PredictInterrupted
+    root, det, _, _ = photos
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    for rel in ("alpha.png", "face.png", "gray.png", "two_faces.png"):
+        (inputs / rel).write_bytes((root / rel).read_bytes())
+    predictor = Predictor(_config(batch_size=1), str(run[0]),
+                          detector=_InterruptingDetector(det, at=3), progress=False)
+    with pytest.raises(PredictInterrupted) as caught:
+        predictor.run(str(inputs), str(tmp_path / "out"))
+    report = json.loads((tmp_path / "out" / "report.json").read_text())
+    assert caught.value.report_path == str(tmp_path / "out" / "report.json")
+    assert [e["status"] for e in report["files"]] == ["ok", "ok", "interrupted",
+                                                      "not_started"]
+    assert report["summary"]["interrupted"] is True
+    assert (tmp_path / "out" / "face.png").is_file()
+    assert not (tmp_path / "out" / "gray.png").exists()
+
+
+def _png_bomb(path, side: int = 30000) -> None:
+    """A real decompression bomb: a 1-bit ``side`` x ``side`` PNG of zeros (~110 KB)."""
+    import struct
+    import zlib
+
+    def chunk(kind, data):
+        return (struct.pack(">I", len(data)) + kind + data
+                + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF))
+    row = b"\0" * (1 + (side + 7) // 8)
+    comp = zlib.compressobj(9)
+    body = b"".join(comp.compress(row) for _ in range(side)) + comp.flush()
+    path.write_bytes(b"\x89PNG\r\n\x1a\n"
+                     + chunk(b"IHDR", struct.pack(">IIBBBBB", side, side, 1, 0, 0, 0, 0))
+                     + chunk(b"IDAT", body) + chunk(b"IEND", b""))
+
+
+def test_a_decompression_bomb_is_too_large():
+    import tempfile
+    with tempfile.TemporaryDirectory() as d:
+        path = os.path.join(d, "bomb.png")
+        _png_bomb(__import__("pathlib").Path(path))
+        assert os.path.getsize(path) < 1_000_000
+        with pytest.raises(io.BadInput) as caught:
+            io.decode(path, max_pixels=100_000_000)
+        assert caught.value.status == "too_large"
+        assert "max_pixels=100,000,000" in str(caught.value)
+
+
+def test_save_faces_writes_crop_map_unmasked_and_side_by_side(photos, run, tmp_path):
+    root, det, _, _ = photos
+    report = Predictor(_config(save_faces=True), str(run[0]), detector=det,
+                       progress=False).run(str(root / "two_faces.png"), str(tmp_path / "o"))
+    records = report["files"][0]["face_records"]
+    assert len(records) == 2
+    for k, record in enumerate(records):
+        files = record["files"]
+        assert set(files) == {"crop", "map", "unmasked", "side_by_side"}
+        for name, path in files.items():
+            assert path == str(tmp_path / "o" / "faces" / f"two_faces.png.face{k}.{name}.png")
+        crop = np.asarray(Image.open(files["crop"]))
+        mask = np.asarray(Image.open(files["map"]))
+        unmasked = np.asarray(Image.open(files["unmasked"]))
+        both = np.asarray(Image.open(files["side_by_side"]))
+        assert crop.shape == unmasked.shape == mask.shape == (64, 64, 3)
+        np.testing.assert_array_equal(both, np.concatenate([crop, mask, unmasked], axis=1))
+        assert abs((mask[..., 0] > 127).mean() - record["mask_fraction"]) < 1e-3
+        # The unmasked face is the one pasted back: the crop's own pixels away from the map.
+        import cv2
+        near = cv2.dilate((mask[..., 0] > 127).astype(np.uint8), np.ones((21, 21), np.uint8))
+        np.testing.assert_array_equal(unmasked[near == 0], crop[near == 0])
+        assert np.abs(unmasked.astype(int) - crop.astype(int))[mask[..., 0] > 127].mean() > 2
+
+
+# ---------------------------------------------------------------------------------------
+# The command a newcomer types: the starter weights, no config, no workdir.
+
+STARTER = os.path.join(REPO, "weights", "ganmasker_starter")
+
+
+def _drawn_photo(path):
+    """A drawn face dlib finds, on a textured 320x300 canvas; returns the image."""
+    img = _canvas(320, 300, 21)
+    face, _ = render_face(0, 5, 5, 200)
+    img[60:260, 50:250] = face
+    Image.fromarray(img).save(path)
+    return img
+
+
+def _main(args, tmp_path, cache=None):
+    env = dict(os.environ, JAX_PLATFORMS="cpu",
+               UNMASK_JAX_COMPILATION_CACHE=str(cache or tmp_path / "jax_cache"))
+    return subprocess.run([sys.executable, "-m", "unmask_jax.main", *args], cwd=REPO, env=env,
+                          capture_output=True, text=True, timeout=300)
+
+
+@pytest.mark.slow
+def test_predict_with_the_starter_weights_needs_no_config_and_no_workdir(tmp_path):
+    """``python -m unmask_jax.main --mode=predict --input=... --output=...``: the starter
+    weights (GANMasker two-stage) unmask a photo written here; the second run reads its
+    compiled programs from the compilation cache the first one wrote."""
+    manifest = json.loads(open(os.path.join(STARTER, "manifest.json")).read())
+    (tmp_path / "in").mkdir()
+    src = _drawn_photo(tmp_path / "in" / "photo.png")
+    proc = _main(["--mode=predict", f"--input={tmp_path / 'in'}",
+                  f"--output={tmp_path / 'out'}"], tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "Traceback" not in proc.stderr
+    out = np.asarray(Image.open(tmp_path / "out" / "photo.png"))
+    assert out.shape == src.shape
+    report = json.loads((tmp_path / "out" / "report.json").read_text())
+    (entry,) = report["files"]
+    assert entry["status"] == "ok" and entry["faces"] == 1
+    (face,) = entry["face_records"]
+    sha = manifest["networks"]["generator"]["sha256"]["safetensors"][:16]
+    assert f"generator:sha256:{sha}" in face["weights"] and "maps: segmenter:sha256:" in \
+        face["weights"]
+    assert report["summary"]["model"]["mask_source"] == "system"
+    # Outside the face's box nothing changed.
+    far = np.ones(src.shape[:2], bool)
+    b = face["box"]
+    far[max(b["y"], 0):b["y"] + b["side"], max(b["x"], 0):b["x"] + b["side"]] = False
+    np.testing.assert_array_equal(out[far], src[far])
+    assert any((tmp_path / "jax_cache").iterdir())  # the compilation cache was written
+    again = _main(["--mode=predict", f"--input={tmp_path / 'in'}",
+                   f"--output={tmp_path / 'out2'}"], tmp_path)
+    assert again.returncode == 0, again.stderr[-3000:]
+    np.testing.assert_array_equal(np.asarray(Image.open(tmp_path / "out2" / "photo.png")), out)
+
+
+@pytest.mark.slow
+def test_weights_mistakes_are_one_message(tmp_path):
+    proc = _main(["--mode=predict", f"--weights={tmp_path}", f"--input={tmp_path}",
+                  f"--output={tmp_path / 'o'}"], tmp_path)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert "not a weights folder" in proc.stderr
+    proc = _main(["--mode=train", f"--weights={STARTER}"], tmp_path)
+    assert proc.returncode != 0 and "--weights is for --mode=predict" in proc.stderr
+    proc = _main(["--mode=train", f"--workdir={tmp_path}"], tmp_path)
+    assert proc.returncode != 0 and "--config is required for --mode=train" in proc.stderr

@@ -428,3 +428,51 @@ def test_dlib_mode_uses_cache_and_reports_no_face(tmp_path, caplog):
     assert record["error"] == "" and record["landmark_source"] == "cache"
     np.testing.assert_array_equal(record["landmarks"], points)
     assert cached[1]["error"] == "no_face"
+
+
+def test_mixed_source_joins_parts_with_distinct_keys_and_identities(tmp_path, caplog):
+    """``lfw+celeba``: each part reads its own folder under data_dir and takes only its own
+    options; keys are prefixed, identities shifted past the earlier parts', and a split one
+    part lacks holds the others (with a log line), while a split nobody has still fails."""
+    people = fixtures.write_lfw(tmp_path / "lfw")
+    fixtures.write_celeba(tmp_path / "celeba", identities=3, per_identity=2,
+                          with_landmarks=True)
+    lfw = make_source("lfw", data_dir=tmp_path / "lfw", split="all", landmarks="none")
+    celeba = make_source("celeba", data_dir=tmp_path / "celeba", split="validation",
+                         landmarks="dataset")
+    assert "backend" in source_options("lfw+celeba")
+    assert "face_box" in source_options("lfw+celeba")
+    with caplog.at_level(logging.WARNING):
+        mixed = make_source("lfw+celeba", data_dir=tmp_path, split="validation",
+                            landmarks="dataset")
+    assert "'lfw' has no 'validation' split" in caplog.text
+    assert mixed.parts == ("celeba",) and len(mixed) == len(celeba)
+
+    mixed = make_source("celeba+lfw", data_dir=tmp_path, split="all", landmarks="none",
+                        test_fraction=0.5)
+    assert mixed.name == "celeba+lfw" and len(mixed) == len(lfw) + 6
+    celeba_all = mixed.sources[0]
+    n_celeba = len(celeba_all)
+    offset = int(celeba_all.identities.max()) + 1
+    for i in range(len(mixed)):
+        record = mixed[i]
+        assert record["index"] == i and record["error"] == ""
+        part, inner = (celeba_all, i) if i < n_celeba else (lfw, i - n_celeba)
+        own = part[inner]
+        assert record["key"] == ("celeba:" if i < n_celeba else "lfw:") + own["key"]
+        np.testing.assert_array_equal(record["image"], own["image"])
+        shift = 0 if i < n_celeba else offset
+        assert record["identity"] == own["identity"] + shift == mixed.identities[i]
+        assert i in mixed.identity_indices(record["identity"])
+    assert mixed.num_identities == len(set(people)) + len(set(celeba_all.identities))
+    clone = pickle.loads(pickle.dumps(mixed))
+    np.testing.assert_array_equal(clone[len(mixed) - 1]["image"], mixed[len(mixed) - 1]["image"])
+
+    with pytest.raises(ValueError, match=r"unknown source 'lfw\+imagenet'.*joined with '\+'"):
+        make_source("lfw+imagenet", data_dir=tmp_path)
+    with pytest.raises(ValueError, match=r"unknown source 'lfw\+lfw'"):
+        make_source("lfw+lfw", data_dir=tmp_path)
+    with pytest.raises(ValueError, match=r"unknown option\(s\) \['colour'\]"):
+        make_source("lfw+celeba", data_dir=tmp_path, colour="red")
+    with pytest.raises(ValueError, match=r"unknown split 'holdout'"):
+        make_source("lfw+celeba", data_dir=tmp_path, split="holdout")

@@ -98,6 +98,8 @@ ADDED_KEYS = {
     "data.identity_augment": "flip",
     "data.identity_rotation_fill": [128, 128, 128],
     "model.backend_forms": "auto",
+    "predict.overwrite": False,
+    "predict.save_faces": False,
 }
 
 
@@ -605,8 +607,15 @@ def recorded_config(workdir: str | os.PathLike, step: int | None = None) -> dict
     was written with, e.g. to rebuild an earlier stage's networks from its own run.
 
     Raises NoCheckpointError when there is no checkpoint, CheckpointError when it records no
-    config (written by an older version).
+    config (written by an older version). A weights folder (an export folder,
+    ``export.io.is_weights_folder``) is read as a run: the config its networks recorded.
     """
+    from unmask_jax.export import io as export_io
+    if export_io.is_weights_folder(workdir):
+        try:
+            return upgrade_recorded(export_io.weights_folder_config(workdir))
+        except export_io.WeightsFolderError as e:
+            raise CheckpointError(str(e)) from None
     manager = require_checkpoint(workdir)
     step = manager.latest_step() if step is None else step
     meta = manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]

@@ -4,7 +4,7 @@ Writes ``<workdir>/eval/step_<N>.json`` and ``<workdir>/eval/latest.json``::
 
     {"step", "name", "num_images", "num_identities", "id_backbone", "bn_statistics",
      "data": {"source", "eval_split", "data_dir"},
-     "psnr", "ssim", "psnr_mask", "ssim_mask", "lpips", "id_sim",          # composited output
+     "psnr", "ssim", "psnr_mask", "ssim_mask", "lpips", "lpips_mask", "id_sim",  # composited
      "raw_psnr", "raw_ssim", ..., "raw_id_sim",                            # raw G output
      "fid", "raw_fid", "fid_num_images", "fid_weights", "fid_input_size",  # eval.fid_weights
      "ms_per_image", "ms_per_image_batch", "device", "device_count",
@@ -61,7 +61,8 @@ PIXEL_METRICS = ("psnr", "ssim", "psnr_mask", "ssim_mask")
 MASK_METRICS = ("dice", "pixel_accuracy")
 BASELINES = ("masked_input", "telea")
 #: Every per-image metric name the evaluation can write (each also as ``raw_<name>``).
-METRIC_NAMES = PIXEL_METRICS + MASK_METRICS + ("lpips", "id_sim", "id_sim_reference", "fid")
+METRIC_NAMES = PIXEL_METRICS + MASK_METRICS + ("lpips", "lpips_mask", "id_sim",
+                                               "id_sim_reference", "fid")
 #: Data settings that define which examples are evaluated: a ``--mode=evaluate`` that changes
 #: any of them evaluates on other data (results under ``eval/<source>-<split>/``).
 EVAL_DATA_KEYS = ("data.source", "data.data_dir", "data.eval_split", "data.source_options.*",
@@ -98,7 +99,8 @@ class FeatureMetrics:
         self._id = None
         if lpips_net:
             variables = features.load_lpips(lpips_net)
-            self._lpips = jax.jit(lambda x, y: features.lpips_distance(variables, x, y))
+            self._lpips = jax.jit(
+                lambda x, y, m: features.lpips_distance_masked(variables, x, y, m))
         if id_backbone:
             net, id_vars = features.load_identity_net(id_backbone, id_weights)
             self._id = jax.jit(lambda x, y: features.identity_similarity(net, id_vars, x, y))
@@ -109,17 +111,23 @@ class FeatureMetrics:
 
     def keys(self, reference: bool = False) -> tuple[str, ...]:
         ids = ("id_sim",) + (("id_sim_reference",) if reference else ())
-        return (("lpips",) if self._lpips else ()) + (ids if self._id else ())
+        return (("lpips", "lpips_mask") if self._lpips else ()) + (ids if self._id else ())
 
     def __call__(self, output: np.ndarray, target: np.ndarray,
-                 reference: np.ndarray | None = None) -> dict[str, np.ndarray]:
+                 reference: np.ndarray | None = None, mask: np.ndarray | None = None
+                 ) -> dict[str, np.ndarray]:
         """Per-image values for uint8 ``output`` and ``target``; with ``reference`` (the
-        identity image, float in [-1, 1]) also ``id_sim_reference``: output vs that image."""
+        identity image, float in [-1, 1]) also ``id_sim_reference``: output vs that image;
+        ``lpips_mask`` in the region of ``mask`` (N, H, W, 1) (the whole image without)."""
         x = output.astype(np.float32) / 127.5 - 1.0
         y = target.astype(np.float32) / 127.5 - 1.0
         out = {}
         if self._lpips:
-            out["lpips"] = np.asarray(self._lpips(x, y), np.float64)
+            m = (np.ones(x.shape[:3] + (1,), np.float32) if mask is None
+                 else np.asarray(mask, np.float32).reshape(x.shape[:3] + (1,)))
+            whole, region = self._lpips(x, y, m)
+            out["lpips"] = np.asarray(whole, np.float64)
+            out["lpips_mask"] = np.asarray(region, np.float64)
         if self._id:
             out["id_sim"] = np.asarray(self._id(x, y), np.float64)
             if reference is not None:
@@ -286,7 +294,8 @@ class Evaluator:
                                "telea/": metrics.telea_inpaint(masked, mask)})
             for prefix, image in images.items():
                 sums.add(prefix, metrics.image_metrics(image, target, mask))
-                sums.add(prefix, self.features(image, target, local.get("identity")))
+                sums.add(prefix, self.features(image, target, local.get("identity"),
+                                               local.get("mask")))
             if self.fid is not None:
                 for prefix, image in images.items():
                     fid_stats[prefix].add(self.fid(image))

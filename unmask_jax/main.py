@@ -2,10 +2,14 @@
 
     python -m unmask_jax.main --config=configs/pix2pix.py:quick --workdir=DIR \
         [--mode=train|evaluate|summary|export] [--config.train.batch_size=4 ...]
-    python -m unmask_jax.main --config=CFG --workdir=DIR --mode=predict --input=PATH \
-        --output=OUT [--config.predict.faces=largest ...]
+    python -m unmask_jax.main --mode=predict --input=PATH --output=OUT \
+        [--weights=DIR | --config=CFG --workdir=DIR] [--config.predict.faces=largest ...]
     python -m unmask_jax.main --config=CFG --workdir=DIR --mode=compile --topology=v5e-256 \
         [--per_chip_batch=8]
+
+Predict with neither ``--workdir`` nor ``--weights`` uses the starter weights
+(``weights/ganmasker_starter``); ``--config`` is then optional (its ``predict`` section
+applies over the weights' recorded config).
 
 A user mistake (unknown config key, bad value, missing dataset or weights file, a workdir
 without a checkpoint or held by another run, a checkpoint this config cannot resume) prints
@@ -15,6 +19,7 @@ one message naming what to change and exits with status 2; no traceback. A faile
 from __future__ import annotations
 
 import logging
+import os
 import sys
 
 from absl import app, flags
@@ -22,16 +27,34 @@ from ml_collections import config_flags
 
 from unmask_jax.exits import USER_ERROR_STATUS, UserError, exit_now, fail
 
+#: Modes that read a weights folder (--weights) as well as a run.
+WEIGHTS_MODES = ("predict", "export", "summary")
+INTERRUPTED_STATUS = 130  # the shell's status for a process ended by Ctrl-C
 MODES = ("train", "evaluate", "summary", "export", "predict", "compile")
 log = logging.getLogger("unmask_jax")
 
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+#: The config ``--mode=predict`` starts from when none is given: the shared defaults (the
+#: weights' recorded config replaces all but its ``predict`` section).
+DEFAULT_CONFIG = os.path.join(ROOT, "configs", "default.py")
+#: The weights ``--mode=predict`` uses when given neither ``--workdir`` nor ``--weights``.
+STARTER_WEIGHTS = os.path.join(ROOT, "weights", "ganmasker_starter")
+
 _CONFIG = config_flags.DEFINE_config_file(
-    "config", None, "Config file, e.g. configs/pix2pix.py:quick", lock_config=True)
+    "config", DEFAULT_CONFIG, "Config file, e.g. configs/pix2pix.py:quick (required except "
+    "for --mode=predict with weights)", lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Run directory (local path or gs://).")
+_WEIGHTS = flags.DEFINE_string(
+    "weights", None, "--mode=predict/export/summary: a weights folder (what --mode=export "
+    "writes, e.g. weights/ganmasker_starter) instead of --workdir. Predict with neither (and "
+    "summary with neither and no --config) uses the starter weights.")
 _MODE = flags.DEFINE_enum("mode", "train", MODES, "What to do.")
 _EXPORT_DIR = flags.DEFINE_string("export_dir", None,
                                   "--mode=export: output folder (default WORKDIR/export).")
 _EXPORT_PT = flags.DEFINE_bool("export_pt", False, "--mode=export: also write .pt files.")
+_EXPORT_NETWORKS = flags.DEFINE_list(
+    "export_networks", [], "--mode=export: only these networks (default: all), e.g. "
+    "generator; a run the config names (an earlier stage) is exported whole beside them.")
 _INPUT = flags.DEFINE_string("input", None,
                              "--mode=predict: an image, a folder (recursive) or a glob.")
 _OUTPUT = flags.DEFINE_string("output", None,
@@ -45,7 +68,7 @@ _PER_CHIP_BATCH = flags.DEFINE_integer("per_chip_batch", 8,
 _COMPILE_PROGRAMS = flags.DEFINE_string(
     "compile_programs", "train_step,predict",
     "--mode=compile: the programs to compile (train_step, predict), comma-separated.")
-flags.mark_flags_as_required(["config"])
+
 
 def main(argv) -> None:
     if len(argv) > 1:
@@ -57,14 +80,14 @@ def main(argv) -> None:
         fail(f"--config={flags.FLAGS['config'].serialize().split('=', 1)[-1]}: "
               f"{str(e).strip()}")
     mode = _MODE.value
-    workdir = _WORKDIR.value
-    if mode != "summary" and not workdir:
-        raise app.UsageError(f"--workdir is required for --mode={mode}")
+    workdir = _run_folder(mode)
 
     import jax
 
-    from unmask_jax import parallel
+    from unmask_jax import parallel, platforms
     from unmask_jax.backends import host_allocator
+    if mode != "compile":  # compile reports its compilation times: compile afresh
+        platforms.enable_compilation_cache()
     try:
         parallel.initialize_distributed(
             parallel.DistributedConfig.from_dict(config.distributed.to_dict()))
@@ -98,6 +121,35 @@ def main(argv) -> None:
         raise
 
 
+def _run_folder(mode: str) -> str | None:
+    """The run (or weights folder) the mode reads; exits with a usage message when it is
+    missing or ``--config`` is needed and was not given."""
+    workdir, weights = _WORKDIR.value, _WEIGHTS.value
+    if workdir and weights:
+        raise app.UsageError("give --workdir (a run) or --weights (a weights folder), not both")
+    if weights and mode not in WEIGHTS_MODES:
+        raise app.UsageError(f"--weights is for --mode={', '.join(WEIGHTS_MODES)}; "
+                             f"--mode={mode} takes --workdir")
+    starter = mode == "predict" or (mode == "summary" and not flags.FLAGS["config"].present)
+    if starter and not workdir and not weights:
+        weights = STARTER_WEIGHTS
+        if not os.path.isdir(weights):
+            fail(f"no --workdir or --weights given and the starter weights are not at "
+                 f"{weights}: name a trained run with --config=... --workdir=... or a weights "
+                 "folder with --weights=DIR")
+    if weights:
+        from unmask_jax.export import io as export_io
+        if not export_io.is_weights_folder(weights):
+            fail(f"--weights={weights}: not a weights folder (it needs the manifest.json and "
+                 ".safetensors that --mode=export writes)")
+        return weights
+    if not flags.FLAGS["config"].present:
+        raise app.UsageError(f"--config is required for --mode={mode}")
+    if mode != "summary" and not workdir:
+        raise app.UsageError(f"--workdir is required for --mode={mode}")
+    return workdir
+
+
 def user_error_types() -> tuple[type[BaseException], ...]:
     """Exceptions that mean the user has something to fix (message, no traceback)."""
     from data_pipelines.landmarks.detect import LandmarkDetectorUnavailable
@@ -126,7 +178,8 @@ def _run_mode(config, mode: str, workdir: str | None) -> None:
         from unmask_jax.export import checkpoint as export_checkpoint
         try:
             export_checkpoint.export_checkpoint(config, workdir, _EXPORT_DIR.value,
-                                                write_pt=_EXPORT_PT.value)
+                                                write_pt=_EXPORT_PT.value,
+                                                networks=_EXPORT_NETWORKS.value)
         except ValueError as e:
             raise UserError(str(e)) from None
     elif mode == "compile":
@@ -145,6 +198,9 @@ def _run_mode(config, mode: str, workdir: str | None) -> None:
             predict.predict(config, workdir, _INPUT.value, _OUTPUT.value)
         except predict.PredictSetupError as e:
             raise UserError(str(e)) from None
+        except predict.PredictInterrupted as e:
+            fail(f"interrupted (Ctrl-C); the report of the files done so far is "
+                 f"{e.report_path}", status=INTERRUPTED_STATUS)
 
 
 def _parse_flags(argv: list[str]) -> list[str]:

@@ -59,3 +59,41 @@ def skip_absent_tpu() -> str | None:
         except Exception as e:  # noqa: BLE001 - a backend already started: too late, harmless
             log.debug("jax_platforms not updated: %s", e)
     return "cpu"
+
+
+#: ``UNMASK_JAX_COMPILATION_CACHE``: a folder for JAX's persistent compilation cache, or
+#: "off". Default: ``$UNMASK_JAX_CACHE/jax`` (``~/.cache/unmask_jax/jax``).
+CACHE_ENV = "UNMASK_JAX_COMPILATION_CACHE"
+
+
+def compilation_cache_dir(environ=None) -> str | None:
+    """Where :func:`enable_compilation_cache` keeps compiled programs (None: off)."""
+    env = os.environ if environ is None else environ
+    chosen = env.get(CACHE_ENV)
+    if chosen is not None:
+        return None if chosen.strip().lower() in ("", "0", "off", "false", "no") else chosen
+    root = env.get("UNMASK_JAX_CACHE") or os.path.join(os.path.expanduser("~"), ".cache",
+                                                       "unmask_jax")
+    return os.path.join(root, "jax")
+
+
+def enable_compilation_cache(environ=None) -> str | None:
+    """Turns on JAX's persistent compilation cache (programs compiled once are read back on
+    the next run: predict's second start skips its compilations). A cache the user set up
+    (``JAX_COMPILATION_CACHE_DIR``) is left alone. Returns the folder, or None when off."""
+    import jax
+    env = os.environ if environ is None else environ
+    if env.get("JAX_COMPILATION_CACHE_DIR") or jax.config.jax_compilation_cache_dir:
+        return jax.config.jax_compilation_cache_dir or env.get("JAX_COMPILATION_CACHE_DIR")
+    folder = compilation_cache_dir(env)
+    if folder is None:
+        return None
+    try:
+        os.makedirs(folder, exist_ok=True)
+    except OSError as e:  # a read-only home: run without the cache, and say so
+        log.warning("compilation cache off: cannot create %s (%s)", folder, e)
+        return None
+    jax.config.update("jax_compilation_cache_dir", folder)
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
+    jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+    return folder

@@ -25,6 +25,7 @@ METRICS: tuple[tuple[str, str, str], ...] = (
     ("psnr_mask", "PSNR mask", "{:.2f}"),
     ("ssim_mask", "SSIM mask", "{:.4f}"),
     ("lpips", "LPIPS", "{:.4f}"),
+    ("lpips_mask", "LPIPS mask", "{:.4f}"),
     ("id_sim", "ID-sim", "{:.4f}"),
     ("id_sim_reference", "ID-sim vs reference", "{:.4f}"),
     ("dice", "Dice", "{:.4f}"),

@@ -1,8 +1,9 @@
 """The config a mode runs with on an existing run: the run's own, recorded in its checkpoint.
 
-Training records its config in every checkpoint. ``--mode=evaluate``, ``predict``, ``export``
-and ``compile`` on a workdir that holds one start from that recording (read as today's code
-reads it: ``checkpoints.upgrade_recorded``), so a run trained with, say,
+Training records its config in every checkpoint (and an export folder, a weights folder, in
+its manifest). ``--mode=evaluate``, ``predict``, ``export``, ``compile`` and ``summary`` on a
+workdir that holds one start from that recording (read as today's code reads it:
+``checkpoints.upgrade_recorded``), so a run trained with, say,
 ``--config.train.batch_size=2`` exports without repeating the flag. From the config given on
 the command line (file + overrides) a mode takes only what it may change
 (:data:`MODE_KEYS`, and the keys that may change in a resumed run); every other difference
@@ -31,21 +32,27 @@ MODE_KEYS: dict[str, tuple[str, ...]] = {
     "export": ("eval.checkpoint_step",),
     # What a pod would run: the compute dtype (topology and batch are flags).
     "compile": ("train.compute_dtype",),
+    # The run's networks as they are.
+    "summary": (),
 }
 MODES = tuple(MODE_KEYS)
 
 
+def _tuples(value: Any) -> Any:
+    return tuple(_tuples(v) for v in value) if isinstance(value, (list, tuple)) else value
+
+
 def _set(config: config_dict.ConfigDict, key: str, value: Any) -> None:
-    """``config[key] = value`` for a dotted key, creating sections; a JSON list becomes the
-    tuple the field holds."""
+    """``config[key] = value`` for a dotted key, creating sections; a JSON list becomes a
+    tuple (the configs hold sequences as tuples)."""
     *path, leaf = key.split(".")
     node = config
     for part in path:
         if part not in node or not isinstance(node[part], config_dict.ConfigDict):
             node[part] = config_dict.ConfigDict()
         node = node[part]
-    if leaf in node and isinstance(node[leaf], tuple) and isinstance(value, list):
-        value = tuple(value)
+    if isinstance(value, list):  # JSON has no tuples; config sequences are tuples
+        value = _tuples(value)
     try:
         node[leaf] = value
     except TypeError:  # a typed placeholder or another type: replace the field
@@ -86,11 +93,17 @@ def merge(recorded: dict[str, Any], given: config_dict.ConfigDict, mode: str,
 
 
 def _delete(config: config_dict.ConfigDict, key: str) -> None:
+    """Delete ``key``, and the sections it leaves empty (another config's whole entry, e.g.
+    a loss term the run did not have)."""
     *path, leaf = key.split(".")
-    node = config
+    nodes = [config]
     for part in path:
-        node = node[part]
-    del node[leaf]
+        nodes.append(nodes[-1][part])
+    del nodes[-1][leaf]
+    for parent, part, node in zip(reversed(nodes[:-1]), reversed(path), reversed(nodes[1:])):
+        if len(node):
+            break
+        del parent[part]
 
 
 def for_mode(config: config_dict.ConfigDict, workdir: str | None, mode: str

@@ -95,23 +95,39 @@ def init_pretrained(config, system, state: TrainState, sharding) -> TrainState:
     return jax.device_put(state.replace(nets=nets), sharding) if changed else state
 
 
+def abstract_state(config, system, sharding) -> TrainState:
+    """The shapes, dtypes and ``sharding`` of a new state, as ``jax.ShapeDtypeStruct`` leaves:
+    a restore target that costs no compilation (loading a run for evaluation or prediction
+    starts in a fraction of a second instead of compiling every network's initialiser)."""
+    txs = system.optimizers(1)
+    shapes = jax.eval_shape(functools.partial(create_state, system, txs, config.seed,
+                                              config.data.resolution))
+    return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding),
+                        shapes)
+
+
 def load_state(config, workdir: str, step: int | None = None, *,
                check_config: bool = True):
     """The run's state at ``step`` (default latest) for evaluation, export and prediction.
+
+    ``workdir`` may also be a weights folder (an export folder: ``manifest.json`` and the
+    networks' PyTorch-layout safetensors, e.g. ``weights/<name>``): the networks it holds are
+    read from it (no optimizer state); any other (a discriminator left out) is zeros, which
+    inference never reads.
 
     Returns (state, system, mesh). Raises FileNotFoundError naming the workdir when it holds
     no checkpoint, and ``checkpoints.CheckpointError`` for one this config cannot restore
     (with ``check_config``, also for a config whose networks differ from the recorded one).
     """
     from unmask_jax import checkpoints, parallel, systems
+    from unmask_jax.export import io as export_io
 
+    if export_io.is_weights_folder(workdir):
+        return _load_weights_folder(config, workdir, check_config=check_config)
     manager = checkpoints.require_checkpoint(workdir)
     system = systems.build(config)
     mesh = parallel.make_data_mesh()
-    txs = system.optimizers(1)
-    template = jax.jit(functools.partial(create_state, system, txs, config.seed,
-                                         config.data.resolution),
-                       out_shardings=parallel.replicated_sharding(mesh))()
+    template = abstract_state(config, system, parallel.replicated_sharding(mesh))
     if step is not None and step not in manager.all_steps():
         raise FileNotFoundError(f"no checkpoint for step {step} in {workdir}; available: "
                                 f"{sorted(manager.all_steps())}")
@@ -119,3 +135,58 @@ def load_state(config, workdir: str, step: int | None = None, *,
                                           config=config if check_config else None,
                                           system_keys=system.resume_safe_keys)
     return state, system, mesh
+
+
+def _load_weights_folder(config, folder: str, *, check_config: bool):
+    """``load_state`` for a weights folder (see there); its step is the exported one."""
+    from unmask_jax import checkpoints, export, parallel, systems
+    from unmask_jax.export import io as export_io
+
+    try:
+        entries = export_io.weights_folder_networks(folder)
+        recorded = export_io.weights_folder_config(folder)
+    except export_io.WeightsFolderError as e:
+        raise checkpoints.CheckpointError(str(e)) from None
+    if check_config:
+        unsafe, _ = checkpoints.compare_configs(
+            checkpoints.upgrade_recorded(recorded), config,
+            systems.system_class(config).resume_safe_keys)
+        unsafe = [c for c in unsafe if not c[0].startswith(("data.", "predict.", "eval."))]
+        if unsafe:
+            lines = "\n".join(f"  {k}: {a} (weights) -> {b} (now)" for k, a, b in unsafe)
+            raise checkpoints.CheckpointError(
+                f"the weights in {folder} were trained with other network settings:\n{lines}")
+    system = systems.build(config)
+    mesh = parallel.make_data_mesh()
+    rep = parallel.replicated_sharding(mesh)
+    template = abstract_state(config, system, rep)
+    networks = system.export_networks()
+    nets = {}
+    steps = set()
+    for name, entry in entries.items():
+        if name not in networks:
+            raise checkpoints.CheckpointError(
+                f"{folder} holds a network {name!r} that this {system.name} system does not "
+                f"have ({', '.join(networks)})")
+        model_name, kwargs = networks[name]
+        try:
+            loaded = export.import_torch_state_dict(
+                model_name, kwargs, export.io.load_state_dict(entry["path"]),
+                template.nets[name].variables)
+        except (KeyError, ValueError) as e:
+            raise checkpoints.CheckpointError(
+                f"{entry['path']} does not fit {name} ({model_name}): {e}") from None
+        # Inference reads parameters and collections only: no optimizer state.
+        nets[name] = NetState(params=loaded["params"], opt_state=(), collections={
+            k: v for k, v in loaded.items() if k != "params"})
+        steps.add(int(entry.get("step", 0)))
+    for name, net in template.nets.items():  # not in the folder (a discriminator): zeros
+        if name not in nets:
+            zeros = jax.tree.map(lambda x: np.zeros(x.shape, x.dtype), net.variables)
+            nets[name] = NetState(params=zeros["params"], opt_state=(), collections={
+                k: v for k, v in zeros.items() if k != "params"})
+    step = max(steps) if steps else 0
+    state = TrainState(step=np.asarray(step, np.int32),
+                       rng=np.zeros(template.rng.shape, template.rng.dtype), nets=nets)
+    log.info("weights folder %s: %s at step %d", folder, ", ".join(entries), step)
+    return jax.device_put(state, rep), system, mesh

@@ -5,7 +5,8 @@ import json
 
 
 def summary(config, workdir: str | None) -> dict:
-    """Parameter counts of every network; writes WORKDIR/summary.json and prints a table."""
+    """Parameter counts of every network; writes WORKDIR/summary.json (not into a weights
+    folder) and prints a table."""
     import jax
     from etils import epath
 
@@ -30,7 +31,8 @@ def summary(config, workdir: str | None) -> dict:
         print(f"  {name:<{width}}  {info['params']:>14,d} params")
         for part, count in info.get("parts", {}).items():
             print(f"    {part:<{width - 2}}  {count:>14,d}")
-    if workdir:
+    from unmask_jax.export import io as export_io
+    if workdir and not export_io.is_weights_folder(workdir):  # weights folders stay as shipped
         path = epath.Path(workdir)
         path.mkdir(parents=True, exist_ok=True)
         (path / "summary.json").write_text(json.dumps(result, indent=2) + "\n")

@@ -25,6 +25,9 @@ any of them: for ``synthetic`` it is the number of records rendered; for the fil
 cap -- at most that many records of the split, chosen deterministically and spread over
 identities (``data_pipelines.subsets``), not the first N file names.
 
+Several sources read as one: ``a+b`` (e.g. ``lfw+celeba`` with ``data_dir`` the folder
+holding ``lfw/`` and ``celeba/``); see ``mixed.py``. Its options are those of its parts.
+
 ``seed`` and ``resolution`` only concern ``synthetic``: file sources split by hashing
 names and return images at their native size (the pipeline crops and resizes).
 Unknown names and options raise ``ValueError`` naming the choices; a missing or empty data
@@ -39,9 +42,10 @@ from collections.abc import Callable
 from typing import Any
 
 from data_pipelines.sources.base import (DatasetNotFoundError, EmptySplitError, FaceSource,
-                                         Record, error_record)
+                                         Record, UnknownSplitError, error_record)
 
-__all__ = ["SOURCES", "OPTION_TYPES", "make_source", "source_options", "DatasetNotFoundError",
+__all__ = ["SOURCES", "OPTION_TYPES", "make_source", "source_options", "is_known",
+           "DatasetNotFoundError", "UnknownSplitError",
            "EmptySplitError", "FaceSource", "Record", "error_record",
            "SYNTHETIC_SPLIT_SEED_OFFSET"]
 
@@ -58,7 +62,7 @@ def _synthetic(*, data_dir: PathLike, split: str, seed: int, resolution: int,
     if data_dir is not None:
         raise ValueError(f"synthetic: takes no data_dir (got {data_dir!r})")
     if split not in SYNTHETIC_SPLIT_SEED_OFFSET:
-        raise ValueError(f"synthetic: unknown split {split!r}; choose one of "
+        raise UnknownSplitError(f"synthetic: unknown split {split!r}; choose one of "
                          f"{tuple(SYNTHETIC_SPLIT_SEED_OFFSET)}")
     if not 0 <= seed < 2**30:
         raise ValueError(
@@ -124,10 +128,29 @@ def _option_target(name: str) -> Callable[..., Any]:
     return getattr(module, attr)
 
 
+def is_known(name: str) -> bool:
+    """``name`` is a source of ``SOURCES`` or a ``+`` join of them."""
+    from data_pipelines.sources.mixed import part_names
+    parts = part_names(name)
+    return all(p in SOURCES for p in parts) and len(set(parts)) == len(parts)
+
+
+def _check_name(name: str) -> None:
+    if not is_known(name):
+        raise ValueError(f"unknown source {name!r}; choose one of {sorted(SOURCES)}, or "
+                         "several different ones joined with '+' (e.g. 'lfw+celeba')")
+
+
 def source_options(name: str) -> tuple[str, ...]:
-    """Names of the extra options ``make_source(name, ...)`` accepts."""
-    if name not in SOURCES:
-        raise ValueError(f"unknown source {name!r}; choose one of {sorted(SOURCES)}")
+    """Names of the extra options ``make_source(name, ...)`` accepts (for ``a+b``: those of
+    either part)."""
+    from data_pipelines.sources.mixed import part_names
+    _check_name(name)
+    if len(part_names(name)) > 1:
+        seen: dict[str, None] = {}
+        for part in part_names(name):
+            seen.update(dict.fromkeys(source_options(part)))
+        return tuple(seen)
     fixed = {"data_dir", "split", "seed", "resolution", "self"}
     params = inspect.signature(_option_target(name)).parameters
     return tuple(p for p in params if p not in fixed
@@ -137,13 +160,17 @@ def source_options(name: str) -> tuple[str, ...]:
 
 def make_source(name: str, *, data_dir: PathLike = None, split: str = "train", seed: int = 0,
                 resolution: int = 256, **options: Any) -> FaceSource:
-    """Build the face source ``name`` (one of ``SOURCES``); see the module docstring."""
-    if name not in SOURCES:
-        raise ValueError(f"unknown source {name!r}; choose one of {sorted(SOURCES)}")
+    """Build the face source ``name`` (one of ``SOURCES``, or several joined with ``+``);
+    see the module docstring."""
+    from data_pipelines.sources.mixed import make_mixed, part_names
+    _check_name(name)
     allowed = source_options(name)
     unknown = sorted(set(options) - set(allowed))
     if unknown:
         raise ValueError(f"{name}: unknown option(s) {unknown}; {name} accepts "
                          f"{sorted(allowed)}")
+    if len(part_names(name)) > 1:
+        return make_mixed(name, make_source, source_options, data_dir=data_dir, split=split,
+                          seed=seed, resolution=resolution, **options)
     return SOURCES[name](data_dir=data_dir, split=split, seed=seed, resolution=resolution,
                          **options)

@@ -56,6 +56,11 @@ class DatasetNotFoundError(FileNotFoundError):
     """A dataset path is missing or holds nothing the source can read."""
 
 
+class UnknownSplitError(ValueError):
+    """The source has no split of that name (a ``ValueError``: a config mistake for one
+    source; a mixture leaves such a part out of that split)."""
+
+
 class EmptySplitError(DatasetNotFoundError):
     """The dataset is there but the requested split has no records.
 

@@ -55,7 +55,7 @@ import numpy as np
 
 from data_pipelines.landmarks import template as lm_template
 from data_pipelines.sources.base import (DatasetNotFoundError, EmptySplitError, Record,
-                                         error_record)
+                                         UnknownSplitError, error_record)
 from data_pipelines.sources.images import (DEFAULT_MIN_SIZE, ImageFileSource, LandmarkResult,
                                            is_image_file, make_landmark_strategy,
                                            require_dir)
@@ -182,7 +182,8 @@ class CelebASource(ImageFileSource):
                  landmarks: str = "auto", min_size: int = DEFAULT_MIN_SIZE,
                  cache_dir: str | None = None, num_records: int | None = None) -> None:
         if split not in SPLITS:
-            raise ValueError(f"celeba: unknown split {split!r}; choose one of {tuple(SPLITS)}")
+            raise UnknownSplitError(
+                f"celeba: unknown split {split!r}; choose one of {tuple(SPLITS)}")
         if landmarks not in LANDMARK_MODES:
             raise ValueError(f"celeba: unknown landmarks={landmarks!r}; choose one of "
                              f"{LANDMARK_MODES}")
@@ -291,7 +292,7 @@ class CelebATFDSSource:
                  landmarks: str = "auto", min_size: int = DEFAULT_MIN_SIZE,
                  cache_dir: str | None = None, num_records: int | None = None) -> None:
         if split not in TFDS_SPLITS:
-            raise ValueError(f"celeba: unknown split {split!r}; choose one of "
+            raise UnknownSplitError(f"celeba: unknown split {split!r}; choose one of "
                              f"{tuple(TFDS_SPLITS)}")
         if landmarks not in ("auto", "dataset", "template", "none"):
             raise ValueError(f"celeba (tfds): landmarks={landmarks!r} is not supported; "

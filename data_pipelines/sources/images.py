@@ -32,7 +32,7 @@ from PIL import Image, ImageOps
 
 from data_pipelines.landmarks import template as lm_template
 from data_pipelines.sources.base import (DatasetNotFoundError, EmptySplitError, Record,
-                                         error_record)
+                                         UnknownSplitError, error_record)
 
 logger = logging.getLogger(__name__)
 
@@ -157,7 +157,8 @@ def in_test_split(name: str, test_fraction: float) -> bool:
 def check_split(source: str, split: str, test_fraction: float) -> None:
     """Validate a hash-split request ("train" | "test" | "all")."""
     if split not in ("train", "test", "all"):
-        raise ValueError(f"{source}: unknown split {split!r}; choose 'train', 'test' or 'all'")
+        raise UnknownSplitError(
+            f"{source}: unknown split {split!r}; choose 'train', 'test' or 'all'")
     if not 0.0 <= test_fraction <= 1.0:
         raise ValueError(f"{source}: test_fraction must be in [0, 1], got {test_fraction}")
 

@@ -98,6 +98,8 @@ def export_variables(network_name: str, model_name: str, model_kwargs: Mapping[s
                                   if not k.endswith(("running_mean", "running_var",
                                                      "num_batches_tracked")))),
         "files": files,
+        "sha256": {kind: io.sha256_of(os.fspath(epath.Path(out_dir) / name))
+                   for kind, name in files.items()},
         "config": dict(config_json) if config_json is not None else None,
         "exported_at": datetime.datetime.now(datetime.timezone.utc).isoformat(),
     }

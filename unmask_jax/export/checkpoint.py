@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
-from typing import Any
+from typing import Any, Sequence
 
 import jax
 from etils import epath
@@ -20,29 +20,78 @@ log = logging.getLogger(__name__)
 
 
 def export_checkpoint(config, workdir: str, export_dir: str | None = None, *,
-                      write_pt: bool = False) -> dict[str, Any]:
-    """Writes every trained network of the run's latest (or ``config.eval.checkpoint_step``)
-    checkpoint as ``<network>.safetensors`` (+ ``.pt``) and ``manifest.json``.
+                      write_pt: bool = False, networks: Sequence[str] | None = None,
+                      linked_runs: bool = True) -> dict[str, Any]:
+    """Writes the trained networks (all, or ``networks``) of the run's latest (or
+    ``config.eval.checkpoint_step``) checkpoint as ``<network>.safetensors`` (+ ``.pt``) and
+    ``manifest.json``: a weights folder, which predict and export read like a run.
+
+    With ``linked_runs``, every run the config reads from (a config value naming a folder
+    that holds a checkpoint or weights, e.g. ``model.segmenter_workdir``: an earlier stage) is
+    exported too, into the subfolder named after the key's last part, and the recorded key
+    names that subfolder relative to the export folder (``io.RELATIVE_KEYS``), so the folder
+    is complete on its own.
 
     Raises FileNotFoundError for a workdir without a checkpoint and ValueError for a network
-    that has no export mapping (naming it and the exportable ones).
+    that has no export mapping (naming it and the exportable ones) or is not in the run.
     """
-    from unmask_jax import systems
+    from unmask_jax import checkpoints, systems
 
-    networks = systems.build(config).export_networks()
-    for network, (name, _) in networks.items():
+    exportable = systems.build(config).export_networks()
+    unknown = sorted(set(networks or ()) - set(exportable))
+    if unknown:
+        raise ValueError(f"--export_networks: {', '.join(unknown)} not in this run; it has "
+                         f"{', '.join(exportable)}")
+    chosen = {n: v for n, v in exportable.items() if not networks or n in networks}
+    for network, (name, _) in chosen.items():
         if name not in export.exportable_models():
             raise ValueError(f"{network} {name!r} has no PyTorch export mapping; exportable: "
                              f"{export.exportable_models()}")
     state, _, _ = state_lib.load_state(config, workdir, config.eval.checkpoint_step)
     out_dir = export_dir or os.fspath(epath.Path(workdir) / "export")
     step = int(jax.device_get(state.step))
+    config_json = config.to_dict()
+    relative = []
+    if linked_runs:
+        for key, value in checkpoints.flatten(checkpoints.config_to_json(config)).items():
+            if not (isinstance(value, str) and value and _is_run(value)):
+                continue
+            sub = key.rsplit(".", 1)[-1].removesuffix("_workdir")
+            from ml_collections import config_dict
+            linked = config_dict.ConfigDict(checkpoints.recorded_config(value))
+            log.info("exporting the run %s names (%s) into %s/%s", key, value, out_dir, sub)
+            export_checkpoint(linked, value, os.fspath(epath.Path(out_dir) / sub),
+                              write_pt=write_pt)
+            _set_key(config_json, key, sub)
+            relative.append(key)
     entries = {}
-    for network, (name, kwargs) in networks.items():
+    for network, (name, kwargs) in chosen.items():
         variables = jax.device_get(state.nets[network].variables)
         entries[network] = export.export_variables(
             network, name, kwargs, variables, out_dir, step=step,
-            config_json=config.to_dict(), write_pt=write_pt)
+            config_json=config_json, write_pt=write_pt)
         log.info("exported %s (%s -> %s, %d tensors) to %s", network, name,
                  entries[network]["torch_class"], entries[network]["num_tensors"], out_dir)
+    export.io.set_manifest_field(out_dir, export.io.RELATIVE_KEYS, relative)
     return entries
+
+
+def _is_run(path: str) -> bool:
+    """``path`` is a folder holding a run's checkpoints or a weights folder."""
+    from unmask_jax import checkpoints
+    try:
+        p = epath.Path(path)
+        if not p.is_dir():
+            return False
+        ckpt = checkpoints.checkpoint_dir(path)
+        return export.io.is_weights_folder(path) or (
+            ckpt.exists() and any(c.name.isdigit() for c in ckpt.iterdir()))
+    except (OSError, ValueError):
+        return False
+
+
+def _set_key(tree: dict, key: str, value: Any) -> None:
+    *parents, leaf = key.split(".")
+    for part in parents:
+        tree = tree[part]
+    tree[leaf] = value

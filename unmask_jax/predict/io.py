@@ -240,6 +240,9 @@ def decode(path: str, max_pixels: int) -> Decoded:
     with _pixel_limit(max_pixels):
         try:
             im = Image.open(io.BytesIO(data))
+        except Image.DecompressionBombError as e:  # far over the limit: Pillow refuses it
+            raise BadInput("too_large", f"{e} (config.predict.max_pixels={max_pixels:,})"
+                           ) from None
         except UnidentifiedImageError:
             raise BadInput("not_an_image", "not an image file Pillow can read") from None
         except (OSError, ValueError, SyntaxError) as e:
@@ -349,6 +352,13 @@ def encode(decoded: Decoded, native: np.ndarray, *, upright: bool = False) -> by
         im.save(buf, format=decoded.format, **options)
     except (OSError, ValueError, KeyError) as e:
         raise BadInput("write_failed", f"cannot write {decoded.format}: {e}") from None
+    return buf.getvalue()
+
+
+def png_bytes(rgb: np.ndarray) -> bytes:
+    """A uint8 (H, W, 3) image as PNG bytes (lossless)."""
+    buf = io.BytesIO()
+    Image.fromarray(np.ascontiguousarray(rgb, dtype=np.uint8)).save(buf, format="PNG")
     return buf.getvalue()
 
 

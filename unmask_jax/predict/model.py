@@ -22,6 +22,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import logging
+import os
 import time
 from typing import Any
 
@@ -168,6 +169,9 @@ class PredictModel:
                             seg_workdir, self.map_run.resolution, self.map_run.resolution,
                             self.geometry.resolution, self.geometry.resolution)
         self.predict_kwargs = system.predict_variant(find_map=find_map)
+        self.weights_id = _weights_id(config, workdir, self.pretrained, int(self.state.step),
+                                      seg_workdir if self.plan.source in ("system", "segmenter")
+                                      else None)
         self._jitted = system.jit(self._infer)
         self.buckets: dict[int, float] = {}   # padded batch size -> first-call seconds
         self.load_seconds = time.perf_counter() - t0
@@ -194,8 +198,7 @@ class PredictModel:
     def describe(self) -> dict[str, Any]:
         g = self.geometry
         return {"system": self.system.name, "step": int(self.state.step),
-                "weights": ("pytorch:" + str(self.config.model.generator_init)
-                            if self.pretrained else "checkpoint"),
+                "weights": self.weights_id,
                 "resolution": g.resolution, "framing": g.framing, "face_scale": g.face_scale,
                 "mask_source": self.plan.source, "model_takes_mask": self.plan.model_needs_map,
                 "segmenter_workdir": self.config.model.get("segmenter_workdir")}
@@ -247,6 +250,28 @@ class PredictModel:
         if b not in self.buckets:
             self.buckets[b] = time.perf_counter() - t0
         return {k: np.asarray(v)[:n] for k, v in out.items()}
+
+
+def _weights_id(config, workdir: str, pretrained: bool, step: int,
+                map_workdir: str | None) -> str:
+    """Which weights made a result, in one line for the report: each file's sha256 for a
+    weights folder or PyTorch weights, else the checkpoint's folder and step; then the
+    same for the run that gave the maps."""
+    from unmask_jax.export import io as export_io
+
+    def one(folder: str, step: int | None) -> str:
+        if export_io.is_weights_folder(folder):
+            entries = export_io.read_manifest(folder).get("networks", {})
+            return " ".join(f"{n}:sha256:{e.get('sha256', {}).get('safetensors', '?')[:16]}"
+                            for n, e in sorted(entries.items()))
+        return f"checkpoint:{os.path.abspath(folder)}@{step}" if step is not None else \
+            f"checkpoint:{os.path.abspath(folder)}"
+    if pretrained:
+        path = str(config.model.generator_init)
+        main = f"pytorch:{path} (generator:sha256:{export_io.sha256_of(path)[:16]})"
+    else:
+        main = one(workdir, step)
+    return main if not map_workdir else f"{main}; maps: {one(map_workdir, None)}"
 
 
 def _effective_config(config, workdir: str):

@@ -29,6 +29,39 @@ FACES = ("all", "largest")
 DETECTORS = detect.DETECTORS
 STAGES = ("decode", "detection", "model", "paste", "encode")
 REPORT_NAME = "report.json"
+FACES_DIR = "faces"
+
+
+class PredictInterrupted(Exception):
+    """Ctrl-C during a run: the report of what was done is written (``report_path``)."""
+
+    def __init__(self, report_path: str, report: dict[str, Any]):
+        super().__init__(report_path)
+        self.report_path, self.report = report_path, report
+
+
+def check_output(input_path: str, output_dir: str, overwrite: bool) -> None:
+    """Refuses an output folder that would overwrite the inputs or earlier results: the
+    input folder itself, a folder that holds the inputs, or one that already holds files
+    (unless ``config.predict.overwrite``)."""
+    out = os.path.realpath(output_dir)
+    src = os.path.realpath(input_path)
+    src_dir = src if os.path.isdir(src) else os.path.dirname(src)
+    if os.path.exists(src) and out == src_dir:
+        raise PredictSetupError(
+            f"--output={output_dir} is the input folder: the results would overwrite the "
+            "photos; choose another folder (e.g. a new one beside it)")
+    if os.path.exists(src) and (src + os.sep).startswith(out + os.sep):
+        raise PredictSetupError(
+            f"--input={input_path} is inside --output={output_dir}: choose an output folder "
+            "outside the inputs' folder")
+    if os.path.isdir(out) and any(not n.startswith(".") for n in os.listdir(out)) \
+            and not overwrite:
+        raise PredictSetupError(
+            f"--output={output_dir} already holds files; files of the same name would be "
+            "replaced. Choose a new folder, or pass --config.predict.overwrite=True")
+    if os.path.exists(out) and not os.path.isdir(out):
+        raise PredictSetupError(f"--output={output_dir} is a file; name a folder")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -48,6 +81,8 @@ class PredictOptions:
     detect_upsample: bool = True
     detector: str = "hog+cnn"
     cnn_backend: str = "jax"
+    overwrite: bool = False
+    save_faces: bool = False
 
     @classmethod
     def from_config(cls, config) -> "PredictOptions":
@@ -78,6 +113,7 @@ class PredictOptions:
 @dataclasses.dataclass
 class _Face:
     box: tuple[float, float, float]
+    landmarks: np.ndarray                 # float32 (68, 2) in image pixels
     crop: np.ndarray                      # uint8 (R, R, 3)
     crop_landmarks: np.ndarray
     index: int
@@ -223,8 +259,9 @@ class Predictor:
             box = g.box(lm)
             # The face's rank in its image keys per-image dropout (pix2pix family's
             # eval.bn_statistics=per_image): a photo gives the same result in any folder.
-            face = _Face(box=box, crop=g.crop(rgb, box), crop_landmarks=g.crop_landmarks(lm, box),
-                         index=rank, identity=identity)
+            face = _Face(box=box, landmarks=np.asarray(lm, np.float32), crop=g.crop(rgb, box),
+                         crop_landmarks=g.crop_landmarks(lm, box), index=rank,
+                         identity=identity)
             if user_mask is not None:
                 face.user_mask = (g.crop(user_mask.astype(np.uint8) * 255, box) > 127
                                   ).astype(np.float32)[..., None]
@@ -260,11 +297,17 @@ class Predictor:
         t = time.perf_counter()
         d = job.decoded
         result = d.native.copy()
-        for face in job.faces:
-            weights = faces_lib.paste_weights(self._region(face), self.opts.dilate,
-                                              self.opts.feather)
+        records = []
+        for k, face in enumerate(job.faces):
+            region = self._region(face)
+            weights = faces_lib.paste_weights(region, self.opts.dilate, self.opts.feather)
             rgb = (face.raw.astype(np.float32) + 1.0) * 127.5
             faces_lib.paste(result, d.from_rgb, d.colour_channels, rgb, weights, face.box)
+            records.append(self._face_record(face, region))
+            if self.opts.save_faces:
+                records[-1]["files"] = self._save_face(job.rel, k, face, region, rgb, weights,
+                                                       out_dir)
+        job.entry["face_records"] = records
         job.times["paste"] += time.perf_counter() - t
         t = time.perf_counter()
         out_path = os.path.join(out_dir, job.rel)
@@ -276,9 +319,40 @@ class Predictor:
         job.times["encode"] += time.perf_counter() - t
         job.entry.update(status="ok", output=out_path, faces=len(job.faces))
 
+    def _face_record(self, face: _Face, region: np.ndarray) -> dict[str, Any]:
+        """What the report says of one face: where it is, how much was replaced, by what."""
+        from data_pipelines import align
+        x0, y0, side = align.pixel_square(face.box)
+        return {"box": {"x": int(x0), "y": int(y0), "side": int(side)},
+                "landmarks": np.round(face.landmarks, 1).tolist(),
+                "mask_fraction": round(float(np.mean(region > 0.5)), 4),
+                "weights": self.model.weights_id}
+
+    def _save_face(self, rel: str, k: int, face: _Face, region: np.ndarray, rgb: np.ndarray,
+                   weights: np.ndarray, out_dir: str) -> dict[str, str]:
+        """``faces/<input path>.face<k>.{crop,map,unmasked,side_by_side}.png`` at the model's
+        resolution: the crop it saw, the map it used, the unmasked face as pasted back (the
+        model's pixels inside the feathered map, the crop's outside), and the three side by
+        side."""
+        crop = face.crop
+        mask = np.repeat((np.clip(region, 0, 1) * 255).astype(np.uint8)[..., None], 3, axis=2)
+        w = np.asarray(weights, np.float32).reshape(crop.shape[:2] + (1,))
+        unmasked = np.clip(np.round(rgb * w + crop.astype(np.float32) * (1.0 - w)), 0, 255
+                           ).astype(np.uint8)
+        tiles = {"crop": crop, "map": mask, "unmasked": unmasked,
+                 "side_by_side": np.concatenate([crop, mask, unmasked], axis=1)}
+        base = os.path.join(out_dir, FACES_DIR, f"{rel}.face{k}")
+        files = {}
+        for name, tile in tiles.items():
+            path = f"{base}.{name}.png"
+            io.write_bytes(path, io.png_bytes(tile))
+            files[name] = path
+        return files
+
     # -- the run -------------------------------------------------------------------------
 
     def run(self, input_path: str, output_dir: str) -> dict[str, Any]:
+        check_output(input_path, output_dir, self.opts.overwrite)
         root, rels = io.list_inputs(input_path, exclude=output_dir)
         if os.path.realpath(output_dir) == os.path.realpath(root):
             raise PredictSetupError(f"--output={output_dir} is the input folder: the results "
@@ -325,6 +399,38 @@ class Predictor:
                 job.faces.clear()
                 close(job.entry, job.times)
 
+        try:
+            self._loop(root, rels, entries, pending, queue, drain, fail)
+        except KeyboardInterrupt:
+            # Ctrl-C: the files already written keep their report; the rest are listed as
+            # not done.
+            interrupted = True
+            done = {e["input"] for e in entries if e.get("status") is not None}
+            for job in pending:
+                if job.entry.get("status") is None:
+                    job.entry.update(status="interrupted", output=None, faces=0)
+            for e in entries:
+                if e.get("status") is None:
+                    e.update(status="interrupted", output=None, faces=0)
+            entries.extend({"input": os.path.join(root, rel), "output": None,
+                            "status": "not_started", "faces": 0}
+                           for rel in rels[len(entries):])
+            log.warning("predict: interrupted after %d of %d file(s); report written",
+                        len(done), len(rels))
+        else:
+            interrupted = False
+        wall = time.perf_counter() - t_start
+
+        report = {"files": entries,
+                  "summary": self._summary(entries, totals, wall, input_path, output_dir)}
+        report["summary"]["interrupted"] = interrupted
+        io.write_bytes(os.path.join(output_dir, REPORT_NAME),
+                       (json.dumps(report, indent=2) + "\n").encode())
+        if interrupted:
+            raise PredictInterrupted(os.path.join(output_dir, REPORT_NAME), report)
+        return report
+
+    def _loop(self, root, rels, entries, pending, queue, drain, fail) -> None:
         for rel in rels:
             entry: dict[str, Any] = {"input": os.path.join(root, rel), "output": None,
                                      "status": None, "faces": 0}
@@ -345,13 +451,6 @@ class Predictor:
             queue.extend((job, f) for f in faces)
             drain(False)
         drain(True)
-        wall = time.perf_counter() - t_start
-
-        report = {"files": entries,
-                  "summary": self._summary(entries, totals, wall, input_path, output_dir)}
-        io.write_bytes(os.path.join(output_dir, REPORT_NAME),
-                       (json.dumps(report, indent=2) + "\n").encode())
-        return report
 
     def _summary(self, entries, totals, wall, input_path, output_dir) -> dict[str, Any]:
         import jax

@@ -41,6 +41,9 @@ log = logging.getLogger(__name__)
 STAGES = ("seg", "unmask", "one_stage")
 
 
+_WARNED_VGG16: list[bool] = []
+
+
 def _resolve_perceptual(terms: dict[str, Any], check_files: bool = True
                         ) -> tuple[dict[str, Any], str | None]:
     """VGG19 only where its converted weights exist; otherwise VGG16 (logged). Without
@@ -58,8 +61,11 @@ def _resolve_perceptual(terms: dict[str, Any], check_files: bool = True
         except weights_lib.MissingWeightsError as e:
             if spec.get("weights"):
                 raise  # a file the user named and that is not there is an error
-            log.warning("perceptual loss: no converted VGG19 weights (%s); using the offline "
-                        "ImageNet VGG16 with the same layers instead", " ".join(str(e).split()))
+            if not _WARNED_VGG16:  # once per process (a system is built more than once)
+                _WARNED_VGG16.append(True)
+                log.warning("perceptual loss: no converted VGG19 weights (%s); using the "
+                            "offline ImageNet VGG16 with the same layers instead",
+                            " ".join(str(e).split()))
             spec["backbone"] = "vgg16"
             return terms, "vgg16"
     backbones = [v.get("backbone", "vgg16") for k, v in terms.items()
@@ -112,6 +118,12 @@ class GANMaskerSegSystem(base.System):
 
     name = "ganmasker_seg"
     cpu_library = CPU_LIBRARY
+    #: Stage 1 has no generator or discriminator: their keys, which configs before the
+    #: config split recorded for it too, change nothing here (an old stage-1 run resumes).
+    resume_safe_keys = ("model.generator*", "model.discriminator*", "model.generator_inputs",
+                        "model.composite_in_training", "loss.terms.*", "loss.d_scale",
+                        "loss.update_order", "optim.networks.generator.*",
+                        "optim.networks.discriminator.*")
 
     def __init__(self, config, abstract_frozen: bool = False):
         super().__init__(config, abstract_frozen)
