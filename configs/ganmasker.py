@@ -129,8 +129,8 @@ def get_config(variant: str = "unmask"):
 
 def _starter(c, stage: str) -> None:
     """The starter weights: the paper's losses and layer types at 128x128 with reduced widths,
-    trained in about two hours of a 2-core CPU in all (stage 1: 2000 steps at batch 16, 12
-    minutes; stage 2: 3000 steps at batch 8).
+    trained in about 1 h 25 min of a 2-core CPU in all (stage 1: 2000 steps at batch 16, 12
+    minutes; stage 2: 3000 steps at batch 8, 71 minutes).
 
     Widths: M-Seg base 16 (1.19 M parameters) and FU-Net base 16 (4.38 M): 22 MB in float32
     for both inference networks. Data: the real faces of LFW (deep-funneled, dlib landmarks
