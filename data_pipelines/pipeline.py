@@ -46,6 +46,7 @@ import numpy as np
 from data_pipelines import align, masks, subsets
 from data_pipelines.config import FRAMINGS, DataConfig, batch_spec  # noqa: F401  (re-exported)
 from data_pipelines.sources import EmptySplitError, make_source
+from data_pipelines.sources.base import record_identities
 
 log = logging.getLogger(__name__)
 
@@ -557,22 +558,6 @@ def check_identity_source(cfg: DataConfig, source, split_key: str, report: bool 
 
 def _known(identities: np.ndarray) -> np.ndarray:
     return np.unique(identities[identities >= 0])
-
-
-def record_identities(source) -> np.ndarray:
-    """int64 (len(source),) identity label of every record without reading any (-1 =
-    unknown): the ``identities`` array of file sources, else rebuilt from
-    ``identity_indices`` over ``num_identities`` (synthetic)."""
-    n = len(source)
-    ids = getattr(source, "identities", None)
-    if ids is not None and len(ids) == n:
-        return np.asarray(ids, dtype=np.int64)
-    out = np.full((n,), -1, dtype=np.int64)
-    count = getattr(source, "num_identities", None)
-    if getattr(source, "has_identities", False) and count is not None:
-        for identity in range(int(count)):
-            out[source.identity_indices(identity)] = identity
-    return out
 
 
 class _Subset:

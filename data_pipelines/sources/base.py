@@ -52,6 +52,22 @@ def error_record(index: int, key: str, reason: str) -> Record:
     }
 
 
+def record_identities(source) -> np.ndarray:
+    """int64 (len(source),) identity label of every record without reading any (-1 =
+    unknown): the ``identities`` array of file sources, else rebuilt from
+    ``identity_indices`` over ``num_identities`` (synthetic)."""
+    n = len(source)
+    ids = getattr(source, "identities", None)
+    if ids is not None and len(ids) == n:
+        return np.asarray(ids, dtype=np.int64)
+    out = np.full((n,), -1, dtype=np.int64)
+    count = getattr(source, "num_identities", None)
+    if getattr(source, "has_identities", False) and count is not None:
+        for identity in range(int(count)):
+            out[source.identity_indices(identity)] = identity
+    return out
+
+
 class DatasetNotFoundError(FileNotFoundError):
     """A dataset path is missing or holds nothing the source can read."""
 

@@ -22,7 +22,8 @@ from typing import Any
 
 import numpy as np
 
-from data_pipelines.sources.base import EmptySplitError, Record, UnknownSplitError
+from data_pipelines.sources.base import (EmptySplitError, Record, UnknownSplitError,
+                                         record_identities)
 
 logger = logging.getLogger(__name__)
 
@@ -43,26 +44,6 @@ def part_dir(data_dir: str | os.PathLike[str] | None, part: str):
     return candidate if os.path.isdir(candidate) else data_dir
 
 
-def _identity_count(source) -> int:
-    """How many identity labels ``source`` spans (labels are 0..count-1)."""
-    ids = getattr(source, "identities", None)
-    if ids is not None and len(ids):
-        return int(np.max(ids)) + 1
-    return int(getattr(source, "num_identities", 0) or 0)
-
-
-def _record_identities(source) -> np.ndarray:
-    """Every record's identity label (-1 = unknown) without reading a record."""
-    ids = getattr(source, "identities", None)
-    if ids is not None and len(ids) == len(source):
-        return np.asarray(ids, dtype=np.int64)
-    out = np.full((len(source),), -1, dtype=np.int64)
-    if getattr(source, "has_identities", False):
-        for identity in range(int(getattr(source, "num_identities", 0) or 0)):
-            out[source.identity_indices(identity)] = identity
-    return out
-
-
 class MixedSource:
     """The records of ``sources`` one after another (picklable)."""
 
@@ -73,16 +54,15 @@ class MixedSource:
         self.sources = list(sources)
         self.name = SEPARATOR.join(self.parts)
         self._starts = np.cumsum([0] + [len(s) for s in self.sources])
-        self._id_offsets: list[int] = []
-        offset = 0
-        for source in self.sources:
-            self._id_offsets.append(offset)
-            offset += _identity_count(source)
         self.has_identities = any(getattr(s, "has_identities", False) for s in self.sources)
-        ids = []
-        for source, off in zip(self.sources, self._id_offsets):
-            part_ids = _record_identities(source)
-            ids.append(np.where(part_ids >= 0, part_ids + off, -1))
+        # Each part's labels shifted past the largest label of the parts before it.
+        self._id_offsets: list[int] = []
+        ids, offset = [], 0
+        for source in self.sources:
+            part_ids = record_identities(source)
+            self._id_offsets.append(offset)
+            ids.append(np.where(part_ids >= 0, part_ids + offset, -1))
+            offset += int(part_ids.max()) + 1 if len(part_ids) and part_ids.max() >= 0 else 0
         self.identities = np.concatenate(ids).astype(np.int64)
 
     def __len__(self) -> int:
