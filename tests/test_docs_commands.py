@@ -61,6 +61,8 @@ NOT_RUN: tuple[tuple[tuple[str, ...], str], ...] = (
     (("sbatch",), "needs a SLURM cluster"),
     (("gcloud",), "needs Google Cloud"),
     (("tensorboard",), "a server that does not exit"),
+    (("python", "-m", "unmask_jax.demo"), "a web server that does not exit (tests/test_demo.py "
+                                          "serves and uses the page)"),
 )
 # Shell variable assignments (NAME=value ...) are kept for the commands after them.
 _ASSIGNMENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*=")

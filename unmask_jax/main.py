@@ -52,6 +52,9 @@ _MODE = flags.DEFINE_enum("mode", "train", MODES, "What to do.")
 _EXPORT_DIR = flags.DEFINE_string("export_dir", None,
                                   "--mode=export: output folder (default WORKDIR/export).")
 _EXPORT_PT = flags.DEFINE_bool("export_pt", False, "--mode=export: also write .pt files.")
+_EXPORT_ONNX = flags.DEFINE_bool(
+    "export_onnx", False, "--mode=export: also write .onnx files (dynamic batch), each checked "
+    "against the Flax network with onnxruntime; needs pip install -e \".[onnx]\".")
 _EXPORT_NETWORKS = flags.DEFINE_list(
     "export_networks", [], "--mode=export: only these networks (default: all), e.g. "
     "generator; a run the config names (an earlier stage) is exported whole beside them.")
@@ -179,6 +182,7 @@ def _run_mode(config, mode: str, workdir: str | None) -> None:
         try:
             export_checkpoint.export_checkpoint(config, workdir, _EXPORT_DIR.value,
                                                 write_pt=_EXPORT_PT.value,
+                                                write_onnx=_EXPORT_ONNX.value,
                                                 networks=_EXPORT_NETWORKS.value)
         except ValueError as e:
             raise UserError(str(e)) from None

@@ -7,12 +7,13 @@
 Modules: ``io`` (listing, decoding any common image upright in its own channel layout,
 writing in the input's format), ``faces`` (detection seam, training-geometry framing,
 feathered paste-back), ``model`` (run/geometry/mask-map resolution, jitted batched
-inference), ``runner`` (the loop, ``report.json``, progress). Settings: ``config.predict``
+inference), ``runner`` (the loop, ``report.json``, progress; ``Predictor.unmask``: one
+image in memory, as the loop does it, for the demo page). Settings: ``config.predict``
 (``configs/default.py``).
 """
 from unmask_jax.predict.model import PredictModel, PredictSetupError
 from unmask_jax.predict.runner import (STAGES, PredictInterrupted, PredictOptions, Predictor,
-                                       predict)
+                                       Unmasked, predict)
 
 __all__ = ["PredictInterrupted", "PredictModel", "PredictOptions", "PredictSetupError",
-           "Predictor", "STAGES", "predict"]
+           "Predictor", "STAGES", "Unmasked", "predict"]

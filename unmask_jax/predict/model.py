@@ -19,6 +19,7 @@ thresholded at the threshold its system declares (``PredictNeeds.map_threshold``
 """
 from __future__ import annotations
 
+import copy
 import dataclasses
 import functools
 import logging
@@ -101,10 +102,13 @@ def _bucket(n: int, batch_size: int) -> int:
 class PredictModel:
     """The loaded system; ``__call__`` runs it on a batch of face crops."""
 
-    def __init__(self, config, workdir: str):
+    def __init__(self, config, workdir: str, *, identity_per_call: bool = False):
+        """``identity_per_call``: identity crops come with each call (one photo in memory),
+        so ``predict.identity`` is not required."""
         from unmask_jax import systems
 
         t0 = time.perf_counter()
+        self.workdir = workdir
         config, self.pretrained = _effective_config(config, workdir)
         self.config = config
         d = config.data
@@ -143,7 +147,7 @@ class PredictModel:
                 "mirroring --input> (white = mask)")
         else:
             self.plan = MaskPlan("landmarks", False)
-        if self.needs_identity and not p.identity:
+        if self.needs_identity and not p.identity and not identity_per_call:
             raise PredictSetupError(
                 f"{system.name} conditions on another photo of the same person: give "
                 "--config.predict.identity=<photo, or a folder mirroring --input>")
@@ -194,6 +198,23 @@ class PredictModel:
                     config.model.generator_init, config.data.resolution,
                     config.data.resolution, config.data.framing, config.data.face_scale)
         return state
+
+    def with_user_masks(self) -> "PredictModel":
+        """This model taking the user's mask map (as with ``predict.mask``) in place of the
+        map it finds itself or reads from a stage-1 run: the same loaded weights, its own
+        compiled programs."""
+        other = copy.copy(self)
+        other.plan = MaskPlan("user", self.plan.model_needs_map)
+        if self.plan.source == "system":  # its own stage 1 is not needed
+            other.frozen = self.system.inference_frozen(find_map=False)
+        other.map_run = None
+        other.map_threshold = None
+        other.predict_kwargs = self.system.predict_variant(find_map=False)
+        other.weights_id = _weights_id(self.config, self.workdir, self.pretrained,
+                                       int(self.state.step), None)
+        other._jitted = self.system.jit(other._infer)
+        other.buckets = {}
+        return other
 
     def describe(self) -> dict[str, Any]:
         g = self.geometry

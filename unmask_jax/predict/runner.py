@@ -133,6 +133,46 @@ class _Job:
     done: int = 0
 
 
+@dataclasses.dataclass
+class _Pasted:
+    """What was pasted back for one face, in crop pixels."""
+
+    region: np.ndarray                    # float32 (R, R) {0, 1}: the map used
+    rgb: np.ndarray                       # float32 (R, R, 3) 0..255: the model's output
+    weights: np.ndarray                   # float32 (R, R) [0, 1]: the feathered paste weights
+
+
+@dataclasses.dataclass
+class Unmasked:
+    """One image unmasked in memory (``Predictor.unmask``)."""
+
+    result: np.ndarray                    # the unmasked image, the input's upright layout
+    entry: dict[str, Any]                 # its record, as in report.json's "files"
+    tiles: list[dict[str, np.ndarray]]    # per face: ``face_tiles``
+
+
+def image_info(decoded: io.Decoded) -> dict[str, Any]:
+    """What the report says of a decoded image: size, format, channel layout, bits."""
+    h, w = decoded.shape
+    info: dict[str, Any] = {"size": [w, h], "format": decoded.format, "kind": decoded.kind,
+                            "bits": 16 if decoded.native.dtype == np.uint16 else 8}
+    if decoded.orientation != 1:
+        info["exif_orientation"] = decoded.orientation
+    return info
+
+
+def face_tiles(crop: np.ndarray, pasted: _Pasted) -> dict[str, np.ndarray]:
+    """uint8 (R, R, 3) images of one face at the model's resolution: the crop the model saw
+    ("crop"), the map it used ("map", white = replaced) and the unmasked face as pasted back
+    ("unmasked": the model's pixels inside the feathered map, the crop's outside)."""
+    mask = np.repeat((np.clip(pasted.region, 0, 1) * 255).astype(np.uint8)[..., None], 3,
+                     axis=2)
+    w = np.asarray(pasted.weights, np.float32).reshape(crop.shape[:2] + (1,))
+    unmasked = np.clip(np.round(pasted.rgb * w + crop.astype(np.float32) * (1.0 - w)), 0, 255
+                       ).astype(np.uint8)
+    return {"crop": crop, "map": mask, "unmasked": unmasked}
+
+
 class _Progress:
     """A plain stderr progress bar (redrawn in place on a terminal, a line per 10% else)."""
 
@@ -187,14 +227,17 @@ class _Side:
 
 
 class Predictor:
-    """Runs a loaded model over files; ``run`` returns the report."""
+    """Runs a loaded model over files (``run`` returns the report) or over one image in
+    memory (``unmask``). ``identity_per_call``: identity photos come with each ``unmask``
+    call, not from ``predict.identity`` (which is then not required)."""
 
     def __init__(self, config, workdir: str, *, detector: faces_lib.Detector | None = None,
-                 progress: bool = True):
+                 progress: bool = True, identity_per_call: bool = False):
         self.opts = PredictOptions.from_config(config)
         self.masks = _Side(self.opts.mask, "mask")
         self.identities = _Side(self.opts.identity, "identity")
-        self.model = PredictModel(config, workdir)
+        self.model = PredictModel(config, workdir, identity_per_call=identity_per_call)
+        self._user_model: PredictModel | None = None   # ``_model_for``'s user-map variant
         self.geometry = self.model.geometry
         self.detector = detector or faces_lib.dlib_detector(
             self.opts.detect_upsample, self.opts.detector, self.opts.cnn_backend)
@@ -205,10 +248,9 @@ class Predictor:
     def _detect(self, rgb: np.ndarray) -> list[np.ndarray]:
         return faces_lib.detect(self.detector, rgb, self.opts.detect_max_side)
 
-    def _identity_crop(self, rel: str) -> np.ndarray:
-        path = self.identities.file_for(rel)
-        if path in self.identities.cache:
-            return self.identities.cache[path]
+    def identity_crop(self, path: str) -> np.ndarray:
+        """The identity photo at ``path`` framed as the model's faces: its largest face's
+        crop (uint8 (R, R, 3)); BadInput bad_identity / no_identity_face."""
         try:
             decoded = io.decode(path, self.opts.max_pixels)
         except io.BadInput as e:
@@ -217,22 +259,22 @@ class Predictor:
         found = self._detect(rgb)
         if not found:
             raise io.BadInput("no_identity_face", f"no face found in the identity image {path}")
-        crop = self.geometry.crop(rgb, self.geometry.box(found[0]))
+        return self.geometry.crop(rgb, self.geometry.box(found[0]))
+
+    def _identity_crop(self, rel: str) -> np.ndarray:
+        path = self.identities.file_for(rel)
+        if path in self.identities.cache:
+            return self.identities.cache[path]
+        crop = self.identity_crop(path)
         if not self.identities.folder:
             self.identities.cache[path] = crop
         return crop
 
-    def _prepare(self, root: str, rel: str, times: dict[str, float]
-                 ) -> tuple[io.Decoded, list[_Face], dict[str, Any]]:
-        t = time.perf_counter()
-        decoded = io.decode(os.path.join(root, rel), self.opts.max_pixels)
-        h, w = decoded.shape
-        info: dict[str, Any] = {"size": [w, h], "format": decoded.format, "kind": decoded.kind,
-                                "bits": 16 if decoded.native.dtype == np.uint16 else 8}
-        if decoded.orientation != 1:
-            info["exif_orientation"] = decoded.orientation
-        rgb = decoded.rgb8()
-        times["decode"] += time.perf_counter() - t
+    def _find_faces(self, rgb: np.ndarray, info: dict[str, Any], times: dict[str, float]
+                    ) -> list[np.ndarray]:
+        """Landmarks of the faces to unmask in ``rgb``, largest first (only the largest with
+        ``faces=largest``); ``faces_found`` goes to ``info``. BadInput too_small / no_face."""
+        h, w = rgb.shape[:2]
         if min(h, w) < self.opts.min_face:
             raise io.BadInput("too_small", f"{w}x{h} is smaller than "
                               f"config.predict.min_face={self.opts.min_face} px")
@@ -246,16 +288,15 @@ class Predictor:
         if not big:
             raise io.BadInput("too_small", f"{len(found)} face(s) found, all narrower than "
                               f"config.predict.min_face={self.opts.min_face} px")
-        if self.opts.faces == "largest":
-            big = big[:1]
-        t = time.perf_counter()
-        user_mask = None
-        if self.masks.path:
-            user_mask = io.load_mask(self.masks.file_for(rel), (h, w))
-        identity = self._identity_crop(rel) if self.model.needs_identity else None
+        return big[:1] if self.opts.faces == "largest" else big
+
+    def _frame(self, rgb: np.ndarray, landmarks: list[np.ndarray],
+               user_mask: np.ndarray | None, identity: np.ndarray | None) -> list[_Face]:
+        """Each face framed in the model's geometry, with its crop of the user's mask (bool
+        (H, W), True = masked) when one is given."""
         g = self.geometry
         out = []
-        for rank, lm in enumerate(big):
+        for rank, lm in enumerate(landmarks):
             box = g.box(lm)
             # The face's rank in its image keys per-image dropout (pix2pix family's
             # eval.bn_statistics=per_image): a photo gives the same result in any folder.
@@ -266,17 +307,43 @@ class Predictor:
                 face.user_mask = (g.crop(user_mask.astype(np.uint8) * 255, box) > 127
                                   ).astype(np.float32)[..., None]
             out.append(face)
+        return out
+
+    def _prepare(self, root: str, rel: str, times: dict[str, float]
+                 ) -> tuple[io.Decoded, list[_Face], dict[str, Any]]:
+        t = time.perf_counter()
+        decoded = io.decode(os.path.join(root, rel), self.opts.max_pixels)
+        info = image_info(decoded)
+        rgb = decoded.rgb8()
+        times["decode"] += time.perf_counter() - t
+        found = self._find_faces(rgb, info, times)
+        t = time.perf_counter()
+        user_mask = None
+        if self.masks.path:
+            user_mask = io.load_mask(self.masks.file_for(rel), decoded.shape)
+        identity = self._identity_crop(rel) if self.model.needs_identity else None
+        out = self._frame(rgb, found, user_mask, identity)
         times["decode"] += time.perf_counter() - t
         return decoded, out, info
+
+    def _model_for(self, user_masks: bool) -> PredictModel:
+        """The model as configured; for faces that carry the user's mask while the model
+        finds or reads its map elsewhere, its variant that takes the user's map (built once)."""
+        if not user_masks or self.model.plan.source == "user":
+            return self.model
+        if self._user_model is None:
+            self._user_model = self.model.with_user_masks()
+        return self._user_model
 
     def _run_model(self, chunk: list[tuple[_Job, _Face]]) -> None:
         t = time.perf_counter()
         fs = [f for _, f in chunk]
         user = np.stack([f.user_mask for f in fs]) if fs[0].user_mask is not None else None
         identity = _to_unit([f.identity for f in fs]) if fs[0].identity is not None else None
-        out = self.model(_to_unit([f.crop for f in fs]),
-                         user, identity,
-                         np.array([f.index for f in fs]), self.opts.batch_size)
+        out = self._model_for(user is not None)(_to_unit([f.crop for f in fs]),
+                                                user, identity,
+                                                np.array([f.index for f in fs]),
+                                                self.opts.batch_size)
         for i, f in enumerate(fs):
             f.raw = out["raw"][i]
             f.mask = out["mask"][i] if "mask" in out else None
@@ -286,27 +353,36 @@ class Predictor:
             job.done += 1
 
     def _region(self, face: _Face) -> np.ndarray:
-        source = self.model.plan.source
-        if source == "user":
+        if face.user_mask is not None:  # the user's map wins (predict.mask, or per image)
             return face.user_mask[..., 0]
         if self.model.map_threshold is not None:  # a map from a run or the system itself
             return (face.mask[..., 0] >= self.model.map_threshold).astype(np.float32)
         return faces_lib.lower_face_region(face.crop_landmarks, self.geometry.resolution)
 
-    def _finish(self, job: _Job, out_dir: str) -> None:
-        t = time.perf_counter()
-        d = job.decoded
-        result = d.native.copy()
-        records = []
-        for k, face in enumerate(job.faces):
+    def _paste(self, decoded: io.Decoded, faces: list[_Face]
+               ) -> tuple[np.ndarray, list[_Pasted]]:
+        """(the image with every face's output pasted back, in ``decoded``'s layout; what
+        was pasted per face)."""
+        result = decoded.native.copy()
+        pasted = []
+        for face in faces:
             region = self._region(face)
             weights = faces_lib.paste_weights(region, self.opts.dilate, self.opts.feather)
             rgb = (face.raw.astype(np.float32) + 1.0) * 127.5
-            faces_lib.paste(result, d.from_rgb, d.colour_channels, rgb, weights, face.box)
-            records.append(self._face_record(face, region))
+            faces_lib.paste(result, decoded.from_rgb, decoded.colour_channels, rgb, weights,
+                            face.box)
+            pasted.append(_Pasted(region, rgb, weights))
+        return result, pasted
+
+    def _finish(self, job: _Job, out_dir: str) -> None:
+        t = time.perf_counter()
+        d = job.decoded
+        result, pasted = self._paste(d, job.faces)
+        records = []
+        for k, (face, p) in enumerate(zip(job.faces, pasted, strict=True)):
+            records.append(self._face_record(face, p.region))
             if self.opts.save_faces:
-                records[-1]["files"] = self._save_face(job.rel, k, face, region, rgb, weights,
-                                                       out_dir)
+                records[-1]["files"] = self._save_face(job.rel, k, face, p, out_dir)
         job.entry["face_records"] = records
         job.times["paste"] += time.perf_counter() - t
         t = time.perf_counter()
@@ -326,21 +402,14 @@ class Predictor:
         return {"box": {"x": int(x0), "y": int(y0), "side": int(side)},
                 "landmarks": np.round(face.landmarks, 1).tolist(),
                 "mask_fraction": round(float(np.mean(region > 0.5)), 4),
-                "weights": self.model.weights_id}
+                "weights": self._model_for(face.user_mask is not None).weights_id}
 
-    def _save_face(self, rel: str, k: int, face: _Face, region: np.ndarray, rgb: np.ndarray,
-                   weights: np.ndarray, out_dir: str) -> dict[str, str]:
+    def _save_face(self, rel: str, k: int, face: _Face, pasted: _Pasted, out_dir: str
+                   ) -> dict[str, str]:
         """``faces/<input path>.face<k>.{crop,map,unmasked,side_by_side}.png`` at the model's
-        resolution: the crop it saw, the map it used, the unmasked face as pasted back (the
-        model's pixels inside the feathered map, the crop's outside), and the three side by
-        side."""
-        crop = face.crop
-        mask = np.repeat((np.clip(region, 0, 1) * 255).astype(np.uint8)[..., None], 3, axis=2)
-        w = np.asarray(weights, np.float32).reshape(crop.shape[:2] + (1,))
-        unmasked = np.clip(np.round(rgb * w + crop.astype(np.float32) * (1.0 - w)), 0, 255
-                           ).astype(np.uint8)
-        tiles = {"crop": crop, "map": mask, "unmasked": unmasked,
-                 "side_by_side": np.concatenate([crop, mask, unmasked], axis=1)}
+        resolution (``face_tiles``, and the three side by side)."""
+        tiles = face_tiles(face.crop, pasted)
+        tiles["side_by_side"] = np.concatenate(list(tiles.values()), axis=1)
         base = os.path.join(out_dir, FACES_DIR, f"{rel}.face{k}")
         files = {}
         for name, tile in tiles.items():
@@ -348,6 +417,47 @@ class Predictor:
             io.write_bytes(path, io.png_bytes(tile))
             files[name] = path
         return files
+
+    # -- one image in memory -------------------------------------------------------------
+
+    def unmask(self, decoded: io.Decoded, *, mask: np.ndarray | None = None,
+               identity: np.ndarray | None = None, name: str = "") -> Unmasked:
+        """One decoded image (``io.decode``) in memory, as the file loop does it: the same
+        detection, framing, model and paste-back; nothing is written.
+
+        ``mask``: bool (H, W) upright, True = masked: replaces the mask map for every face
+        (as ``predict.mask`` does for files); ``identity``: the identity crop
+        (``identity_crop``) for a model that needs one; ``name``: the report's ``input``.
+        Raises ``io.BadInput`` (no_face, too_small, no_identity, ...) as a file's status."""
+        times = dict.fromkeys(STAGES, 0.0)
+        entry: dict[str, Any] = {"input": name, "output": None, "status": None, "faces": 0}
+        info = image_info(decoded)
+        t = time.perf_counter()
+        rgb = decoded.rgb8()
+        times["decode"] += time.perf_counter() - t
+        found = self._find_faces(rgb, info, times)
+        if mask is not None and tuple(mask.shape) != tuple(decoded.shape):
+            raise io.BadInput("bad_mask", f"the mask is {mask.shape[1]}x{mask.shape[0]}, the "
+                              f"image {decoded.shape[1]}x{decoded.shape[0]}: draw the mask at "
+                              "the image's size")
+        if self.model.needs_identity and identity is None:
+            raise io.BadInput("no_identity", f"{self.model.system.name} conditions on another "
+                              "photo of the same person: give an identity photo")
+        job = _Job(name, entry, decoded, self._frame(rgb, found, mask, identity), times)
+        entry.update(info)
+        bs = self.opts.batch_size
+        for i in range(0, len(job.faces), bs):
+            self._run_model([(job, f) for f in job.faces[i:i + bs]])
+        t = time.perf_counter()
+        result, pasted = self._paste(decoded, job.faces)
+        entry["face_records"] = [self._face_record(f, p.region)
+                                 for f, p in zip(job.faces, pasted, strict=True)]
+        times["paste"] += time.perf_counter() - t
+        entry.update(status="ok", faces=len(job.faces),
+                     seconds=round(sum(times.values()), 4),
+                     stages={k: round(v, 4) for k, v in times.items()})
+        tiles = [face_tiles(f.crop, p) for f, p in zip(job.faces, pasted, strict=True)]
+        return Unmasked(result=result, entry=entry, tiles=tiles)
 
     # -- the run -------------------------------------------------------------------------
 
