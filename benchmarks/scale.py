@@ -32,6 +32,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 OUT = ROOT / "docs" / "scale"
 DOC = ROOT / "docs" / "scale.md"
+#: The efficiency study (before/after rows, per-op accounts, the commands): written by hand
+#: from ``--breakdown`` reports kept in docs/scale/after/, and rendered into the page.
+EFFICIENCY = OUT / "efficiency.md"
 
 ALL_CONFIGS = ("pix2pix.py", "ye.py:a", "ye.py:b", "ye.py:c", "masked_gan.py",
                "ganmasker.py:seg", "ganmasker.py:unmask", "ganmasker.py:one_stage",
@@ -223,6 +226,8 @@ def cmd_render(args) -> int:
             "convolution, and the TPU compiler turns 3x3 stride-2 convolutions on 1-4 px "
             "maps (the pSp encoder's style blocks) into dots over the taps that touch data. "
             "Such a row is compute-bound at the roofline, so its MFU bound is 100%.", ""]
+    if EFFICIENCY.exists():  # the before/after study of the step's traffic, kept by hand
+        text += [EFFICIENCY.read_text().rstrip(), ""]
     text += [
         "## What cannot be known without the hardware",
         "",

@@ -75,6 +75,10 @@ def get_config() -> config_dict.ConfigDict:
     c.train.num_epochs = 200              # or num_steps; exactly one is set
     c.train.num_steps = config_dict.placeholder(int)
     c.train.compute_dtype = "float32"     # float32 | bfloat16 (params stay float32)
+    # How the state lies on the data-parallel devices: replicated | optimizer (each device
+    # holds 1/N of the optimizer state, ZeRO-1) | full (parameters split too, FSDP). On TPU
+    # v5e the split layouts save memory but add traffic (docs/scale.md, "Efficiency").
+    c.train.state_sharding = "replicated"
     c.train.log_every_steps = 100
     c.train.sample_every_steps = 1000
     c.train.checkpoint_every_steps = 5000

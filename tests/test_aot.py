@@ -197,10 +197,25 @@ def test_accelerator_program_is_traced_for_the_target_not_the_host(monkeypatch):
 @pytest.mark.slow
 def test_compile_mode_writes_the_report(tmp_path):
     config = tiny_pix2pix()
-    report = aot.compile_for(config, str(tmp_path), TOPOLOGY, per_chip_batch=2)
+    report = aot.compile_for(config, str(tmp_path), TOPOLOGY, per_chip_batch=2,
+                             breakdown=True)
     path = tmp_path / "compile" / "v5e_2x2.json"
-    assert json.loads(path.read_text()) == json.loads(json.dumps(report))
-    assert (tmp_path / "compile" / "v5e_2x2.md").read_text().startswith("# pix2pix_quick")
+    written = json.loads(path.read_text())
+    # The optimised HLO the breakdown read goes beside the report, not into its JSON.
+    hlo = {name: r.pop("hlo_text") for name, r in report["programs"].items()}
+    assert written == json.loads(json.dumps(report))
+    md = (tmp_path / "compile" / "v5e_2x2.md").read_text()
+    assert md.startswith("# pix2pix_quick") and "train_step: where the bytes" in md
+    for name, text in hlo.items():
+        assert (tmp_path / "compile" / f"v5e_2x2.{name}.hlo.txt").read_text() == text
+        b = report["programs"][name]["breakdown"]
+        # The per-op sum is XLA's own total within a few per cent; HBM is part of it.
+        assert 0.85 < b["bytes"] / b["xla_bytes"] < 1.15, (name, b["bytes"], b["xla_bytes"])
+        assert 0 < b["hbm_bytes"] <= b["bytes"]
+        assert any(g["layer"].startswith(("UnetGenerator", "bwd UnetGenerator"))
+                   for g in b["top_layers_by_bytes"])
+        assert report["programs"][name]["roofline_hbm"]["mfu_bound"] >= report[
+            "programs"][name]["roofline"]["mfu_bound"]
     assert report["target"]["devices"] == 4 and report["global_batch"] == 8
     for name in ("train_step", "predict"):
         r = report["programs"][name]

@@ -133,8 +133,9 @@ def test_nonfinite_step_leaves_state_unchanged(tiny_setup):
 
 @pytest.mark.slow
 def test_one_device_step_equals_eight_device_step():
-    """One step on a 1-device mesh equals it on 8 fake CPU devices: parameters, BN statistics,
-    optimizer state and losses, max|diff| / max|ref| < 1e-5 per tensor."""
+    """One step on a 1-device mesh equals it on 8 fake CPU devices, with the state replicated
+    and split over the devices (``train.state_sharding`` optimizer and full): parameters, BN
+    statistics, optimizer state and losses, max|diff| / max|ref| < 1e-5 per tensor."""
     script = textwrap.dedent("""
         import jax, numpy as np
         from tests.test_train import tiny_config, random_batch
@@ -146,25 +147,29 @@ def test_one_device_step_equals_eight_device_step():
         frozen = system.load_frozen()
         # SGD, not Adam: Adam's first update is lr * g / |g|, which turns float reduction-order
         # noise in near-zero gradients into lr-sized differences (an Adam property, not a
-        # data-parallel one). The gradients, BN statistics and losses are what is compared.
-        tx = optax.sgd(0.1)
+        # data-parallel one). The gradients, BN statistics and losses are what is compared;
+        # the momentum is optimizer state that the split layouts divide over the devices.
+        tx = optax.sgd(0.1, momentum=0.9)
         results = []
-        for devices in (jax.devices()[:1], jax.devices()):
+        txs = {"generator": tx, "discriminator": tx}
+        init = lambda: state_lib.create_state(system, txs, 0, 64)
+        for devices, how in ((jax.devices()[:1], "replicated"), (jax.devices(), "replicated"),
+                             (jax.devices(), "optimizer"), (jax.devices(), "full")):
             mesh = parallel.make_data_mesh(devices)
-            rep = parallel.replicated_sharding(mesh)
-            txs = {"generator": tx, "discriminator": tx}
-            state = jax.jit(lambda: state_lib.create_state(system, txs, 0, 64),
-                            out_shardings=rep)()
-            step = programs.make_train_step(system, txs, mesh, rep)
+            sharding = state_lib.state_sharding(jax.eval_shape(init), mesh, how)
+            state = jax.jit(init, out_shardings=sharding)()
+            step = programs.make_train_step(system, txs, mesh, sharding)
             state, m = step(state, parallel.global_batch(random_batch(8), mesh), frozen)
             results.append(jax.device_get((state.nets, m)))
-        flat1, flat8 = (jax.tree.leaves(r) for r in results)
-        assert len(flat1) == len(flat8) > 50
-        # Per tensor: max|diff| / max|ref| (reduction order differs between meshes).
-        rel = [float(np.max(np.abs(a - b)) / max(float(np.max(np.abs(a))), 1e-12))
-               for a, b in zip(flat1, flat8)]
-        print("max relative diff", max(rel))
-        assert max(rel) < 1e-5, max(rel)
+        flat1 = jax.tree.leaves(results[0])
+        for result in results[1:]:
+            flat8 = jax.tree.leaves(result)
+            assert len(flat1) == len(flat8) > 50
+            # Per tensor: max|diff| / max|ref| (reduction order differs between meshes).
+            rel = [float(np.max(np.abs(a - b)) / max(float(np.max(np.abs(a))), 1e-12))
+                   for a, b in zip(flat1, flat8)]
+            print("max relative diff", max(rel))
+            assert max(rel) < 1e-5, max(rel)
         print("OK")
     """)
     env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8",

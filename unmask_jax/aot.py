@@ -49,7 +49,8 @@ import numpy as np
 from etils import epath
 
 from data_pipelines import pipeline
-from unmask_jax import accelerators, backends, parallel, programs, state as state_lib
+from unmask_jax import accelerators, backends, hlo_breakdown, parallel, programs
+from unmask_jax import state as state_lib
 from unmask_jax import systems
 
 log = logging.getLogger(__name__)
@@ -230,16 +231,21 @@ def _programs(config, system, which: tuple[str, ...]) -> list[_Program]:
     if "train_step" in which:
         frozen = system.load_frozen(training=True)
 
+        how = config.train.get("state_sharding", "replicated")
+
         def train_args(mesh, batch):
             rep = parallel.replicated_sharding(mesh)
-            return (_abstract(state, rep),
+            shardings = state_lib.state_sharding(state, mesh, how)
+            return (jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
+                                 state, shardings),
                     abstract_batch(config, batch, parallel.batch_sharding(mesh)),
                     _abstract(frozen, rep))
 
         out.append(_Program(
             "train_step",
             lambda mesh, platform: programs.make_train_step(
-                system, txs, mesh, parallel.replicated_sharding(mesh), platform=platform),
+                system, txs, mesh, state_lib.state_sharding(state, mesh, how),
+                platform=platform),
             train_args))
     if "predict" in which:
         pred_frozen = system.load_frozen(training=False)
@@ -275,9 +281,11 @@ def model_flops(program: _Program, platform: str, per_chip_batch: int) -> float 
 
 
 def compile_program(program: _Program, target: accelerators.Target, mesh,
-                    per_chip_batch: int) -> dict[str, Any]:
+                    per_chip_batch: int, breakdown: bool = False) -> dict[str, Any]:
     """Lowers and compiles one program for the target; its figures (see the module
-    docstring). Raises DoesNotFit when the compiler runs out of device memory."""
+    docstring), with ``breakdown`` also the per-op account of where its bytes and FLOPs go
+    (:mod:`unmask_jax.hlo_breakdown`). Raises DoesNotFit when the compiler runs out of
+    device memory."""
     global_batch = per_chip_batch * target.num_devices
     t0 = time.perf_counter()
     lowered = program.make(mesh, target.platform).lower(*program.args(mesh, global_batch))
@@ -301,6 +309,7 @@ def compile_program(program: _Program, target: accelerators.Target, mesh,
     bytes_accessed = (float(cost["bytes accessed"]) if cost and "bytes accessed" in cost
                       else None)
     flops = model_flops(program, target.platform, per_chip_batch)
+    hlo_text = compiled.as_text()
     result = {
         "program": program.name,
         "per_chip_batch": per_chip_batch, "global_batch": global_batch,
@@ -316,11 +325,22 @@ def compile_program(program: _Program, target: accelerators.Target, mesh,
             "bytes_per_image": (bytes_accessed / per_chip_batch
                                 if bytes_accessed is not None else None),
         },
-        "collectives": collectives(compiled.as_text()),
+        "collectives": collectives(hlo_text),
         "roofline": roofline(model_flops=flops or 0.0, compiled_flops=compiled_flops,
                              bytes_accessed=bytes_accessed, chip=target.chip,
                              per_chip_batch=per_chip_batch, num_devices=target.num_devices),
     }
+    if breakdown:
+        result["breakdown"] = hlo_breakdown.account(hlo_text, total_bytes=bytes_accessed,
+                                                    total_flops=compiled_flops)
+        # The same roofline with the account's HBM bytes: XLA's "bytes accessed" also counts
+        # the on-chip memory's traffic, which HBM bandwidth does not limit.
+        result["roofline_hbm"] = roofline(
+            model_flops=flops or 0.0, compiled_flops=compiled_flops,
+            bytes_accessed=(result["breakdown"]["hbm_bytes"] if bytes_accessed is not None
+                            else None),
+            chip=target.chip, per_chip_batch=per_chip_batch, num_devices=target.num_devices)
+        result["hlo_text"] = hlo_text  # written beside the report, not into its JSON
     if mem.get("available") and not mem["fits"]:
         raise DoesNotFit(
             f"{program.name} does not fit {target.name} at {per_chip_batch} images per chip: "
@@ -356,9 +376,11 @@ def parse_programs(text: str) -> tuple[str, ...]:
 
 
 def compile_for(config, workdir: str | None, topology: str, per_chip_batch: int = 8,
-                programs: tuple[str, ...] = PROGRAMS) -> dict[str, Any]:
+                programs: tuple[str, ...] = PROGRAMS, breakdown: bool = False
+                ) -> dict[str, Any]:
     """``--mode=compile``: compiles the config's programs for ``topology`` and writes the
-    report to ``workdir/compile/`` (when a workdir is given). Returns the report."""
+    report to ``workdir/compile/`` (when a workdir is given). Returns the report.
+    ``breakdown``: each program's per-op account too (``--breakdown``)."""
     if int(per_chip_batch) <= 0:
         raise CompileSetupError(f"--per_chip_batch={per_chip_batch} must be positive")
     per_chip_batch = int(per_chip_batch)
@@ -372,6 +394,7 @@ def compile_for(config, workdir: str | None, topology: str, per_chip_batch: int 
     report: dict[str, Any] = {
         "config": config.get("name", ""), "system": system.name,
         "compute_dtype": config.train.compute_dtype,
+        "state_sharding": config.train.get("state_sharding", "replicated"),
         "resolution": int(config.data.resolution),
         "target": target.describe(), "chip_source": target.chip.source,
         "per_chip_batch": per_chip_batch,
@@ -385,7 +408,7 @@ def compile_for(config, workdir: str | None, topology: str, per_chip_batch: int 
         todo = _programs(config, system, programs)
     for program in todo:
         try:
-            result = compile_program(program, target, mesh, per_chip_batch)
+            result = compile_program(program, target, mesh, per_chip_batch, breakdown)
         except DoesNotFit as e:
             report["programs"][program.name] = {"program": program.name, "fits": False,
                                                 "error": str(e)}
@@ -437,7 +460,9 @@ def markdown(report: Mapping[str, Any]) -> str:
              f"{t['hosts']} hosts)", "",
              f"System `{report['system']}`, {report['resolution']}x{report['resolution']}, "
              f"{report['compute_dtype']}, {report['per_chip_batch']} images per device "
-             f"(global batch {report['global_batch']}). Chip: {report['chip_source']}.", "",
+             f"(global batch {report['global_batch']}), training state "
+             f"{report.get('state_sharding', 'replicated')}. Chip: {report['chip_source']}.",
+             "",
              "| program | memory/device (of HBM) | args / temp | model FLOP/image | "
              "compiled FLOP/image | HBM bytes/image | collectives | bound | MFU bound | "
              "img/s/chip | img/s/slice | compile |",
@@ -465,6 +490,14 @@ def markdown(report: Mapping[str, Any]) -> str:
               "analysis of the optimised program. Roofline: step time >= max(compiled FLOPs "
               "/ peak, HBM bytes / bandwidth); MFU bound = model FLOPs / (that time x "
               "peak)."]
+    for name, r in report["programs"].items():
+        if "breakdown" in r:
+            hbm = r["roofline_hbm"]
+            mfu = "-" if hbm["mfu_bound"] is None else f"{hbm['mfu_bound']:.1%}"
+            lines += ["", f"{name} with the HBM bytes of the account below "
+                      f"({r['breakdown']['hbm_bytes'] / 1e9:,.2f} GB per step): "
+                      f"{hbm['bound'] or '-'}-bound, MFU bound {mfu}."]
+            lines += [""] + hlo_breakdown.markdown(r["breakdown"], name)
     return "\n".join(lines) + "\n"
 
 
@@ -473,6 +506,11 @@ def _write(workdir: str | None, target: accelerators.Target, report: Mapping[str
         return
     out = epath.Path(workdir) / "compile"
     out.mkdir(parents=True, exist_ok=True)
+    report = dict(report, programs=dict(report["programs"]))
+    for name, r in report["programs"].items():
+        if "hlo_text" in r:  # the optimised program the breakdown read (--breakdown)
+            (out / f"{target.file_stem}.{name}.hlo.txt").write_text(r["hlo_text"])
+            report["programs"][name] = {k: v for k, v in r.items() if k != "hlo_text"}
     (out / f"{target.file_stem}.json").write_text(json.dumps(report, indent=1) + "\n")
     (out / f"{target.file_stem}.md").write_text(markdown(report))
     log.info("compile report: %s", out / f"{target.file_stem}.json")

@@ -86,6 +86,9 @@ SAFE_CONFIG_KEYS = (
     # How the layers are computed on the platform (unmask_jax/backends): the same networks
     # and numbers up to float rounding.
     "model.backend_forms",
+    # How the training state lies on the devices (state.STATE_SHARDINGS): a layout, the
+    # same numbers up to float rounding; checkpoints hold whole arrays either way.
+    "train.state_sharding",
 )
 
 #: Keys added to the config after checkpoint format 2, with the value that keeps the earlier
@@ -100,6 +103,7 @@ ADDED_KEYS = {
     "model.backend_forms": "auto",
     "predict.overwrite": False,
     "predict.save_faces": False,
+    "train.state_sharding": "replicated",
 }
 
 

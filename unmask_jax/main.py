@@ -5,7 +5,7 @@
     python -m unmask_jax.main --mode=predict --input=PATH --output=OUT \
         [--weights=DIR | --config=CFG --workdir=DIR] [--config.predict.faces=largest ...]
     python -m unmask_jax.main --config=CFG --workdir=DIR --mode=compile --topology=v5e-256 \
-        [--per_chip_batch=8]
+        [--per_chip_batch=8] [--breakdown]
 
 Predict with neither ``--workdir`` nor ``--weights`` uses the starter weights
 (``weights/ganmasker_starter``); ``--config`` is then optional (its ``predict`` section
@@ -71,6 +71,9 @@ _PER_CHIP_BATCH = flags.DEFINE_integer("per_chip_batch", 8,
 _COMPILE_PROGRAMS = flags.DEFINE_string(
     "compile_programs", "train_step,predict",
     "--mode=compile: the programs to compile (train_step, predict), comma-separated.")
+_BREAKDOWN = flags.DEFINE_bool(
+    "breakdown", False, "--mode=compile: also account for each program's HBM bytes and FLOPs "
+    "op by op, named by layer (the report's 'where the bytes go' tables).")
 
 
 def main(argv) -> None:
@@ -192,7 +195,8 @@ def _run_mode(config, mode: str, workdir: str | None) -> None:
                             "v4-32 or h100:1x1x8")
         from unmask_jax import aot
         aot.compile_for(config, workdir, _TOPOLOGY.value, _PER_CHIP_BATCH.value,
-                        aot.parse_programs(_COMPILE_PROGRAMS.value))
+                        aot.parse_programs(_COMPILE_PROGRAMS.value),
+                        breakdown=_BREAKDOWN.value)
     elif mode == "predict":
         if not _INPUT.value or not _OUTPUT.value:
             raise UserError("--mode=predict needs --input=<image, folder or glob> and "

@@ -351,6 +351,38 @@ def replicated_sharding(mesh: jax.sharding.Mesh) -> jax.sharding.NamedSharding:
     return jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
 
 
+def split_axis(shape: Sequence[int], num_devices: int, min_elements: int = 1 << 14
+               ) -> int | None:
+    """The dimension of an array of ``shape`` to split over ``num_devices``: its largest that
+    they divide (the last such on a tie), or None (keep it whole) when it has fewer than
+    ``min_elements`` elements or no dimension divides. Small arrays (biases, norms, step
+    counters) stay whole: splitting them saves nothing and costs a gather each."""
+    size = int(np.prod(shape)) if len(shape) else 1
+    if num_devices == 1 or size < min_elements:
+        return None
+    best = None
+    for axis, dim in enumerate(shape):
+        if dim % num_devices == 0 and (best is None or dim >= shape[best]):
+            best = axis
+    return best
+
+
+def split_over_data(shape: Sequence[int], mesh: jax.sharding.Mesh,
+                    min_elements: int = 1 << 14) -> jax.sharding.NamedSharding:
+    """An array split over the ``"data"`` axis along :func:`split_axis`'s dimension, or
+    replicated.
+
+    ZeRO-style sharding of state that every device would otherwise hold whole: each device
+    keeps and updates 1/N of it; XLA inserts the reduce-scatters and all-gathers that the
+    step's uses of the whole array need."""
+    axis = split_axis(shape, mesh.shape[DATA_AXIS], min_elements)
+    if axis is None:
+        return replicated_sharding(mesh)
+    spec = [None] * len(shape)
+    spec[axis] = DATA_AXIS
+    return jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(*spec))
+
+
 def local_mesh_device_count(mesh: jax.sharding.Mesh) -> int:
     """How many of the mesh's devices belong to this process."""
     return sum(1 for d in mesh.devices.flat if d.process_index == jax.process_index())

@@ -59,6 +59,38 @@ def create_state(system, txs: Mapping[str, optax.GradientTransformation], seed: 
     return TrainState(step=jnp.zeros((), jnp.int32), rng=train_rng, nets=nets)
 
 
+#: ``train.state_sharding``: how the training state lies on a data-parallel mesh.
+#: ``replicated``: every device holds all of it. ``optimizer`` (ZeRO-1): each device holds
+#: and updates 1/N of every large optimizer-state array (Adam's moments); parameters stay
+#: whole. ``full`` (ZeRO-3 / FSDP): the large parameters are split too, and gathered where a
+#: layer uses them. The numbers are the same (elementwise updates; gradient sums as
+#: reduce-scatters instead of all-reduces, up to float rounding), so checkpoints move between
+#: the three and between device counts.
+STATE_SHARDINGS = ("replicated", "optimizer", "full")
+
+
+def state_sharding(state: TrainState, mesh, how: str) -> TrainState:
+    """The sharding of every leaf of ``state`` (arrays or shapes) for ``how`` (one of
+    :data:`STATE_SHARDINGS`): a tree with ``state``'s structure, for ``jit``'s in/out
+    shardings, ``device_put`` and restore targets. Collections (BatchNorm statistics), the
+    step and the RNG stay replicated."""
+    from unmask_jax import parallel
+
+    if how not in STATE_SHARDINGS:
+        raise ValueError(f"train.state_sharding={how!r}: choose one of {STATE_SHARDINGS}")
+    rep = parallel.replicated_sharding(mesh)
+
+    def split(tree, on: bool):
+        return jax.tree.map(lambda x: parallel.split_over_data(np.shape(x), mesh) if on
+                            else rep, tree)
+
+    nets = {name: NetState(params=split(net.params, how == "full"),
+                           collections=split(net.collections, False),
+                           opt_state=split(net.opt_state, how != "replicated"))
+            for name, net in state.nets.items()}
+    return TrainState(step=rep, rng=rep, nets=nets)
+
+
 def init_pretrained(config, system, state: TrainState, sharding) -> TrainState:
     """A new run's initial variables from the weights files the config names: whole
     networks from PyTorch state dicts (``config.model.<network>_init``: ``.safetensors`` /

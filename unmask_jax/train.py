@@ -2,9 +2,10 @@
 
 The system (``unmask_jax.systems``, chosen by ``config.system``) supplies its networks,
 optimisers, frozen networks and a pure step ``(state, batch, frozen) -> (state, metrics)``.
-The trainer compiles it once with explicit shardings over a 1-D ``data`` mesh (state and
-frozen variables replicated, batch split over every device of every process), the state
-donated and the frozen variables not. Under global-view jit, BatchNorm statistics cover the
+The trainer compiles it once with explicit shardings over a 1-D ``data`` mesh (the state
+laid out as ``train.state_sharding`` says: replicated, or its large optimizer-state and
+parameter arrays split over the devices; frozen variables replicated; the batch split over
+every device of every process), the state donated and the frozen variables not. Under global-view jit, BatchNorm statistics cover the
 global batch, so one device and eight devices compute the same step.
 
 It owns the loop: data, checkpoints with the data iterator and the config, the workdir lock,
@@ -81,11 +82,13 @@ def _train(config, workdir: str) -> dict[str, Any]:
     num_steps = optim.resolve_steps(config.train, "num", spe)
     txs = system.optimizers(spe)
     rep = parallel.replicated_sharding(mesh)
-    state_sharding = rep
     frozen = jax.device_put(system.load_frozen(), rep)
 
-    state = jax.jit(functools.partial(state_lib.create_state, system, txs, config.seed,
-                                      data_cfg.resolution), out_shardings=state_sharding)()
+    init = functools.partial(state_lib.create_state, system, txs, config.seed,
+                             data_cfg.resolution)
+    layout = config.train.get("state_sharding", "replicated")
+    state_sharding = state_lib.state_sharding(jax.eval_shape(init), mesh, layout)
+    state = jax.jit(init, out_shardings=state_sharding)()
     data = pipeline.train_dataset(data_cfg, batch_size=local_batch, process_index=pid,
                                   process_count=pcount, source=source)
     data_iter = iter(data)

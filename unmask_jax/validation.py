@@ -24,6 +24,10 @@ def validate_config(config, mode: str = "train") -> None:
         from unmask_jax.predict import PredictOptions
         PredictOptions.from_config(config)
     optim.resolve_steps(config.train, "num", steps_per_epoch=1)
+    from unmask_jax.state import STATE_SHARDINGS
+    if config.train.get("state_sharding", "replicated") not in STATE_SHARDINGS:
+        raise ValueError(f"config.train.state_sharding={config.train.state_sharding!r}: "
+                         f"choose one of {STATE_SHARDINGS}")
     rule = early_stopping.EarlyStopping.from_config(config.train.get("early_stopping"))
     if rule is not None:
         from unmask_jax.evaluate import METRIC_NAMES

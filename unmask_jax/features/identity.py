@@ -30,6 +30,8 @@ import jax.numpy as jnp
 import flax.linen as nn
 import numpy as np
 
+from unmask_jax.features import pairs
+
 IDENTITY_BACKBONES = ("dlib", "arcface_iresnet50", "arcface_iresnet100", "irse50")
 UNVEILIFY_CROP = (35, 223, 32, 220)
 
@@ -150,9 +152,7 @@ def identity_similarity(net: IdentityNet, variables: Any, x: jax.Array,
 
     Jittable with ``net`` static: ``jax.jit(identity_similarity, static_argnums=0)``.
     """
-    emb = net.embed(variables, jnp.concatenate([x, y], axis=0))
-    n = x.shape[0]
-    return cosine(emb[:n], emb[n:])
+    return cosine(*pairs.deinterleave(net.embed(variables, pairs.interleave(x, y))))
 
 
 def identity_distances(net: IdentityNet, variables: Any, output: jax.Array,

@@ -23,7 +23,7 @@ import jax
 import jax.numpy as jnp
 import flax.linen as nn
 
-from unmask_jax.features import vgg as vgg_lib
+from unmask_jax.features import pairs, vgg as vgg_lib
 
 LPIPS_VGG_LAYERS = ("relu1_2", "relu2_2", "relu3_3", "relu4_3", "relu5_3")
 LPIPS_CHANNELS = {"alex": (64, 192, 384, 256, 256), "vgg16": (64, 128, 256, 512, 512)}
@@ -59,13 +59,13 @@ class LPIPS(nn.Module):
         else:
             raise ValueError(f"LPIPS backbone must be 'alex' or 'vgg16', not {self.net!r}")
         n = x.shape[0]
-        feats = backbone(jnp.concatenate([x, y], axis=0))
+        feats = backbone(pairs.interleave(x, y))
         total = jnp.zeros((n,), jnp.float32)
         masked = jnp.zeros((n,), jnp.float32)
         for i, (tap, ch) in enumerate(zip(taps, LPIPS_CHANNELS[self.net])):
             w = self.param(f"lin{i}", nn.initializers.zeros, (ch,))
-            f = normalize_channels(feats[tap].astype(jnp.float32))
-            d = (f[:n] - f[n:]) ** 2
+            fx, fy = pairs.deinterleave(normalize_channels(feats[tap].astype(jnp.float32)))
+            d = (fx - fy) ** 2
             layer = d @ w                                      # (N, h, w)
             total = total + jnp.mean(layer, axis=(1, 2))
             if mask is not None:

@@ -23,7 +23,7 @@ from typing import Any, Mapping
 import jax
 import jax.numpy as jnp
 
-from unmask_jax.features import vgg as vgg_lib
+from unmask_jax.features import pairs, vgg as vgg_lib
 
 CRITERIA = ("l1", "smooth_l1", "mse")
 
@@ -120,11 +120,10 @@ def perceptual_loss(cfg: PerceptualConfig, variables: Any, x: jax.Array,
     criterion and the weighted sum are float32; the result is a float32 scalar.
     Jittable with ``cfg`` static (it is a frozen dataclass).
     """
-    n = x.shape[0]
-    feats = cfg.module(dtype).apply(variables, jnp.concatenate([x, y], axis=0))
+    feats = cfg.module(dtype).apply(variables, pairs.interleave(x, y))
     total = jnp.zeros((), jnp.float32)
     for name, w in zip(cfg.layers, cfg.layer_weights):
-        f = feats[name].astype(jnp.float32)
-        total = total + w * _criterion(f[:n], jax.lax.stop_gradient(f[n:]), cfg.criterion,
+        fx, fy = pairs.deinterleave(feats[name].astype(jnp.float32))
+        total = total + w * _criterion(fx, jax.lax.stop_gradient(fy), cfg.criterion,
                                        cfg.smooth_l1_beta)
     return total

@@ -147,7 +147,11 @@ def resize_bilinear_align_corners(x: Array, size: Sequence[int]) -> Array:
 def blur3x3(x: Array, kernel: Array) -> Array:
     """Per-channel 3x3 filter with replicate padding (the reference's ``Smooth``)."""
     h, w = x.shape[1:3]
-    xp = jnp.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)), mode="edge")
+    # Edge padding as concatenated edge rows/columns: jnp.pad(mode="edge")'s gradient
+    # (a broadcast) is one the SPMD partitioner splits over the wrong axis, which put
+    # collective-permutes between chips into the data-parallel train step.
+    xp = jnp.concatenate([x[:, :1], x, x[:, -1:]], axis=1)
+    xp = jnp.concatenate([xp[:, :, :1], xp, xp[:, :, -1:]], axis=2)
     k = kernel.astype(x.dtype)
     out = None
     for i in range(3):
