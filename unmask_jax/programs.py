@@ -43,12 +43,12 @@ def sharded_updates(tx: optax.GradientTransformation, net_sharding: Any, mesh
     """``tx`` with its gradients laid out as the split optimizer state and its updates as the
     parameters (``net_sharding``: a ``NetState`` of shardings, :func:`state.state_sharding`).
 
-    Without this, XLA sums each gradient whole on every device (an all-reduce), keeps the
-    slice its optimizer-state shard needs and gathers the updated parameters: the moments are
-    split but the gradient traffic is a full all-reduce plus a gather. Constrained, the sum
-    is a reduce-scatter (each device receives only its slice), the optimizer runs on the
-    slice, and one all-gather rebuilds replicated parameters (none for split ones): ZeRO's
-    traffic. A layout only: the same numbers. ``tx`` itself when nothing is split."""
+    The constraints ask for ZeRO's traffic: the gradient sum as a reduce-scatter (each
+    device receives only its slice), the optimizer on the slice, and one all-gather that
+    rebuilds replicated parameters (none for split ones). The compiler decides: on TPU v5e
+    it keeps the all-reduce, slices it and adds the gathers, so the split layouts cost
+    traffic there (docs/scale.md, "Efficiency"). A layout only: the same numbers. ``tx``
+    itself when nothing is split."""
     if all(s.is_fully_replicated for s in jax.tree.leaves(net_sharding.opt_state)):
         return tx
     param_sharding = net_sharding.params

@@ -63,9 +63,9 @@ def create_state(system, txs: Mapping[str, optax.GradientTransformation], seed: 
 #: ``replicated``: every device holds all of it. ``optimizer`` (ZeRO-1): each device holds
 #: and updates 1/N of every large optimizer-state array (Adam's moments); parameters stay
 #: whole. ``full`` (ZeRO-3 / FSDP): the large parameters are split too, and gathered where a
-#: layer uses them. The numbers are the same (elementwise updates; gradient sums as
-#: reduce-scatters instead of all-reduces, up to float rounding), so checkpoints move between
-#: the three and between device counts.
+#: layer uses them. The numbers are the same (elementwise updates; the gradient sums up to
+#: float rounding), so checkpoints move between the three and between device counts. On TPU
+#: v5e the split layouts save argument memory but add traffic (docs/scale.md, "Efficiency").
 STATE_SHARDINGS = ("replicated", "optimizer", "full")
 
 
