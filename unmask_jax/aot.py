@@ -58,12 +58,6 @@ log = logging.getLogger(__name__)
 PROGRAMS = ("train_step", "predict")
 COLLECTIVES = ("all-reduce", "all-gather", "reduce-scatter", "collective-permute",
                "all-to-all", "collective-broadcast")
-_DTYPE_BYTES = {"pred": 1, "s4": 0.5, "u4": 0.5, "s8": 1, "u8": 1, "s16": 2, "u16": 2,
-                "f16": 2, "bf16": 2, "s32": 4, "u32": 4, "f32": 4, "s64": 8, "u64": 8,
-                "f64": 8, "c64": 8, "c128": 16, "f8e4m3fn": 1, "f8e5m2": 1,
-                "f8e4m3fnuz": 1, "f8e5m2fnuz": 1, "f8e4m3b11fnuz": 1}
-_SHAPE = re.compile(r"\b(" + "|".join(sorted(_DTYPE_BYTES, key=len, reverse=True)) +
-                    r")\[([0-9,]*)\]")
 _COLLECTIVE_OP = re.compile(
     r"^\s*(?:ROOT\s+)?%?[\w.\-]+\s*=\s*(?P<type>.+?)\s+(?P<op>" + "|".join(COLLECTIVES) +
     r")(?P<suffix>-start|-done)?\(")
@@ -84,14 +78,9 @@ class CompileSetupError(ValueError):
 
 
 def shape_bytes(type_text: str) -> int:
-    """Bytes of an HLO type (an array or a tuple of arrays), e.g. ``bf16[3,3,16,32]{...}``."""
-    total = 0.0
-    for dtype, dims in _SHAPE.findall(type_text):
-        n = 1
-        for d in filter(None, dims.split(",")):
-            n *= int(d)
-        total += n * _DTYPE_BYTES[dtype]
-    return int(total)
+    """Bytes of an HLO type (an array or a tuple of arrays), e.g. ``bf16[3,3,16,32]{...}``:
+    the data, without tile padding (:func:`hlo_breakdown.type_bytes`)."""
+    return hlo_breakdown.type_bytes(type_text, padded=False)
 
 
 def collectives(hlo_text: str) -> dict[str, Any]:
@@ -185,10 +174,14 @@ def parse_out_of_memory(message: str) -> dict[str, Any] | None:
 
 
 def _abstract(tree: Any, sharding: Any = None) -> Any:
-    def leaf(x):
+    """``tree``'s leaves as ``ShapeDtypeStruct``s with ``sharding``: one for every leaf, or
+    a tree of them shaped like ``tree`` (a state's layout, ``state.state_sharding``)."""
+    def leaf(x, s=sharding):
         return jax.ShapeDtypeStruct(np.shape(x), jnp.result_type(x) if not hasattr(x, "dtype")
-                                    else x.dtype, sharding=sharding)
-    return jax.tree.map(leaf, tree)
+                                    else x.dtype, sharding=s)
+    if isinstance(sharding, jax.sharding.Sharding) or sharding is None:
+        return jax.tree.map(leaf, tree)
+    return jax.tree.map(leaf, tree, sharding)
 
 
 def abstract_batch(config, global_batch: int, sharding: Any = None) -> dict[str, Any]:
@@ -235,9 +228,7 @@ def _programs(config, system, which: tuple[str, ...]) -> list[_Program]:
 
         def train_args(mesh, batch):
             rep = parallel.replicated_sharding(mesh)
-            shardings = state_lib.state_sharding(state, mesh, how)
-            return (jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
-                                 state, shardings),
+            return (_abstract(state, state_lib.state_sharding(state, mesh, how)),
                     abstract_batch(config, batch, parallel.batch_sharding(mesh)),
                     _abstract(frozen, rep))
 

@@ -81,10 +81,11 @@ class Op:
         return dataclasses.asdict(self)
 
 
-def array_bytes(dtype: str, dims: str, layout: str | None) -> int:
-    """Bytes of one array, its most minor dimensions padded to the layout's first tile."""
+def array_bytes(dtype: str, dims: str, layout: str | None, padded: bool = True) -> int:
+    """Bytes of one array, its most minor dimensions padded to the layout's first tile
+    (``padded``) or not (the data itself)."""
     shape = [int(d) for d in dims.split(",") if d]
-    if layout:
+    if layout and padded:
         body = layout.strip("{}")
         order_text, _, tiles_text = body.partition(":")
         order = [int(d) for d in order_text.split(",") if d.strip().isdigit()]
@@ -99,10 +100,11 @@ def array_bytes(dtype: str, dims: str, layout: str | None) -> int:
     return math.prod(shape) * _DTYPE_BITS[dtype] // 8
 
 
-def type_bytes(type_text: str, hbm_only: bool = False) -> int:
-    """Bytes of an HLO type (an array or a tuple of arrays), tile padding included; with
-    ``hbm_only``, of its arrays outside on-chip memory (no ``S(1)`` in their layout)."""
-    return sum(array_bytes(d, s, l) for d, s, l in _ARRAY.findall(type_text)
+def type_bytes(type_text: str, hbm_only: bool = False, padded: bool = True) -> int:
+    """Bytes of an HLO type (an array or a tuple of arrays), tile padding included unless
+    not ``padded``; with ``hbm_only``, of its arrays outside on-chip memory (no ``S(1)`` in
+    their layout)."""
+    return sum(array_bytes(d, s, l, padded) for d, s, l in _ARRAY.findall(type_text)
                if not (hbm_only and l and _ON_CHIP.search(l)))
 
 
