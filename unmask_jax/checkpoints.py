@@ -89,6 +89,8 @@ SAFE_CONFIG_KEYS = (
     # How the training state lies on the devices (state.STATE_SHARDINGS): a layout, the
     # same numbers up to float rounding; checkpoints hold whole arrays either way.
     "train.state_sharding",
+    # What the backward pass keeps or recomputes (train.remat): the same numbers.
+    "train.remat",
 )
 
 #: Keys added to the config after checkpoint format 2, with the value that keeps the earlier
@@ -104,6 +106,7 @@ ADDED_KEYS = {
     "predict.overwrite": False,
     "predict.save_faces": False,
     "train.state_sharding": "replicated",
+    "train.remat": False,
 }
 
 

@@ -31,7 +31,7 @@ MODE_KEYS: dict[str, tuple[str, ...]] = {
     "predict": ("predict.*", "eval.checkpoint_step"),
     "export": ("eval.checkpoint_step",),
     # What a pod would run: the compute dtype (topology and batch are flags).
-    "compile": ("train.compute_dtype", "train.state_sharding"),
+    "compile": ("train.compute_dtype", "train.state_sharding", "train.remat"),
     # The run's networks as they are.
     "summary": (),
 }

@@ -28,6 +28,8 @@ def validate_config(config, mode: str = "train") -> None:
     if config.train.get("state_sharding", "replicated") not in STATE_SHARDINGS:
         raise ValueError(f"config.train.state_sharding={config.train.state_sharding!r}: "
                          f"choose one of {STATE_SHARDINGS}")
+    if not isinstance(config.train.get("remat", False), bool):
+        raise ValueError(f"config.train.remat={config.train.remat!r}: True or False")
     rule = early_stopping.EarlyStopping.from_config(config.train.get("early_stopping"))
     if rule is not None:
         from unmask_jax.evaluate import METRIC_NAMES

@@ -30,7 +30,6 @@ import jax.numpy as jnp
 import flax.linen as nn
 import numpy as np
 
-from unmask_jax.features import pairs
 
 IDENTITY_BACKBONES = ("dlib", "arcface_iresnet50", "arcface_iresnet100", "irse50")
 UNVEILIFY_CROP = (35, 223, 32, 220)
@@ -148,11 +147,11 @@ def cosine(a: jax.Array, b: jax.Array, eps: float = 1e-8) -> jax.Array:
 
 def identity_similarity(net: IdentityNet, variables: Any, x: jax.Array,
                         y: jax.Array) -> jax.Array:
-    """Cosine similarity per image of the embeddings of ``x`` and ``y`` (one batched pass).
+    """Cosine similarity per image of the embeddings of ``x`` and ``y`` (a pass each).
 
     Jittable with ``net`` static: ``jax.jit(identity_similarity, static_argnums=0)``.
     """
-    return cosine(*pairs.deinterleave(net.embed(variables, pairs.interleave(x, y))))
+    return cosine(net.embed(variables, x), net.embed(variables, y))
 
 
 def identity_distances(net: IdentityNet, variables: Any, output: jax.Array,

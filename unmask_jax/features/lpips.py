@@ -13,6 +13,8 @@ tree structure) and returns one distance per image. With ``dtype`` (e.g. ``jnp.b
 the backbone runs in that dtype (float32 parameters cast inside each conv); the channel
 normalisation, the squared difference, the 1x1 ``lin`` weights and the spatial mean stay
 float32. :func:`lpips_variable_shapes` gives the variables' shapes without reading weights.
+The backbone runs once on ``x`` and once on ``y``, not on the two joined: as a loss, only
+``x``'s pass has a backward pass (see :mod:`perceptual`).
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ import jax
 import jax.numpy as jnp
 import flax.linen as nn
 
-from unmask_jax.features import pairs, vgg as vgg_lib
+from unmask_jax.features import vgg as vgg_lib
 
 LPIPS_VGG_LAYERS = ("relu1_2", "relu2_2", "relu3_3", "relu4_3", "relu5_3")
 LPIPS_CHANNELS = {"alex": (64, 192, 384, 256, 256), "vgg16": (64, 128, 256, 512, 512)}
@@ -59,12 +61,14 @@ class LPIPS(nn.Module):
         else:
             raise ValueError(f"LPIPS backbone must be 'alex' or 'vgg16', not {self.net!r}")
         n = x.shape[0]
-        feats = backbone(pairs.interleave(x, y))
+        # Two passes of the one backbone (see the module docstring).
+        feats_x, feats_y = backbone(x), backbone(y)
         total = jnp.zeros((n,), jnp.float32)
         masked = jnp.zeros((n,), jnp.float32)
         for i, (tap, ch) in enumerate(zip(taps, LPIPS_CHANNELS[self.net])):
             w = self.param(f"lin{i}", nn.initializers.zeros, (ch,))
-            fx, fy = pairs.deinterleave(normalize_channels(feats[tap].astype(jnp.float32)))
+            fx = normalize_channels(feats_x[tap].astype(jnp.float32))
+            fy = normalize_channels(feats_y[tap].astype(jnp.float32))
             d = (fx - fy) ** 2
             layer = d @ w                                      # (N, h, w)
             total = total + jnp.mean(layer, axis=(1, 2))

@@ -11,6 +11,10 @@ gradients, the optimiser updates and the non-finite guard (:func:`base.commit_if
   against the *updated* D; G's gradient through the saved forward (``jax.vjp``).
 * ``simultaneous`` (the TF pix2pix tutorial): one tape: D on the real pair, then the fake;
   both gradients against the pre-update D.
+
+With ``remat`` (``train.remat``) each of G, D and G's objective keeps only its
+convolutions' outputs for the backward pass and recomputes the rest there (normalisations,
+activations; ``jax.checkpoint`` with the ``checkpoint_dots`` policy).
 """
 from __future__ import annotations
 
@@ -49,10 +53,17 @@ class GanParts:
 
 
 def train_step(order: str, state: TrainState, txs: Mapping[str, optax.GradientTransformation],
-               parts: GanParts) -> tuple[TrainState, dict[str, jax.Array]]:
+               parts: GanParts, remat: bool = False
+               ) -> tuple[TrainState, dict[str, jax.Array]]:
     """One step of ``order`` (:data:`UPDATE_ORDERS`) on the ``generator`` and
     ``discriminator`` of ``state``; metrics ``d_loss``, ``g_loss``, ``nonfinite`` and G's
-    terms."""
+    terms. ``remat``: recompute in the backward pass (see the module docstring)."""
+    if remat:
+        keep = jax.checkpoint_policies.checkpoint_dots
+        parts = dataclasses.replace(
+            parts, generate=jax.checkpoint(parts.generate, policy=keep),
+            discriminate=jax.checkpoint(parts.discriminate, policy=keep),
+            g_objective=jax.checkpoint(parts.g_objective, policy=keep))
     if order == "sequential":
         return _sequential(state, txs, parts)
     if order == "simultaneous":

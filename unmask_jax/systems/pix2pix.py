@@ -60,6 +60,7 @@ class Pix2PixSystem(base.System):
         self.composite_in_training = bool(m.composite_in_training)
         self.d_scale = float(loss.d_scale)
         self.update_order = loss.update_order
+        self.remat = bool(config.train.get("remat", False))
         self.bn_statistics = config.eval.bn_statistics
         self.objective = loss_terms.Objective.from_config(loss.terms, dtype=dtype)
         gan_terms = [t for t in self.objective.terms if t.type == "gan"]
@@ -121,7 +122,7 @@ class Pix2PixSystem(base.System):
             real=batch["target"],
             g_objective=lambda output, logits: self._g_objective(frozen, output, batch, logits),
             gan_kind=self.gan_kind, d_scale=self.d_scale)
-        return gan_step.train_step(self.update_order, state, txs, parts)
+        return gan_step.train_step(self.update_order, state, txs, parts, remat=self.remat)
 
     def _generate(self, state, g_in, batch, rng):
         def generate(g_params):

@@ -125,6 +125,7 @@ class UnVeilifySystem(base.System):
                              "('running'), as its reference does")
         self.input_norm = m.input_norm
         self.d_scale = float(config.loss.d_scale)
+        self.remat = bool(config.train.get("remat", False))
         self.objective = loss_terms.Objective.from_config(config.loss.terms,
                                                           dtype=base.compute_dtype(config))
         gan_terms = [t for t in self.objective.terms if t.type == "gan"]
@@ -227,7 +228,7 @@ class UnVeilifySystem(base.System):
                 self.D, disc, image, identity, params=d_params),
             real=target, g_objective=g_objective, gan_kind=self.gan_kind,
             d_scale=self.d_scale)
-        return gan_step.train_step("sequential", state, txs, parts)
+        return gan_step.train_step("sequential", state, txs, parts, remat=self.remat)
 
     # -- inference ---------------------------------------------------------------------------
 
