@@ -303,8 +303,7 @@ def test_backend_forms_change_no_number(variant):
     """One train step with the CPU forms (``model.backend_forms=auto``, the system's XLA CPU
     library) and with plain XLA ops (``off``) on the same state and batch: per tensor,
     max|diff| / max|ref| <= 1e-5 for the losses and <= 1e-4 for the updated parameters
-    (SGD: the update is the gradient), BN statistics and every other state leaf.
-"""
+    (SGD: the update is the gradient), BN statistics and every other state leaf."""
     from configs import ganmasker
     from unmask_jax import parallel, programs
 
