@@ -5,8 +5,9 @@ optimisers, frozen networks and a pure step ``(state, batch, frozen) -> (state, 
 The trainer compiles it once with explicit shardings over a 1-D ``data`` mesh (the state
 laid out as ``train.state_sharding`` says: replicated, or its large optimizer-state and
 parameter arrays split over the devices; frozen variables replicated; the batch split over
-every device of every process), the state donated and the frozen variables not. Under global-view jit, BatchNorm statistics cover the
-global batch, so one device and eight devices compute the same step.
+every device of every process), the state donated and the frozen variables not. Under
+global-view jit, BatchNorm statistics cover the global batch, so one device and eight
+devices compute the same step.
 
 It owns the loop: data, checkpoints with the data iterator and the config, the workdir lock,
 CLU metrics and sample grids, the evaluation schedule, preemption (SIGTERM saves and exits)

@@ -30,7 +30,6 @@ import jax.numpy as jnp
 import flax.linen as nn
 import numpy as np
 
-
 IDENTITY_BACKBONES = ("dlib", "arcface_iresnet50", "arcface_iresnet100", "irse50")
 UNVEILIFY_CROP = (35, 223, 32, 220)
 
