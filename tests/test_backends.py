@@ -1,5 +1,5 @@
-"""unmask_jax.backends: every CPU form equals the plain XLA form (values, input and kernel
-gradients), and the seam picks the forms by target (platform, forms, CPU library)."""
+"""unmask_jax.backends: every CPU and TPU form equals the plain XLA form (values, input and
+kernel gradients), and the seam picks the forms by target (platform, forms, CPU library)."""
 
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ import pytest
 from unmask_jax import backends
 from unmask_jax.backends import cpu
 from unmask_jax.backends import cpu_forms as forms
+from unmask_jax.backends import tpu
 from unmask_jax.models import create_model
 from unmask_jax.models.layers import Conv, ConvTranspose, conv2d_xla, conv_transpose_xla
 
@@ -181,6 +182,88 @@ def test_subpixel_forward_with_gemm_gradients():
         assert _rel(g, 2.0 * g0) <= GRAD_TOL
 
 
+# -- TPU: few-channel convolutions as shifted slices ------------------------------------------
+
+@pytest.mark.parametrize("shape,kernel_shape,padding", [
+    ((2, 16, 12, 2), (7, 7, 2, 1), 3),               # CBAM's spatial attention
+    ((1, 9, 8, 1), (3, 3, 1, 2), 1),                 # odd sizes, two outputs
+    ((2, 8, 8, 2), (3, 5, 2, 2), ((2, 0), (1, 3))),  # rectangular, asymmetric padding
+    ((1, 6, 7, 4), (3, 3, 4, 1), "SAME"),
+    ((1, 6, 6, 1), (2, 2, 1, 1), "VALID"),
+    ((2, 8, 8, 16), (1, 1, 16, 3), 0),               # 1 x 1 to an image (FU-Net's last)
+    ((2, 8, 8, 32), (1, 1, 32, 1), 0),               # 1 x 1 to a mask map (M-Seg's last)
+    ((1, 6, 6, 3), (3, 3, 3, 2), 1),                 # wider than the rule takes: still exact
+])
+def test_tpu_taps_form_equals_lax(shape, kernel_shape, padding):
+    rng = np.random.default_rng(11)
+    x, kernel = _normal(rng, shape), _normal(rng, kernel_shape)
+    _assert_same_function(lambda a, k: tpu.conv2d_taps(a, k, padding),
+                          lambda a, k: conv2d_xla(a, k, 1, padding, 1), x, kernel)
+
+
+def test_tpu_taps_form_keeps_the_compute_dtype():
+    """bfloat16 in, bfloat16 out (summed in float32), close to the plain bfloat16 conv."""
+    rng = np.random.default_rng(12)
+    x = _normal(rng, (2, 16, 16, 2)).astype(jnp.bfloat16)
+    kernel = (0.1 * _normal(rng, (7, 7, 2, 1))).astype(jnp.bfloat16)
+    got = tpu.conv2d_taps(x, kernel, 3)
+    want = conv2d_xla(x.astype(jnp.float32), kernel.astype(jnp.float32), 1, 3, 1)
+    assert got.dtype == jnp.bfloat16
+    assert _rel(got.astype(jnp.float32), want) < 1e-2
+
+
+def test_cbam_with_the_tpu_forms_equals_plain_cbam():
+    """CBAM traced for a TPU (its spatial convolution as taps) and run here equals plain
+    CBAM: output, input gradient and every parameter's gradient."""
+    from unmask_jax.models.blocks import CBAM
+    rng = np.random.default_rng(13)
+    x = _normal(rng, (2, 12, 10, 16))
+    module = CBAM(reduction=4)
+    variables = module.init(jax.random.key(1), x)
+    cot = _normal(rng, x.shape)
+
+    def run(target):
+        def fn(v, a):
+            y, vjp = jax.vjp(lambda v, a: module.apply(v, a), v, a)
+            return y, vjp(cot)
+        with backends.use(**target):
+            return jax.jit(fn).lower(variables, x).compile()(variables, x)
+
+    (got, got_grads), (want, want_grads) = run(dict(platform="tpu")), run(
+        dict(platform="tpu", forms="off"))
+    assert _rel(got, want) <= FORWARD_TOL
+    leaves = zip(jax.tree.leaves(got_grads), jax.tree.leaves(want_grads))
+    assert all(_rel(g, w) <= GRAD_TOL for g, w in leaves)
+
+
+def test_tpu_rule_takes_the_taps_form_for_few_channels_only():
+    """Traced for a TPU, CBAM's 7 x 7 2 -> 1 convolution (and its gradients) and a 1 x 1
+    convolution to an image have no convolution op; a wider or strided one stays XLA's
+    convolution; other targets never take the TPU form."""
+    x2, x3 = jnp.zeros((2, 16, 16, 2)), jnp.zeros((2, 16, 16, 3))
+    spatial = Conv(1, 7, 1, 3, use_bias=False)
+    sv = spatial.init(jax.random.key(0), x2)
+    assert tpu.TAPS_MAX_CHANNELS == 4
+    for grad in (False, True):
+        assert _count(_lowered(spatial, sv, x2, grad=grad, platform="tpu"),
+                      "convolution") == 0, grad
+    for target in (dict(platform="gpu"), dict(platform="tpu", forms="off"),
+                   dict(platform="cpu", cpu_library="eigen")):
+        assert _count(_lowered(spatial, sv, x2, **target), "convolution") == 1, target
+    x16 = jnp.zeros((2, 16, 16, 16))
+    rgb = Conv(3, 1, 1, 0)                            # 1 x 1 to 3 channels: taps
+    assert _count(_lowered(rgb, rgb.init(jax.random.key(0), x16), x16, platform="tpu"),
+                  "convolution") == 0
+    assert (tpu.POINTWISE_MAX_OUT, tpu.POINTWISE_MAX_IN) == (4, 64)
+    for conv, x in ((Conv(2, 3, 1, 1), x3),          # 3 x 2 = 6 > 4 channels
+                    (Conv(1, 4, 2, 1), x2),          # strided
+                    (Conv(5, 1, 1, 0), x16),         # 1 x 1 to 5 > 4 channels
+                    (Conv(3, 1, 1, 0), jnp.zeros((2, 4, 4, 65))),  # from 65 > 64 channels
+                    (Conv(3, 3, 1, 1), x16)):        # 3 x 3, 16 x 3 channels
+        v = conv.init(jax.random.key(0), x)
+        assert _count(_lowered(conv, v, x, platform="tpu"), "convolution") == 1
+
+
 # -- the rule: which form a target gets ------------------------------------------------------
 
 def _lowered(module, variables, x, grad: bool = False, **target) -> str:
@@ -275,11 +358,13 @@ def test_plain_convolutions_off_the_cpu_rule(layers_and_inputs, target):
         assert _count(text, "convolution") == 1 and _count(text, "dot_general") == 0
 
 
-def test_the_cpu_rule_applies_on_the_cpu_only():
+def test_the_cpu_and_tpu_rules_apply_on_their_platforms_only():
     with backends.use("cpu"):
         assert isinstance(backends.forms(), cpu.CpuForms)
-    for target in (dict(platform="tpu"), dict(platform="gpu"),
-                   dict(platform="cpu", forms="off")):
+    with backends.use("tpu"):
+        assert backends.forms() is tpu.FORMS
+    for target in (dict(platform="gpu"), dict(platform="cpu", forms="off"),
+                   dict(platform="tpu", forms="off")):
         with backends.use(**target):
             assert backends.forms() is backends.PLAIN
 

@@ -3,7 +3,7 @@
 The models are plain Flax: a ``Conv`` computes ``lax.conv_general_dilated``, a
 ``ConvTranspose`` ``lax.conv_transpose``. Where a
 platform runs another form of the same maths faster (measured), the form lives here, in one
-module per platform (:mod:`unmask_jax.backends.cpu`; a TPU module would sit beside it), and
+module per platform (:mod:`unmask_jax.backends.cpu`, :mod:`unmask_jax.backends.tpu`), and
 the layers ask :func:`forms` for it at trace time. Every form gives the plain form's numbers
 up to float rounding, and keeps the parameters' shapes (checkpoints and export are
 untouched).
@@ -110,8 +110,11 @@ def forms(for_target: Target | None = None) -> Any:
     """The forms provider of ``for_target`` (default: :func:`target`): the platform's module
     when its forms apply, else :data:`PLAIN`. Logs the choice once per target."""
     t = for_target or target()
-    if t.forms == "off" or t.platform != "cpu":
+    if t.forms == "off" or t.platform not in ("cpu", "tpu"):
         provider: Any = PLAIN
+    elif t.platform == "tpu":
+        from unmask_jax.backends import tpu
+        provider = tpu.FORMS
     else:
         from unmask_jax.backends import cpu
         provider = cpu.forms(t.cpu_library)
