@@ -5,14 +5,15 @@ compiled program (``--mode=compile --breakdown`` for v5e; ``docs/scale.md``, Eff
   :data:`TAPS_MAX_CHANNELS` input x output channels (CBAM's 7 x 7 spatial-attention
   convolution, 2 -> 1), or 1 x 1 with at most :data:`POINTWISE_MAX_OUT` outputs from at
   most :data:`POINTWISE_MAX_IN` inputs (FU-Net's last layer to the image, M-Seg's to the
-  mask map). Each output
-  channel is summed as an (N, H, W) map in float32 from the input's channels' maps
-  (:func:`conv2d_taps`: shifted slices; for a 1 x 1 kernel, the channels' weighted sum).
-  The TPU compiler lays a few-channel NHWC array out with the channels (or the batch) in
-  the 128 lanes, 32 to 128 times its size, and runs XLA's convolution and its gradients at
-  that width; it lays the (N, H, W) maps out with the width in the lanes. GANMasker stage
-  2 on v5e, 8 per chip: HBM bytes per step 14.53 -> 11.65 GB, estimated cycles 103.1 ->
-  85.0 M (``docs/scale.md``).
+  mask map). Each output channel is summed as an (N, H, W) map in float32 from the input's
+  channels' maps (:func:`conv2d_taps`: shifted slices; for a 1 x 1 kernel, the channels'
+  weighted sum). The TPU compiler lays a few-channel NHWC array out with the channels (or
+  the batch) in the 128 lanes, 32 to 128 times its size, and runs XLA's convolution and its
+  gradients at that width; it lays the (N, H, W) maps out with the width in the lanes.
+  GANMasker stage 2 on v5e, 8 per chip: HBM bytes per step 14.53 -> 11.65 GB, estimated
+  cycles 103.1 -> 85.0 M. At 16 and more images per chip the trade is mixed (less memory,
+  more HBM bytes): a run there compiles with ``model.backend_forms=off`` as well
+  (``docs/scale.md``, Efficiency).
 - everything else: the plain XLA forms (a space-to-depth form for the few-channel stride-2
   layers and a strided-slice max pool were measured slower and are not here).
 """
