@@ -24,6 +24,7 @@ from typing import Sequence
 import jax
 import jax.numpy as jnp
 
+from unmask_jax.backends import PlainForms
 from unmask_jax.models.layers.common import pair
 from unmask_jax.models.layers.padding import resolved_padding
 
@@ -77,16 +78,11 @@ def _taps_bwd(res, g):
     gp = [jnp.pad(go, ((0, 0), (kh - 1, kh - 1), (kw - 1, kw - 1))) for go in g]
     flipped = jnp.flip(kernel, (0, 1)).transpose(0, 1, 3, 2)
     dmaps = _taps_apply(gp, flipped, maps[0].shape[1:])
-    # Kernel gradient: one sum over (N, H, W) per tap.
+    # Kernel gradient: one sum over (N, H, W) per tap, in the kernel's (kH, kW, C, O) order.
     h, w = g[0].shape[1:]
-    dk = jnp.stack([
-        jnp.stack([
-            jnp.stack([
-                jnp.stack([jnp.sum(g[o] * maps[c][:, i:i + h, j:j + w])
-                           for o in range(cout)])
-                for c in range(cin)])
-            for j in range(kw)])
-        for i in range(kh)])
+    dk = jnp.stack([jnp.sum(g[o] * maps[c][:, i:i + h, j:j + w])
+                    for i in range(kh) for j in range(kw) for c in range(cin)
+                    for o in range(cout)]).reshape(kernel.shape)
     return tuple(dmaps), dk
 
 
@@ -139,21 +135,15 @@ def takes_taps(kernel_shape, strides, dilation) -> bool:
     return few and pair(strides) == (1, 1) and pair(dilation) == (1, 1)
 
 
-class TpuForms:
-    """The TPU rule (see the module docstring)."""
+class TpuForms(PlainForms):
+    """The TPU rule (see the module docstring); every other layer in its plain form."""
 
     name = "tpu"
-
-    def compiler_options(self) -> dict[str, str]:
-        return {}
 
     def conv2d(self, plain, x, kernel, strides, padding, dilation):
         if takes_taps(kernel.shape, strides, dilation):
             return conv2d_taps(x, kernel, padding)
         return plain(x, kernel, strides, padding, dilation)
-
-    def conv_transpose(self, plain, x, kernel, strides, padding, output_padding):
-        return plain(x, kernel, strides, padding, output_padding)
 
 
 FORMS = TpuForms()

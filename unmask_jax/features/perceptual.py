@@ -134,6 +134,6 @@ def perceptual_loss(cfg: PerceptualConfig, variables: Any, x: jax.Array,
     total = jnp.zeros((), jnp.float32)
     for name, w in zip(cfg.layers, cfg.layer_weights):
         fx = feats_x[name].astype(jnp.float32)
-        fy = jax.lax.stop_gradient(feats_y[name]).astype(jnp.float32)
+        fy = feats_y[name].astype(jnp.float32)
         total = total + w * _criterion(fx, fy, cfg.criterion, cfg.smooth_l1_beta)
     return total
